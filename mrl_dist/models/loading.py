@@ -1,0 +1,180 @@
+"""Official-format ReDimNet checkpoints: safe reading, key mapping, lookup and download.
+
+An official file is a dict `{"model_config": {...ReDimNetWrap kwargs...}, "state_dict": {...}}`,
+named `{model}-{dataset}-{train_type}.pt` (e.g. `b2-vox2-ft_lm.pt`). Files are only ever read
+with `torch.load(..., weights_only=True)`: a checkpoint is data, never code.
+
+Module names here equal the official ones except the front-end's constant buffers, which the
+official code keeps inside torchaudio modules; `OFFICIAL_TO_LOCAL` maps them both ways, so this
+project reads and writes files the official code loads unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .presets import OFFICIAL_PRESETS, PRESETS
+from .redimnet import ReDimNet
+
+CHECKPOINT_URL = "https://github.com/IDRnD/ReDimNet/releases/download/latest/{file}"
+CHECKPOINT_DIR_ENV = "MRL_DIST_CHECKPOINTS"
+CHECKPOINT_URL_ENV = "MRL_DIST_CHECKPOINT_URL"  # override the URL template (mirrors, tests)
+OFFLINE_ENV = "MRL_DIST_OFFLINE"  # "1": never try a download
+
+OFFICIAL_TO_LOCAL = {
+    "spec.torchfbank.1.flipped_filter": "spec.preemphasis_filter",
+    "spec.torchfbank.2.spectrogram.window": "spec.window",
+    "spec.torchfbank.2.mel_scale.fb": "spec.mel_filterbank",
+    "spec.spec_norm.": "spec.spec_norm_bn.",  # prefix: the optional BatchNorm spec_norm
+}
+LOCAL_TO_OFFICIAL = {local: official for official, local in OFFICIAL_TO_LOCAL.items()}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, read, or trusted."""
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], table: Mapping[str, str], prefix: str = "") -> dict:
+    renamed = {}
+    for key, value in state_dict.items():
+        bare = key[len(prefix):] if prefix and key.startswith(prefix) else key
+        for old, new in table.items():
+            if bare == old or (old.endswith(".") and bare.startswith(old)):
+                bare = new + bare[len(old):]
+                break
+        renamed[(prefix + bare) if prefix and key.startswith(prefix) else bare] = value
+    return renamed
+
+
+def official_to_local(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
+    """Official state-dict keys -> this project's module names (keys under `prefix`)."""
+    return _rename(state_dict, OFFICIAL_TO_LOCAL, prefix)
+
+
+def local_to_official(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
+    """This project's module names -> official state-dict keys (keys under `prefix`)."""
+    return _rename(state_dict, LOCAL_TO_OFFICIAL, prefix)
+
+
+def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model_config", "state_dict")) -> dict:
+    """Load a checkpoint dict with `weights_only=True`; refuse pickles that need code to load."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        raise CheckpointError(
+            f"{path}: refused to load: it is not a plain weights file (torch.load with weights_only=True "
+            f"failed, the pickle would need to run code). Re-save it as a dict of tensors and plain "
+            f"values. Detail: {str(err).splitlines()[0]}"
+        ) from err
+    if not isinstance(payload, dict) or any(key not in payload for key in required):
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not an official-format checkpoint: expected keys {list(required)}, found {found}")
+    return payload
+
+
+def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet:
+    """Build the ReDimNet of an official-format file and load its weights exactly, in eval mode."""
+    payload = read_checkpoint(path)
+    try:
+        model = ReDimNet(**payload["model_config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    result = model.load_state_dict(official_to_local(payload["state_dict"]), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: state_dict does not match its model_config: missing {result.missing_keys[:5]}"
+            f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.eval()
+
+
+def official_payload(model: ReDimNet) -> dict[str, Any]:
+    """The official-format dict of a ReDimNet: loadable by the official `ReDimNetWrap` code."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"model_config": model.model_config, "state_dict": local_to_official(state)}
+
+
+def atomic_save(payload: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def save_official_checkpoint(model: ReDimNet, path: str | os.PathLike) -> Path:
+    return atomic_save(official_payload(model), path)
+
+
+def checkpoint_filename(name: str, dataset: str = "vox2", train_type: str = "ft_lm") -> str:
+    return f"{name}-{dataset}-{train_type}.pt"
+
+
+def checkpoint_search_dirs() -> list[Path]:
+    """Folders searched for official files, in order: $MRL_DIST_CHECKPOINTS, torch hub's cache."""
+    dirs = [Path(p) for p in os.environ.get(CHECKPOINT_DIR_ENV, "").split(os.pathsep) if p]
+    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    return dirs
+
+
+def resolve_checkpoint(name: str, *, dataset: str = "vox2", train_type: str = "ft_lm",
+                       download: bool | None = None) -> Path:
+    """Find `{name}-{dataset}-{train_type}.pt` locally, else download it into torch hub's cache."""
+    filename = checkpoint_filename(name, dataset, train_type)
+    searched = checkpoint_search_dirs()
+    for folder in searched:
+        if (folder / filename).is_file():
+            return folder / filename
+    if download is None:
+        download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
+    url = os.environ.get(CHECKPOINT_URL_ENV, CHECKPOINT_URL).format(file=filename)
+    where = ", ".join(str(d) for d in searched)
+    hint = (f"Put {filename} into one of those folders (or point ${CHECKPOINT_DIR_ENV} at its folder), "
+            "or pass the file's path instead of a preset name.")
+    if not download:
+        raise CheckpointError(f"checkpoint {filename} not found; searched: {where}; download disabled "
+                              f"(${OFFLINE_ENV}=1). {hint}")
+    target = searched[-1] / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except Exception as err:  # URLError, HTTPError, socket errors: all mean "could not fetch"
+        raise CheckpointError(f"checkpoint {filename} not found; searched: {where}; download from {url} "
+                              f"failed ({type(err).__name__}: {err}). {hint}") from err
+    return target
+
+
+def load_pretrained(source: str | os.PathLike, *, train_type: str = "ft_lm", dataset: str = "vox2") -> ReDimNet:
+    """An official ReDimNet in eval mode: `model(wave [B, T] float32 16 kHz) -> [B, embed_dim]`.
+
+    `source` is a path to an official-format file, or a preset name (`b0`..`b6`, `M`) resolved as
+    `{name}-{dataset}-{train_type}.pt` in $MRL_DIST_CHECKPOINTS, then torch hub's checkpoint
+    cache, then downloaded from the official release (progress bar; never when
+    $MRL_DIST_OFFLINE=1).
+    """
+    text = os.fspath(source)
+    if text in PRESETS and not Path(text).exists():
+        if text not in OFFICIAL_PRESETS:
+            raise CheckpointError(f"preset {text!r} has no official pretrained weights; "
+                                  f"pretrained presets: {', '.join(OFFICIAL_PRESETS)}")
+        return load_official_checkpoint(resolve_checkpoint(text, dataset=dataset, train_type=train_type))
+    if not Path(text).exists():
+        raise CheckpointError(f"{text}: neither an existing checkpoint file nor a preset name "
+                              f"({', '.join(OFFICIAL_PRESETS)})")
+    return load_official_checkpoint(text)
