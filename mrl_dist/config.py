@@ -73,6 +73,7 @@ class OptimizerConfig:
     lr: float = 0.001
     weight_decay: float = 0.0001
     momentum: float = 0.9  # sgd only
+    backbone_lr_ratio: float = 0.1  # a pretrained trunk, once unfrozen, trains at lr x this
 
 @dataclass
 class ScheduleConfig:
@@ -256,7 +257,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 _POSITIVE = (
     "model.pca_batches", "data.crop_seconds", "training.batch_size", "training.grad_accum",
     "training.max_steps", "training.steps_per_epoch", "training.grad_clip", "training.max_bad_steps",
-    "training.optimizer.lr", "training.schedule.gamma", "loss.scale", "loss.subcenters",
+    "training.optimizer.lr", "training.optimizer.backbone_lr_ratio", "training.schedule.gamma", "loss.scale", "loss.subcenters",
     "validation.every_steps", "validation.max_seconds", "validation.batch_size",
     "checkpoint.every_steps", "checkpoint.keep_last", "logging.every_steps",
 )

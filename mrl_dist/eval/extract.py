@@ -150,7 +150,9 @@ def _check_device(model: Any, device: torch.device) -> None:
     param = next(model.parameters(), None)
     if param is None:
         return
-    if param.device.type != device.type or (device.index is not None and param.device.index != device.index):
+    # "cpu" and "cpu:0" are the same memory; only accelerators have meaningful indices.
+    index_matters = device.type != "cpu" and device.index is not None
+    if param.device.type != device.type or (index_matters and param.device.index != device.index):
         raise ValueError(f"extract_embeddings: model is on {param.device} but device={device}; "
                          f"move it first (model.to({str(device)!r}))")
 

@@ -1,0 +1,321 @@
+"""The training loop: one process per device, launched by `accelerate launch` (or plain python).
+
+    shards --(each rank its own resampled stream)--> batches --> TrainModule (DDP) --> loss
+    every logging.every_steps      : a line to tqdm, train.log, TensorBoard/wandb (rank 0)
+    every validation.every_steps   : EER per MRL dim on the val trials (rank 0), metrics.jsonl, best.pt
+    every checkpoint.every_steps   : accelerate.save_state -> checkpoints/step-N, last.pt
+    SIGTERM / SIGUSR1              : checkpoint at the next step boundary, then exit 0
+
+Batches never pass through `accelerator.prepare`: every rank already reads its own endless
+stream (see mrl_dist.data.pipeline), and an epoch has the same number of steps everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import shutil
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+
+from ..config import Config, save_config
+from ..data.manifest import read_manifest
+from ..data.pipeline import make_eval_loader, make_train_loader
+from ..eval.extract import evaluate_model
+from ..eval.metrics import select_metric
+from . import checkpointing as ckpt
+from .modes import Mode, TrainModule, describe_parameters, make_mode
+from .schedule import lr_multiplier
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# Ranks other than 0 wait at a barrier while rank 0 validates; a full VoxCeleb1-O pass on a
+# large model takes minutes, far from this limit.
+BARRIER_TIMEOUT = timedelta(hours=3)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (preemption) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+class BadStepError(RuntimeError):
+    pass
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    precision = cfg.training.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("training.mixed_precision: fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
+    return Accelerator(
+        mixed_precision=precision,
+        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, not steps x ranks
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=BARRIER_TIMEOUT),
+                         DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+
+
+def make_optimizer(cfg: Config, module: TrainModule, trunk_ids: set[int]) -> torch.optim.Optimizer:
+    """Every parameter is registered, frozen ones too (they get no gradient, so no update):
+    unfreezing later then needs no new optimizer. The pretrained trunk trains at a lower rate."""
+    opt = cfg.training.optimizer
+    head = [p for p in module.parameters() if id(p) not in trunk_ids]
+    trunk = [p for p in module.parameters() if id(p) in trunk_ids]
+    groups = [{"params": head, "lr": opt.lr}]
+    if trunk:
+        groups.append({"params": trunk, "lr": opt.lr * opt.backbone_lr_ratio})
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: str | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.accelerator = make_accelerator(cfg)
+        acc = self.accelerator
+        self.rank, self.world_size = acc.process_index, acc.num_processes
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+
+        self.resume_dir = ckpt.resolve_resume(resume, self.checkpoints)
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_into_epoch": 0, "best_metric": None,
+                                      "bad_steps_total": 0}
+        if self.resume_dir is not None:
+            self.state.update(ckpt.read_trainer_state(self.resume_dir))
+
+        tcfg = cfg.training
+        self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
+        self.train_loader = self._train_loader(epoch=self.state["epoch"])
+        self.num_classes = self.train_loader.num_classes
+
+        set_seed(cfg.seed)  # identical initial weights on every rank
+        self.mode: Mode = make_mode(cfg, self.num_classes)
+        module = self.mode.build(self._pca_batches, resuming=self.resume_dir is not None)
+        self.mode.on_step(module, self.state["step"])
+        self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
+        self.raw_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.raw_optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
+        self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
+        if self.resume_dir is not None:
+            acc.load_state(str(self.resume_dir))
+        # Per-rank randomness for spec augment and dropout, after the shared initialisation.
+        torch.manual_seed(cfg.seed * 1009 + self.rank + 7919 * self.state["step"])
+        self.stop = StopRequest()
+        self.tracker = Tracker(cfg, self.run_dir, acc.is_main_process, self.state["step"])
+
+    # ------------------------------------------------------------------ data
+    def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
+        cfg = self.cfg
+        augment = dataclasses.asdict(cfg.data.augment)
+        active = augment["noise_prob"] > 0 or augment["reverb_prob"] > 0 or augment["speed_perturb"]
+        return make_train_loader(
+            cfg.data.train, batch_size=cfg.training.batch_size, crop_seconds=cfg.data.crop_seconds,
+            num_workers=cfg.data.num_workers, seed=cfg.seed + seed_offset, rank=self.rank,
+            world_size=self.world_size, epoch=epoch, shuffle_buffer=cfg.data.shuffle_buffer,
+            augment=augment if active else None, steps_per_epoch=batches or self.batches_per_epoch,
+            pin_memory=torch.cuda.is_available())
+
+    def _pca_batches(self) -> Iterator[torch.Tensor]:
+        loader = self._train_loader(epoch=0, seed_offset=104729, batches=self.cfg.model.pca_batches)
+        return (batch["wave"] for batch in loader)
+
+    def _batches(self) -> Iterator[dict]:
+        """Endless batches from the saved data position: the rest of the current epoch, then
+        whole epochs. A resumed epoch continues on a fresh stream seeded by the resume step
+        (resampled shards make any position equivalent; replaying would waste decode time)."""
+        epoch, done = self.state["epoch"], self.state["batches_into_epoch"]
+        if done:
+            partial = self._train_loader(epoch, seed_offset=7919 * self.state["step"],
+                                         batches=self.batches_per_epoch - done)
+            for batch in partial:
+                self.state["batches_into_epoch"] += 1
+                yield batch
+            epoch += 1
+        while True:
+            self.state["epoch"], self.state["batches_into_epoch"] = epoch, 0
+            self.train_loader.set_epoch(epoch)
+            for batch in self.train_loader:
+                self.state["batches_into_epoch"] += 1
+                yield batch
+            epoch += 1
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, batches: Iterator[dict]) -> tuple[bool, dict[str, torch.Tensor]]:
+        """One optimizer step over `grad_accum` micro-batches. Returns (applied, stats)."""
+        acc, tcfg = self.accelerator, self.cfg.training
+        finite = True
+        stats: dict[str, torch.Tensor] = {}
+        for micro in range(tcfg.grad_accum):
+            batch = next(batches)
+            wave = batch["wave"].to(acc.device, non_blocking=True)
+            label = batch["label"].to(acc.device, non_blocking=True)
+            last = micro == tcfg.grad_accum - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.module):
+                loss, parts = self.module(wave, label)
+                acc.backward(loss / tcfg.grad_accum)
+            finite &= bool(torch.isfinite(loss.detach()))
+            stats["loss"] = stats.get("loss", 0) + loss.detach() / tcfg.grad_accum
+            for dim, value in parts["accuracy"].items():
+                stats[f"acc@{dim}"] = stats.get(f"acc@{dim}", 0) + value / tcfg.grad_accum
+        max_norm = tcfg.grad_clip if tcfg.grad_clip is not None else math.inf
+        grad_norm = acc.clip_grad_norm_(self.module.parameters(), max_norm)
+        # fp16's scaler skips overflowing steps itself; elsewhere an inf gradient is a bad step.
+        if tcfg.mixed_precision != "fp16" and grad_norm is not None:
+            finite &= bool(torch.isfinite(grad_norm))
+        # One all-reduce decides for every rank together: skip, stop, or go on.
+        flags = acc.reduce(torch.tensor([float(not finite), float(self.stop.requested)], device=acc.device), "sum")
+        self.stop.requested = bool(flags[1] > 0)
+        if flags[0] > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return False, stats
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
+        return True, stats
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        cfg, acc, tcfg = self.cfg, self.accelerator, self.cfg.training
+        self.stop.install()
+        sizes = describe_parameters(acc.unwrap_model(self.module))
+        self.tracker.write_line(
+            f"mode={tcfg.mode} ranks={self.world_size} device={acc.device} precision={tcfg.mixed_precision} "
+            f"classes={self.num_classes} parameters={sizes['parameters']} trainable={sizes['trainable']} "
+            f"start_step={self.state['step']} run_dir={self.run_dir}")
+        batches = self._batches()
+        crops_per_step = tcfg.batch_size * tcfg.grad_accum * self.world_size
+        window: dict[str, torch.Tensor] = {}
+        window_steps = 0
+        bad_in_row = 0
+        status = "finished"
+        while self.state["step"] < tcfg.max_steps:
+            step = self.state["step"]
+            if self.mode.on_step(acc.unwrap_model(self.module), step):
+                self._reprepare()
+                self.tracker.write_line(f"step {step}: backbone unfrozen")
+            applied, stats = self._step(batches)
+            self.state["step"] = step = step + 1
+            if applied:
+                bad_in_row = 0
+                for key, value in stats.items():
+                    window[key] = window.get(key, 0) + value
+                window_steps += 1
+            else:
+                bad_in_row += 1
+                self.state["bad_steps_total"] += 1
+                self.tracker.write_line(f"step {step}: non-finite loss or gradient, step skipped "
+                                        f"({bad_in_row} in a row)")
+                if bad_in_row >= tcfg.max_bad_steps:
+                    raise BadStepError(f"{bad_in_row} steps in a row had a non-finite loss or gradient "
+                                       f"(training.max_bad_steps={tcfg.max_bad_steps}); lower "
+                                       "training.optimizer.lr or check the data")
+            values = None
+            if step % cfg.logging.every_steps == 0 and window_steps:
+                skipped = acc.reduce(torch.tensor(float(self.train_loader.skipped), device=acc.device), "sum")
+                values = {k: float(v) / window_steps for k, v in window.items()}
+                values.update(lr=self.scheduler.get_last_lr()[0], epoch=self.state["epoch"],
+                              skipped=int(skipped), bad_steps=self.state["bad_steps_total"])
+                window, window_steps = {}, 0
+            self.tracker.step(step, crops_per_step, values)
+            if self.stop.requested:
+                self.tracker.write_line(f"step {step}: stop requested by signal, saving a checkpoint")
+                self.save_checkpoint()
+                status = "stopped"
+                break
+            if step % cfg.validation.every_steps == 0 or step == tcfg.max_steps:
+                self.validate()
+            if step % cfg.checkpoint.every_steps == 0 or step == tcfg.max_steps:
+                self.save_checkpoint()
+        self.tracker.close()
+        acc.wait_for_everyone()
+        acc.end_training()  # leaves the process group cleanly (gloo aborts at exit otherwise)
+        return {"status": status, "step": self.state["step"], "best_metric": self.state["best_metric"],
+                "run_dir": str(self.run_dir)}
+
+    def _reprepare(self) -> None:
+        """Re-wrap after the trainable set changed: DDP only syncs what required grad when built."""
+        acc = self.accelerator
+        module = acc.unwrap_model(self.module)
+        acc.free_memory()
+        self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
+
+    # ------------------------------------------------------------------ validation, checkpoints
+    def validate(self) -> dict[str, Any] | None:
+        """EER per dim on the val trials, on rank 0; the other ranks wait at the barrier."""
+        acc, cfg = self.accelerator, self.cfg
+        record = None
+        if acc.is_main_process:
+            model = self.mode.eval_model(acc.unwrap_model(self.module))
+            loader = make_eval_loader(cfg.data.val, None, max_seconds=cfg.validation.max_seconds,
+                                      batch_size=cfg.validation.batch_size, num_workers=min(2, cfg.data.num_workers))
+            trials = read_manifest(cfg.data.val).trials_path
+            if trials is None:
+                raise FileNotFoundError(f"data.val: {cfg.data.val} has no trials file; pack it with --trials")
+            autocast = torch.bfloat16 if cfg.training.mixed_precision == "bf16" else None
+            report, _, _ = evaluate_model(model, loader, trials, device=acc.device, autocast_dtype=autocast)
+            record = {"step": self.state["step"], "epoch": self.state["epoch"], "eer": report["eer"],
+                      "min_dcf": report["min_dcf"], "threshold": report["threshold"]}
+            self.tracker.validation(record)
+            self._update_best(report)
+        acc.wait_for_everyone()
+        return record
+
+    def _update_best(self, report: dict[str, Any]) -> None:
+        metric_name = self.cfg.checkpoint.best_metric
+        value = select_metric(report, metric_name)  # classifier runs report "native" alone
+        best = self.state["best_metric"]
+        if best is None or value < best:
+            self.state["best_metric"] = value
+            self.state["best_step"] = self.state["step"]
+            self.mode.export(self.accelerator.unwrap_model(self.module), self.run_dir / "best.pt")
+            self.tracker.write_line(f"new best {metric_name}={100 * value:.3f}% -> {self.run_dir / 'best.pt'}")
+
+    def save_checkpoint(self) -> Path:
+        acc, step = self.accelerator, self.state["step"]
+        temporary = ckpt.temporary_dir(self.checkpoints, step)
+        if acc.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+        acc.wait_for_everyone()
+        # torch format: safetensors refuses buffers that share storage (the mel window after a load)
+        acc.save_state(str(temporary), safe_serialization=False)
+        acc.wait_for_everyone()
+        final = ckpt.step_dir(self.checkpoints, step)
+        if acc.is_main_process:
+            ckpt.write_trainer_state(temporary, self.state)
+            final = ckpt.finalize(self.checkpoints, step, self.cfg.checkpoint.keep_last)
+            self.mode.export(acc.unwrap_model(self.module), self.run_dir / "last.pt")
+            self.tracker.write_line(f"checkpoint {final}")
+        acc.wait_for_everyone()
+        return final
+
+
+def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    return Trainer(cfg, resume=resume).fit()

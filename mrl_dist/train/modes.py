@@ -1,0 +1,172 @@
+"""Training modes: what is trained, with which loss, and what is exported.
+
+Each mode builds a `TrainModule`, the one `nn.Module` that DDP wraps: the model *and* the
+loss's class weights (they must be gradient-synchronised like any other parameter). Frozen
+parts have `requires_grad=False`, so DDP never synchronises them.
+
+    mrl         ReDimNetMRL (pretrained trunk, Matryoshka head) + Matryoshka AAM on its prefixes
+    classifier  a plain ReDimNet + AAM on its native embedding; exports official-format files
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..losses import MatryoshkaAAMLoss
+from ..models import (
+    PRESETS,
+    ReDimNet,
+    ReDimNetMRL,
+    build_preset,
+    collect_pooled,
+    load_pretrained,
+    save_official_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainModule(nn.Module):
+    """`(wave [B, T], label [B]) -> (loss, stats)`: the model plus its loss, as DDP sees them."""
+
+    def __init__(self, model: nn.Module, loss: MatryoshkaAAMLoss):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, wave: torch.Tensor, label: torch.Tensor):
+        return self.loss(self.model(wave), label)
+
+
+def load_backbone(cfg: Config) -> ReDimNet:
+    """The ReDimNet named by `model.backbone`: a checkpoint path, a pretrained preset, or random."""
+    source, pretrained = cfg.model.backbone, cfg.model.pretrained
+    if Path(source).exists():
+        return load_pretrained(source)
+    if source not in PRESETS:
+        raise FileNotFoundError(f"model.backbone: {source!r} is neither an existing checkpoint file nor a preset "
+                                f"({', '.join(PRESETS)})")
+    if pretrained is None:
+        return build_preset(source)
+    return load_pretrained(source, train_type=pretrained.train_type, dataset=pretrained.dataset)
+
+
+def backbone_is_pretrained(cfg: Config) -> bool:
+    return Path(cfg.model.backbone).exists() or cfg.model.pretrained is not None
+
+
+def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLoss:
+    weights = cfg.loss.dim_weights if dims == cfg.model.mrl_dims else None
+    return MatryoshkaAAMLoss(dims, num_classes, margin=cfg.loss.margin, scale=cfg.loss.scale,
+                             subcenters=cfg.loss.subcenters, dim_weights=weights, tied=cfg.loss.tied)
+
+
+def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor]] | None,
+                    resuming: bool) -> ReDimNetMRL:
+    """ReDimNetMRL on the configured backbone. PCA features come from `pca_batches()` (waves),
+    skipped when resuming, since the head's weights then come from the checkpoint."""
+    redimnet = load_backbone(cfg)
+    head_init = cfg.model.head_init
+    if head_init != "random" and not backbone_is_pretrained(cfg):
+        log.warning("model.head_init=%s on a randomly initialised backbone: using 'random'", head_init)
+        head_init = "random"
+    pooled = None
+    if head_init == "pca" and not resuming:
+        if pca_batches is None:
+            raise ValueError("model.head_init: pca needs training batches for its pooled features")
+        pooled = collect_pooled(redimnet, pca_batches(), cfg.model.pca_batches)
+        log.info("PCA head from %d pooled vectors", len(pooled))
+    elif head_init == "pca":
+        head_init, pooled = "random", None  # weights are about to be overwritten by the checkpoint
+    model = ReDimNetMRL.from_redimnet(redimnet, dims=cfg.model.mrl_dims, head_init=head_init,
+                                      pooled_features=pooled, seed=cfg.seed)
+    model.head_init = cfg.model.head_init
+    if cfg.training.freeze_backbone:
+        model.freeze_backbone()
+    return model
+
+
+class Mode:
+    """What a training mode builds and exports. Subclasses fill in the model-specific parts."""
+
+    name = ""
+
+    def __init__(self, cfg: Config, num_classes: int):
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    def build(self, pca_batches, resuming: bool) -> TrainModule:
+        raise NotImplementedError
+
+    def trunk_parameters(self, module: TrainModule) -> set[int]:
+        """ids of pretrained-trunk parameters (trained at `backbone_lr_ratio` x lr)."""
+        return set()
+
+    def export(self, module: TrainModule, path: Path) -> None:
+        raise NotImplementedError
+
+    def eval_model(self, module: TrainModule) -> nn.Module:
+        return module.model
+
+    def on_step(self, module: TrainModule, step: int) -> bool:
+        """Called before each step; True when the set of trainable parameters changed."""
+        return False
+
+
+class MRLMode(Mode):
+    name = "mrl"
+
+    def build(self, pca_batches, resuming: bool) -> TrainModule:
+        model = build_mrl_model(self.cfg, pca_batches, resuming)
+        return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes))
+
+    def trunk_parameters(self, module: TrainModule) -> set[int]:
+        return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
+
+    def export(self, module: TrainModule, path: Path) -> None:
+        module.model.save_checkpoint(path)
+
+    def on_step(self, module: TrainModule, step: int) -> bool:
+        after = self.cfg.training.unfreeze_after_steps
+        model: ReDimNetMRL = module.model
+        if after is not None and step >= after and model.frozen_parts:
+            model.unfreeze("all")
+            if model.native is not None:
+                model.freeze("native")  # the native layer is a reference, never trained
+            return True
+        return False
+
+
+class ClassifierMode(Mode):
+    name = "classifier"
+
+    def build(self, pca_batches, resuming: bool) -> TrainModule:
+        model = load_backbone(self.cfg).train()
+        return TrainModule(model, make_loss(self.cfg, [model.embed_dim], self.num_classes))
+
+    def trunk_parameters(self, module: TrainModule) -> set[int]:
+        return {id(p) for p in module.model.parameters()} if backbone_is_pretrained(self.cfg) else set()
+
+    def export(self, module: TrainModule, path: Path) -> None:
+        save_official_checkpoint(module.model, path)
+
+
+MODES: dict[str, type[Mode]] = {"mrl": MRLMode, "classifier": ClassifierMode}
+
+
+def make_mode(cfg: Config, num_classes: int) -> Mode:
+    if cfg.training.mode not in MODES:
+        raise ValueError(f"training.mode: {cfg.training.mode!r} is not available here; modes: {sorted(MODES)}")
+    return MODES[cfg.training.mode](cfg, num_classes)
+
+
+def describe_parameters(module: nn.Module) -> dict[str, Any]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable": trainable}

@@ -1,0 +1,23 @@
+"""Learning-rate schedule: linear warm-up, then cosine or exponential decay to a floor."""
+
+from __future__ import annotations
+
+import math
+
+from ..config import ScheduleConfig
+
+
+def lr_multiplier(step: int, schedule: ScheduleConfig, max_steps: int) -> float:
+    """Factor applied to the peak learning rate at optimizer step `step` (0-based)."""
+    if schedule.warmup_steps > 0 and step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    floor = schedule.min_lr_ratio
+    if schedule.decay == "none":
+        return 1.0
+    decay_steps = max(1, max_steps - schedule.warmup_steps)
+    progress = min(1.0, (step - schedule.warmup_steps) / decay_steps)
+    if schedule.decay == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    # exponential: gamma per step, or by default the rate that reaches the floor at max_steps
+    gamma = schedule.gamma if schedule.gamma is not None else floor ** (1.0 / decay_steps)
+    return max(floor, gamma ** (step - schedule.warmup_steps))

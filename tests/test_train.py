@@ -1,0 +1,202 @@
+"""The training loop's contract: run folder, metrics.jsonl, checkpoints, resume, signals, 2 ranks.
+
+Runs are tiny (tiny preset, batch 8, 1 s crops, a handful of steps) on a small demo corpus.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+from mrl_dist.config import config_from_dict, load_config
+from mrl_dist.data.demo_corpus import make_demo_corpus
+from mrl_dist.models import ReDimNetMRL, load_pretrained
+from mrl_dist.train import checkpointing as ckpt
+from mrl_dist.train.loop import BadStepError, Trainer, train
+from mrl_dist.train.modes import TrainModule
+from mrl_dist.train.schedule import lr_multiplier
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-demo")
+    corpus = make_demo_corpus(root / "audio", speakers=12, utterances=6, seed=3)
+    for split, folder, extra in (("train", corpus.train_dir, []), ("val", corpus.test_dir, ["--trials", str(corpus.trials)])):
+        subprocess.run([sys.executable, str(REPO / "launch" / "make_shards.py"), "--input", str(folder),
+                        "--output", str(root / "shards"), "--split", split, "--workers", "1", "--no-progress",
+                        "--shard-size-mb", "1", *extra], check=True, capture_output=True)
+    return root / "shards"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def tiny_config(run_dir: Path, shards: Path, **sections) -> dict:
+    config = {
+        "run_dir": str(run_dir),
+        "model": {"backbone": "tiny", "pretrained": None, "mrl_dims": [32, 64, 192], "head_init": "random"},
+        "data": {"train": str(shards / "train.manifest.json"), "val": str(shards / "val.manifest.json"),
+                 "crop_seconds": 1.0, "num_workers": 0, "shuffle_buffer": 16},
+        "training": {"mode": "classifier", "batch_size": 8, "max_steps": 4, "steps_per_epoch": 3,
+                     "mixed_precision": "no", "schedule": {"warmup_steps": 1, "decay": "cosine"},
+                     "optimizer": {"name": "adamw", "lr": 0.002}},
+        "validation": {"every_steps": 2, "batch_size": 8, "max_seconds": 2.0},
+        "checkpoint": {"every_steps": 2, "keep_last": 1, "best_metric": "mean_eer"},
+        "logging": {"every_steps": 1, "tensorboard": False},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    return config
+
+
+@pytest.fixture(scope="module")
+def classifier_run(demo_shards, tmp_path_factory):
+    """A finished 4-step classifier run: its best.pt is an official-format backbone."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run_dir = tmp_path_factory.mktemp("runs") / "classifier"
+    result = train(config_from_dict(tiny_config(run_dir, demo_shards)))
+    assert result["status"] == "finished"
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_holds_config_log_metrics_and_checkpoints(classifier_run):
+    assert load_config(classifier_run / "config.yaml").training.mode == "classifier"
+    records = read_metrics(classifier_run)
+    assert [r["step"] for r in records] == [2, 4]
+    record = records[-1]
+    assert set(record) == {"step", "epoch", "eer", "min_dcf", "threshold"}
+    assert set(record["eer"]) == {"native"} and 0.0 <= record["eer"]["native"] <= 1.0
+    assert set(record["min_dcf"]) == {"0.01", "0.05"}
+    assert [p.name for p in ckpt.list_checkpoints(classifier_run / "checkpoints")] == ["step-4"]  # keep_last 1
+    assert not list((classifier_run / "checkpoints").glob(".*"))  # no temporary folder left
+    log = (classifier_run / "train.log").read_text()
+    assert "step 4 loss=" in log and "crops_per_s=" in log
+
+
+def test_classifier_exports_official_format_checkpoints(classifier_run):
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(classifier_run / name, weights_only=True)
+        assert set(payload) == {"model_config", "state_dict"}
+        assert not load_pretrained(classifier_run / name).training
+
+
+def test_mrl_run_trains_only_the_head_of_a_frozen_backbone(classifier_run, demo_shards, tmp_path):
+    config = tiny_config(tmp_path / "mrl", demo_shards,
+                         model={"backbone": str(classifier_run / "best.pt"), "head_init": "pca", "pca_batches": 2},
+                         training={"mode": "mrl", "freeze_backbone": True})
+    assert train(config_from_dict(config))["status"] == "finished"
+    best = ReDimNetMRL.from_checkpoint(tmp_path / "mrl" / "best.pt")
+    assert best.dims == [32, 64, 192]
+    backbone = load_pretrained(classifier_run / "best.pt").state_dict()
+    trained = best.state_dict()
+    assert all(torch.equal(backbone[k], trained[k]) for k in backbone if k.startswith(("backbone.", "pool.")))
+    assert set(read_metrics(tmp_path / "mrl")[-1]["eer"]) == {"32", "64", "192", "native"}
+
+
+def test_resume_continues_at_the_same_step_and_schedule(demo_shards, tmp_path):
+    run_dir = tmp_path / "resume"
+    train(config_from_dict(tiny_config(run_dir, demo_shards, training={"max_steps": 2})))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer = Trainer(config_from_dict(tiny_config(run_dir, demo_shards)), resume="latest")
+    assert trainer.state["step"] == 2
+    assert trainer.scheduler.scheduler.last_epoch == 2
+    assert trainer.raw_optimizer.state  # AdamW moments came back
+    assert trainer.fit()["step"] == 4
+    assert [r["step"] for r in read_metrics(run_dir)] == [2, 4]
+
+
+def test_resume_latest_without_checkpoints_starts_fresh(demo_shards, tmp_path):
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path / "fresh", demo_shards)), resume="latest")
+    assert trainer.state["step"] == 0
+
+
+def test_repeated_non_finite_losses_stop_the_run(demo_shards, tmp_path, monkeypatch):
+    def nan_loss(self, wave, label):
+        loss = sum(p.sum() for p in self.loss.parameters()) * float("nan")
+        return loss, {"accuracy": {}}
+
+    monkeypatch.setattr(TrainModule, "forward", nan_loss)
+    config = tiny_config(tmp_path / "nan", demo_shards, training={"max_bad_steps": 2, "max_steps": 10})
+    with pytest.raises(BadStepError, match="2 steps in a row"):
+        train(config_from_dict(config))
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    schedule = config_from_dict({"training": {"schedule": {"warmup_steps": 10, "decay": "cosine",
+                                                           "min_lr_ratio": 0.1}}}).training.schedule
+    values = [lr_multiplier(step, schedule, max_steps=110) for step in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(b <= a for a, b in zip(values[10:], values[11:]))
+    assert values[110] == pytest.approx(0.1)
+
+
+def _launch(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _write_config(path: Path, config: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path):
+    run_dir = tmp_path / "preempted"
+    config = _write_config(tmp_path / "run.yaml", tiny_config(
+        run_dir, demo_shards, training={"max_steps": 1000},
+        validation={"every_steps": 1000}, checkpoint={"every_steps": 1000, "keep_last": 2}))
+    process = _launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config)], tmp_path)
+    log = run_dir / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "step 2 loss=" in log.read_text()):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    saved = ckpt.list_checkpoints(run_dir / "checkpoints")
+    assert len(saved) == 1 and (run_dir / "last.pt").is_file()
+    stopped_at = ckpt.read_trainer_state(saved[0])["step"]
+    assert stopped_at >= 2 and "stop requested by signal" in log.read_text()
+
+    resumed = _launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config), "--resume", "latest",
+                       "--set", f"training.max_steps={stopped_at + 2}"], tmp_path)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"start_step={stopped_at}" in log.read_text()
+    assert read_metrics(run_dir)[-1]["step"] == stopped_at + 2
+
+
+def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, tmp_path):
+    run_dir = tmp_path / "ddp"
+    config = _write_config(tmp_path / "ddp.yaml", tiny_config(run_dir, demo_shards))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    process = _launch([str(accelerate), "launch", "--cpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", "29517", str(REPO / "launch" / "train.py"), "--config", str(config)],
+                      tmp_path)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "ranks=2" in (run_dir / "train.log").read_text()
+    assert [r["step"] for r in read_metrics(run_dir)] == [2, 4]  # rank 0 alone writes
+    final = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
+    assert {p.name for p in final.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert load_pretrained(run_dir / "best.pt").config.F == 32
