@@ -1,0 +1,292 @@
+"""Shard sets: the manifest `make_shards.py` writes, shard URL lists, and reading samples out of tars.
+
+A split is `NAME-000000.tar ...` plus `NAME.manifest.json` (see `launch/make_shards.py`); each
+sample is two tar members, `<speaker>/<video>/<utt>.flac` (16 kHz mono 16-bit FLAC) and
+`<speaker>/<video>/<utt>.json` (speaker, label, video, seconds, frames, source,
+original_sample_rate, original_channels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+MANIFEST_FORMAT = "mrl-dist-shards/1"
+MANIFEST_SUFFIX = ".manifest.json"
+
+log = logging.getLogger(__name__)
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing or does not describe a shard set; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str  # file name relative to the manifest's folder
+    url: str  # path or URL the loaders open
+    samples: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A packed split as described by `NAME.manifest.json`."""
+
+    path: Path
+    split: str
+    shards: list[ShardInfo]
+    speakers: dict[str, int]  # speaker id -> label, labels 0..num_speakers-1 in sorted order
+    speaker_counts: dict[str, int]
+    total_samples: int
+    total_hours: float
+    trials_path: Path | None
+    skipped: list[dict] = field(default_factory=list)
+    version: str = ""
+
+    @property
+    def num_speakers(self) -> int:
+        return len(self.speakers)
+
+    @property
+    def urls(self) -> list[str]:
+        return [shard.url for shard in self.shards]
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Writes JSON (sorted keys, so equal content gives equal bytes) via a temporary name + rename."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Reads `NAME.manifest.json`; shard URLs are resolved against the manifest's folder.
+
+    Raises ManifestError naming the file when it is missing, not JSON, or lacks a field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} not found: pack the split with launch/make_shards.py")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"manifest {path} is not readable JSON: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(
+            f"manifest {path}: 'format' is not {MANIFEST_FORMAT!r}; "
+            "is this a shard manifest written by launch/make_shards.py?"
+        )
+    try:
+        folder = path.parent
+        shards = [
+            ShardInfo(s["name"], str(folder / s["name"]), int(s["samples"]), s.get("sha256"))
+            for s in payload["shards"]
+        ]
+        trials = payload.get("trials")
+        return Manifest(
+            path=path,
+            split=str(payload["split"]),
+            shards=shards,
+            speakers={str(k): int(v) for k, v in payload["speakers"].items()},
+            speaker_counts={str(k): int(v) for k, v in payload.get("speaker_counts", {}).items()},
+            total_samples=int(payload["total_samples"]),
+            total_hours=float(payload["total_hours"]),
+            trials_path=folder / trials if trials else None,
+            skipped=list(payload.get("skipped", [])),
+            version=str(payload.get("version", "")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ManifestError(f"manifest {path}: missing or invalid field {error}") from error
+
+
+def expand_urls(source: str | Sequence[str]) -> list[str]:
+    """A brace pattern (`shards/train-{000000..000099}.tar`, `::` joins patterns) or a list -> URLs."""
+    if isinstance(source, (str, os.PathLike)):
+        import braceexpand  # a webdataset dependency
+
+        urls = []
+        for pattern in str(source).split("::"):
+            urls.extend(braceexpand.braceexpand(pattern))
+        return urls
+    return [str(url) for url in source]
+
+
+class SkipCounter:
+    """Counts samples skipped in one worker, by reason, and logs them rate-limited.
+
+    Logs the first 10 skips and then every power of two, so a badly broken shard set is loud at
+    first without flooding the log. `take()` returns the count since the previous call, which
+    the batcher puts into each batch for the trainer to sum.
+    """
+
+    def __init__(self, where: str = "loader"):
+        self.where = where
+        self.by_reason: dict[str, int] = {}
+        self.total = 0
+        self._taken = 0
+
+    def skip(self, reason: str, url: str, key: str | None, detail: str) -> None:
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        self.total += 1
+        if self.total <= 10 or (self.total & (self.total - 1)) == 0:
+            log.warning(
+                "%s: skipped %d samples so far %s; latest: %s in shard %s (key %s): %s",
+                self.where, self.total, self.by_reason, reason, url, key, detail,
+            )
+
+    def take(self) -> int:
+        new = self.total - self._taken
+        self._taken = self.total
+        return new
+
+
+def _split_member_name(name: str) -> tuple[str, str]:
+    """`spk/vid/utt.flac` -> (`spk/vid/utt`, `flac`): the key ends at the first dot of the basename,
+    the rule webdataset uses, so both readers agree on keys."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower() if dot else ""
+
+
+def _open_url(url: str):
+    from webdataset.gopen import gopen  # local paths, file:, pipe: and http(s) (through curl)
+
+    stream = gopen(url, "rb")
+    if url.endswith((".tar.gz", ".tgz")):
+        import gzip
+
+        stream = gzip.GzipFile(fileobj=stream)
+    return stream
+
+
+class TarFormatError(ValueError):
+    """A tar stream that ends early or holds a damaged header."""
+
+
+def _read_exact(stream, size: int) -> bytes:
+    data = stream.read(size)
+    while len(data) < size:  # raw pipes may return short reads before EOF
+        more = stream.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] == b"\x80":  # GNU base-256 for sizes >= 8 GiB
+        return int.from_bytes(field[1:], "big")
+    field = field.rstrip(b"\0 ").lstrip(b" ")
+    return int(field, 8) if field else 0
+
+
+def tar_members(stream) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular file in a tar stream, read in one pass.
+
+    A minimal reader (ustar, GNU long names, pax paths) instead of `tarfile`'s stream mode,
+    which costs about as much per member as decoding a 2 s crop. Headers are checksummed, so
+    damage is an error rather than garbage data. Raises TarFormatError on a truncated or
+    damaged stream.
+    """
+    long_name = None
+    while True:
+        header = _read_exact(stream, 512)
+        if not header or header == bytes(512):
+            return  # end of archive (tar writers end with zero blocks; tarfile accepts none)
+        if len(header) < 512:
+            raise TarFormatError("stream ends inside a member header")
+        stored = _octal(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+            raise TarFormatError("member header checksum mismatch (damaged or not a tar)")
+        size = _octal(header[124:136])
+        data = _read_exact(stream, size)
+        padding = _read_exact(stream, -size % 512)
+        if len(data) < size or len(padding) < -size % 512:
+            raise TarFormatError(f"stream ends inside member data ({len(data)} of {size} bytes)")
+        kind = header[156:157]
+        if kind == b"L":
+            long_name = data.rstrip(b"\0").decode("utf-8")
+        elif kind == b"x":
+            for record in data.decode("utf-8").splitlines():
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
+        elif kind in (b"0", b"\0"):
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
+            if long_name is None and prefix and header[257:262] == b"ustar":
+                name = f"{prefix}/{name}"
+            yield long_name or name, data
+            long_name = None
+        else:
+            long_name = None  # directories, links, global pax headers: not samples
+
+
+def iter_tar_samples(
+    urls: Iterable[str], skips: SkipCounter, want: frozenset[str] = frozenset({"flac", "json"}),
+    max_empty_shards: int | None = None,
+) -> Iterator[dict]:
+    """Stage: shard URLs -> raw samples, streaming each tar once.
+
+    Before: url strings. After: {"key": str, "url": str, "flac": bytes, "json": bytes} (the
+    member extensions in `want`). A shard that cannot be opened or is truncated, and a sample
+    that lacks one of its members, is skipped and counted in `skips`; iteration goes on with the
+    rest of the shard or the next shard. With `max_empty_shards`, that many shards in a row
+    without a good sample raise RuntimeError: an endless resampled stream over broken shards
+    would otherwise spin forever.
+    """
+    empty_in_row = 0
+    for url in urls:
+        if max_empty_shards is not None and empty_in_row >= max_empty_shards:
+            raise RuntimeError(
+                f"{empty_in_row} shards in a row gave no usable sample (last: {url}); skipped so "
+                f"far: {skips.by_reason}. Check the shard URLs and re-pack broken shards."
+            )
+        empty_in_row += 1
+        current: dict | None = None
+        try:
+            stream = _open_url(url)
+        except Exception as error:  # missing file, failed pipe/http: counted, not fatal
+            skips.skip("unreadable-shard", url, None, f"{type(error).__name__}: {error}")
+            continue
+        try:
+            for name, data in tar_members(stream):
+                key, extension = _split_member_name(name)
+                if current is not None and key != current["key"]:
+                    if _complete(current, want, skips):
+                        empty_in_row = 0
+                        yield current
+                    current = None
+                if extension not in want:
+                    continue
+                if current is None:
+                    current = {"key": key, "url": url}
+                current[extension] = data
+            if current is not None and _complete(current, want, skips):
+                empty_in_row = 0
+                yield current
+        except (OSError, EOFError, ValueError) as error:  # TarFormatError, gzip/IO errors
+            where = f"after {current['key']}" if current else None
+            skips.skip("truncated-shard", url, where, f"{type(error).__name__}: {error}")
+            # tar_members only hands over fully read members: a sample whose members all
+            # arrived before the damage is intact.
+            if current is not None and not want - current.keys():
+                empty_in_row = 0
+                yield current
+        finally:
+            try:
+                stream.close()
+            except Exception as error:  # a failed `pipe:` command reports here
+                skips.skip("unreadable-shard", url, None, f"{type(error).__name__}: {error}")
+
+
+def _complete(sample: dict, want: frozenset[str], skips: SkipCounter) -> bool:
+    missing = sorted(want - sample.keys())
+    if missing:
+        skips.skip("incomplete-sample", sample["url"], sample["key"], f"no {missing} member")
+    return not missing

@@ -1,0 +1,284 @@
+"""Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training.
+
+    python launch/make_shards.py --input /data/voxceleb2/dev/aac --output shards --split train
+    python launch/make_shards.py --input /data/voxceleb1/test/wav --output shards --split val \
+        --trials /data/voxceleb1/veri_test2.txt
+
+Writes `NAME-000000.tar ...`, `NAME.manifest.json` (written last: its presence means the split is
+complete) and, with --trials, `NAME.trials.txt`.
+
+Two passes. Pass 1 decodes every file (in parallel) to a FLAC cache in `OUTPUT/.NAME.tmp/`,
+logging one record per file to `decoded.jsonl` there. Pass 2 shuffles the good files with a fixed
+seed, cuts them into shards by size and writes the tars (in parallel), recording each finished
+shard's sha256 in `NAME.manifest.partial.json`. A re-run after an interruption reuses the cache
+and keeps every shard whose sha256 matches the manifest-in-progress (or a finished manifest of the
+same input): the result equals an uninterrupted run. Re-running a finished split whose files are
+intact only verifies their sha256. The manifest records only what determines the content (not
+--workers or --output), so equal inputs give equal manifests.
+
+Decoder processes that die (an FFmpeg crash, the OOM killer) cost only the file being decoded,
+which is skipped as `decoder-crashed`; every other bad file is skipped with its reason
+(`unreadable`, `truncated`, `empty`, `non-finite`, `too-short`, `bad-path`, `not-audio`,
+`duplicate`), listed in the manifest and counted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import __version__
+from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
+from .shard_writer import (
+    cache_path, decode_in_processes, decode_to_cache, fingerprint, list_sources, plan_shards,
+    sha256_file, skip_entry, write_shard,
+)
+from .trials import read_trials, trial_keys
+
+
+class PackError(RuntimeError):
+    """The split cannot be packed as asked (no valid audio, trial utterances missing)."""
+
+
+def _pool(workers: int):
+    return ProcessPoolExecutor(workers) if workers > 1 else None
+
+
+def _load_records(records_path: Path, cache_dir: Path) -> dict[str, dict]:
+    """Decode records of an interrupted run whose cache file is complete (last record per key wins)."""
+    records: dict[str, dict] = {}
+    if not records_path.is_file():
+        return records
+    for line in records_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line being written when the run was killed
+        if "reason" not in record:
+            cached = cache_path(cache_dir, record["key"])
+            if not cached.is_file() or cached.stat().st_size != record["bytes"]:
+                continue
+        records[record["key"]] = record
+    return records
+
+
+def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[dict]:
+    """Pass 1: one decode record per source, in source order (see shard_writer.decode_to_cache)."""
+    cache_dir = state_dir / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    records_path = state_dir / "decoded.jsonl"
+    previous = _load_records(records_path, cache_dir)
+    done = {}
+    todo = []
+    for source in sources:
+        record = previous.get(source.key)
+        same_file = record is not None and (record["path"], record["size"], record["mtime_ns"]) == (
+            source.path, source.size, source.mtime_ns)
+        if same_file:
+            done[source.key] = record
+        else:
+            todo.append((source, str(cache_path(cache_dir, source.key))))
+    bar = tqdm(total=len(sources), initial=len(done), unit="file", desc="decode",
+               disable=not progress, smoothing=0.05)
+    hours = sum(r.get("seconds", 0.0) for r in done.values()) / 3600
+    try:
+        with open(records_path, "a") as log:
+            last_flush = time.monotonic()
+            for record in decode_in_processes(decode_to_cache, todo, workers):
+                log.write(json.dumps(record, sort_keys=True) + "\n")
+                if time.monotonic() - last_flush > 1.0:
+                    log.flush()
+                    last_flush = time.monotonic()
+                done[record["key"]] = record
+                hours += record.get("seconds", 0.0) / 3600
+                bar.set_postfix(hours=f"{hours:.2f}", refresh=False)
+                bar.update()
+    finally:
+        bar.close()
+    return [done[source.key] for source in sources]
+
+
+def _known_sha256(output: Path, split: str, identity: dict) -> dict[str, tuple[int, str]]:
+    """{shard name: (samples, sha256)} from a manifest (in progress or final) of the same input."""
+    known = {}
+    for path in (output / f"{split}{MANIFEST_SUFFIX}", output / f"{split}.manifest.partial.json"):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if {key: payload.get(key) for key in identity} != identity:
+            continue
+        for shard in payload.get("shards", []):
+            if shard.get("sha256"):
+                known[shard["name"]] = (shard["samples"], shard["sha256"])
+    return known
+
+
+def _finished_manifest(output: Path, split: str, identity: dict, trials) -> dict | None:
+    """The manifest of a finished run of the same input whose files are all intact, else None."""
+    try:
+        manifest = json.loads((output / f"{split}{MANIFEST_SUFFIX}").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if {key: manifest.get(key) for key in identity} != identity:
+        return None
+    for shard in manifest["shards"]:
+        path = output / shard["name"]
+        if not path.is_file() or sha256_file(path) != shard["sha256"]:
+            return None
+    copy = output / f"{split}.trials.txt"
+    if trials and (not copy.is_file() or copy.read_bytes() != Path(trials).read_bytes()):
+        return None
+    return manifest
+
+
+def _missing_trial_utterances(trials: Path, packed: set[str], skipped: list[dict]) -> list[str]:
+    """`key: why` for each utterance of the trial list that is not in `packed`."""
+    try:
+        keys = trial_keys(read_trials(trials))
+    except (OSError, ValueError) as error:
+        raise PackError(f"--trials {trials}: {error}") from error
+    reasons = {}
+    for entry in skipped:
+        parts = Path(entry["path"]).with_suffix("").parts[-3:]
+        reasons["/".join(parts)] = f"skipped ({entry['reason']}: {entry['path']})"
+    return [f"{key}: {reasons.get(key, 'no such file in --input')}"
+            for key in keys if key not in packed]
+
+
+def pack_split(inputs, output, split: str, *, trials=None, workers: int | None = None,
+               shard_size_mb: float = 256.0, min_seconds: float = 0.5,
+               progress: bool = True) -> dict:
+    """Packs the audio under `inputs` into `output/split-*.tar`; returns the manifest dict.
+
+    Raises PackError when no file is valid or a trial utterance is not in the split.
+    """
+    output = Path(output).absolute()
+    output.mkdir(parents=True, exist_ok=True)
+    workers = workers or len(os.sched_getaffinity(0))
+    for pattern in (f".{split}-*.tar.tmp.*", f".{split}.manifest*.tmp.*",
+                    f".{split}.trials.txt.tmp.*"):
+        for stale in output.glob(pattern):
+            stale.unlink()  # temporaries of a killed run; never renamed, so never valid
+    sources, skipped = list_sources(inputs, exclude=output)
+    identity = {
+        "format": MANIFEST_FORMAT,
+        "arguments": {"input": [str(Path(p).absolute()) for p in inputs], "split": split,
+                      "trials": str(Path(trials).absolute()) if trials else None,
+                      "shard_size_mb": shard_size_mb, "min_seconds": min_seconds},
+        "inputs_sha256": fingerprint(sources, skipped),
+        "version": __version__,
+    }
+    if trials:
+        missing = _missing_trial_utterances(Path(trials), {s.key for s in sources}, skipped)
+        if missing:  # fail before hours of decoding
+            raise PackError(_missing_message(trials, missing))
+    finished = _finished_manifest(output, split, identity, trials)
+    if finished is not None:
+        return finished
+
+    state_dir = output / f".{split}.tmp"
+    records = decode_all(sources, state_dir, workers, progress)
+    valid = []
+    for record in records:
+        if "reason" in record:
+            skipped.append(skip_entry(record["path"], record["reason"], record["detail"]))
+        elif record["seconds"] < min_seconds:
+            skipped.append(skip_entry(record["path"], "too-short",
+                                      f"{record['seconds']:.3f} s < --min-seconds {min_seconds}"))
+        else:
+            valid.append(record)
+    skipped.sort(key=lambda entry: entry["path"])
+    if not valid:
+        counts = dict(Counter(entry["reason"] for entry in skipped))
+        raise PackError(f"no valid audio file under --input {', '.join(map(str, inputs))} "
+                        f"(expected <speaker>/<video>/<utt>.<wav|flac|m4a|...>); skipped: {counts}")
+    if trials:
+        missing = _missing_trial_utterances(Path(trials), {r["key"] for r in valid}, skipped)
+        if missing:
+            raise PackError(_missing_message(trials, missing))
+
+    speakers = {name: label for label, name in enumerate(sorted({r["key"].split("/")[0]
+                                                                  for r in valid}))}
+    plans = plan_shards(valid, speakers, split, int(shard_size_mb * 2**20))
+    manifest = {
+        **identity, "split": split, "sample_rate": 16000,
+        "shards": [{"name": p.name, "samples": len(p.records), "sha256": None} for p in plans],
+        "total_samples": len(valid),
+        "total_hours": round(sum(r["seconds"] for r in valid) / 3600, 6),
+        "num_speakers": len(speakers), "speakers": speakers,
+        "speaker_counts": dict(sorted(Counter(r["key"].split("/")[0] for r in valid).items())),
+        "skipped": skipped,
+        "skipped_counts": dict(sorted(Counter(e["reason"] for e in skipped).items())),
+        "trials": f"{split}.trials.txt" if trials else None,
+    }
+    _write_shards(manifest, plans, output, state_dir, workers, progress)
+    if trials:
+        temporary = output / f".{split}.trials.txt.tmp.{os.getpid()}"
+        shutil.copyfile(trials, temporary)
+        os.replace(temporary, output / f"{split}.trials.txt")
+    write_json_atomic(output / f"{split}{MANIFEST_SUFFIX}", manifest)
+    (output / f"{split}.manifest.partial.json").unlink(missing_ok=True)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return manifest
+
+
+def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, progress: bool):
+    """Pass 2: writes every shard not already on disk with the known sha256; fills manifest sha256."""
+    identity_keys = ("format", "arguments", "inputs_sha256", "version")
+    known = _known_sha256(output, manifest["split"], {k: manifest[k] for k in identity_keys})
+    entries = {entry["name"]: entry for entry in manifest["shards"]}
+    todo = []
+    for plan in plans:
+        samples, sha = known.get(plan.name, (None, None))
+        path = output / plan.name
+        if samples == len(plan.records) and path.is_file() and sha256_file(path) == sha:
+            entries[plan.name]["sha256"] = sha
+        else:
+            todo.append((str(output), plan, str(state_dir / "cache")))
+    partial = output / f"{manifest['split']}.manifest.partial.json"
+    write_json_atomic(partial, manifest)
+    done_samples = sum(e["samples"] for e in entries.values() if e["sha256"])
+    bar = tqdm(total=manifest["total_samples"], initial=done_samples, unit="file", desc="pack",
+               disable=not progress, smoothing=0.05)
+    hours = sum(r["seconds"] for p in plans if entries[p.name]["sha256"] for r in p.records) / 3600
+    pool = _pool(min(workers, len(todo)))
+    try:
+        seconds = {plan.name: sum(r["seconds"] for r in plan.records) for plan in plans}
+        results = map(write_shard, todo) if pool is None else (
+            future.result() for future in as_completed([pool.submit(write_shard, t) for t in todo]))
+        for name, sha, _ in results:
+            entries[name]["sha256"] = sha
+            hours += seconds[name] / 3600
+            bar.set_postfix(hours=f"{hours:.2f}", refresh=False)
+            bar.update(entries[name]["samples"])
+            write_json_atomic(partial, manifest)  # small: one rewrite per shard is cheap
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        write_json_atomic(partial, manifest)
+
+
+def _missing_message(trials, missing: list[str]) -> str:
+    shown = "\n  ".join(missing[:20])
+    more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+    return (f"--trials {trials}: {len(missing)} utterance(s) are not in the split:\n  "
+            f"{shown}{more}")
+
+
+def summary(manifest: dict, output: Path) -> str:
+    lines = [f"packed {manifest['total_samples']} utterances ({manifest['total_hours']:.2f} h, "
+             f"{manifest['num_speakers']} speakers) into {len(manifest['shards'])} shards: "
+             f"{output / (manifest['split'] + MANIFEST_SUFFIX)}"]
+    if manifest["skipped"]:
+        lines.append(f"skipped {len(manifest['skipped'])} files (listed in the manifest):")
+        lines += [f"  {reason}: {count}" for reason, count in manifest["skipped_counts"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,383 @@
+"""Streaming training and evaluation batches from tar shards.
+
+Training (`make_train_loader`), per loader worker:
+
+    resampled_shards -> iter_tar_samples -> shuffle_samples -> parse_meta
+        -> [speed_perturb] -> decode_crop -> [add_reverb] -> [add_noise] -> batch_crops
+
+Every worker of every rank draws shards with replacement from an RNG seeded by
+(seed, epoch, rank, worker), so streams never end and never coincide, and an epoch is a fixed
+number of batches on every rank (no DDP rank waits at an epoch end for another that ran dry).
+Only the crop's FLAC frames are decoded.
+
+Evaluation (`make_eval_loader`): each shard once, the trial-list utterances only, whole
+(optionally capped) utterances sorted by length into padded batches.
+
+Library code stays rank-agnostic: the trainer passes rank and world_size in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import soxr
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, repeat_to_length
+from mrl_dist.data.augment import AugmentConfig, augment_stages, num_classes, speed_perturb
+from mrl_dist.data.manifest import (
+    MANIFEST_SUFFIX, SkipCounter, expand_urls, iter_tar_samples, read_manifest,
+)
+from mrl_dist.data.trials import read_trials, trial_keys
+
+# An endless stream of undecodable samples would otherwise spin forever without a batch.
+MAX_FAILURES_IN_ROW = 1000
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """Where shards are, plus what a manifest knows about them (None without one)."""
+
+    urls: list[str]
+    num_speakers: int | None = None
+    total_samples: int | None = None
+    trials_path: Path | None = None
+
+
+def resolve_source(source: str | Path | Sequence[str]) -> ShardSource:
+    """A `*.manifest.json` path, a list of shard URLs, or a brace pattern -> ShardSource."""
+    if isinstance(source, (str, Path)) and str(source).endswith(MANIFEST_SUFFIX):
+        manifest = read_manifest(source)
+        return ShardSource(manifest.urls, manifest.num_speakers, manifest.total_samples,
+                           manifest.trials_path)
+    urls = expand_urls(source)
+    if not urls:
+        raise ValueError(f"no shard URLs in source {source!r}")
+    return ShardSource(urls)
+
+
+def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:
+    """The one generator a loader worker derives all its randomness from."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker]))
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def resampled_shards(urls: Sequence[str], rng: np.random.Generator) -> Iterator[str]:
+    """Stage: an endless stream of shard URLs drawn uniformly with replacement."""
+    while True:
+        yield urls[int(rng.integers(len(urls)))]
+
+
+def shuffle_samples(samples: Iterable[dict], buffer_size: int, rng: np.random.Generator):
+    """Stage: yields samples in random order through a buffer of `buffer_size` (any dict)."""
+    buffer: list[dict] = []
+    for sample in samples:
+        if len(buffer) < buffer_size:
+            buffer.append(sample)
+            continue
+        slot = int(rng.integers(buffer_size))
+        buffer[slot], sample = sample, buffer[slot]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def parse_meta(samples: Iterable[dict], skips: SkipCounter):
+    """Stage: reads the `.json` member.
+
+    Before: {"key", "url", "flac": bytes, "json": bytes}. After: {"key", "url", "flac", "label":
+    int}. A sample whose JSON is broken is skipped and counted.
+    """
+    for sample in samples:
+        try:
+            label = int(json.loads(sample["json"])["label"])
+        except (ValueError, KeyError, TypeError) as error:
+            skips.skip("bad-json", sample["url"], sample["key"], f"{type(error).__name__}: {error}")
+            continue
+        yield {"key": sample["key"], "url": sample["url"], "flac": sample["flac"], "label": label}
+
+
+def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Generator,
+                skips: SkipCounter):
+    """Stage: decodes a random crop, seeking into the FLAC so only the crop's frames are decoded.
+
+    Before: {"key", "url", "flac", "label"[, "speed"]}. After: {"key", "label", "wave":
+    [crop_frames] float32 16 kHz}. Utterances shorter than the crop are repeated to length. With
+    "speed" s, `crop_frames * s` source frames are read and resampled to `crop_frames`.
+    """
+    failures_in_row = 0
+    for sample in samples:
+        if failures_in_row >= MAX_FAILURES_IN_ROW:
+            raise RuntimeError(f"{failures_in_row} samples in a row could not be decoded (last: "
+                               f"{sample['key']} in {sample['url']}); skipped: {skips.by_reason}")
+        speed = sample.get("speed", 1.0)
+        wanted = crop_frames if speed == 1.0 else math.ceil(crop_frames * speed) + 8
+        try:
+            wave = read_flac_crop(sample["flac"], None, wanted, rng=rng)
+        except AudioError as error:
+            skips.skip(error.reason, sample["url"], sample["key"], error.detail)
+            failures_in_row += 1
+            continue
+        if len(wave) == 0:
+            skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
+            failures_in_row += 1
+            continue
+        failures_in_row = 0
+        if speed != 1.0:
+            # Treating the audio as recorded at 16 kHz * speed makes it play `speed` times faster.
+            wave = soxr.resample(wave, SAMPLE_RATE * speed, SAMPLE_RATE)
+        wave = repeat_to_length(wave, crop_frames) if len(wave) < crop_frames else wave[:crop_frames]
+        yield {"key": sample["key"], "label": sample["label"], "wave": wave}
+
+
+def batch_crops(samples: Iterable[dict], batch_size: int, skips: SkipCounter):
+    """Stage: stacks crops into batches.
+
+    Before: {"key", "label", "wave": [T]}. After: {"wave": [B, T] float32, "label": [B] int64,
+    "key": list of B str, "skipped": int (samples this worker skipped since its previous batch)}.
+    """
+    batch: list[dict] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            yield {"wave": torch.from_numpy(np.stack([s["wave"] for s in batch])),
+                   "label": torch.tensor([s["label"] for s in batch], dtype=torch.int64),
+                   "key": [s["key"] for s in batch], "skipped": skips.take()}
+            batch = []
+
+
+def batches_for_worker(steps: int, worker: int, num_workers: int) -> int:
+    """This worker's share of `steps` batches; the shares add up to exactly `steps`."""
+    return steps // num_workers + (1 if worker < steps % num_workers else 0)
+
+
+class TrainStream(IterableDataset):
+    """Endless crops cut into `steps_per_epoch` batches per rank, split over loader workers."""
+
+    def __init__(self, urls: list[str], *, batch_size: int, crop_frames: int, seed: int,
+                 rank: int, epoch: int, steps_per_epoch: int, shuffle_buffer: int,
+                 augment: AugmentConfig | None, num_speakers: int | None):
+        super().__init__()
+        self.urls, self.batch_size, self.crop_frames = urls, batch_size, crop_frames
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+        self.steps_per_epoch, self.shuffle_buffer = steps_per_epoch, shuffle_buffer
+        self.augment, self.num_speakers = augment, num_speakers
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        rng = worker_rng(self.seed, self.epoch, self.rank, worker)
+        # Separate child generators: enabling one stage does not shift the draws of another.
+        shard_rng, shuffle_rng, speed_rng, crop_rng, augment_rng = rng.spawn(5)
+        skips = SkipCounter(f"train loader rank {self.rank} worker {worker}")
+        samples = iter_tar_samples(resampled_shards(self.urls, shard_rng), skips,
+                                   max_empty_shards=max(8, 2 * len(self.urls)))
+        samples = parse_meta(shuffle_samples(samples, self.shuffle_buffer, shuffle_rng), skips)
+        if self.augment is not None and self.augment.speed_perturb:
+            samples = speed_perturb(samples, self.num_speakers, speed_rng)
+        samples = decode_crop(samples, self.crop_frames, crop_rng, skips)
+        if self.augment is not None:
+            for stage in augment_stages(self.augment, augment_rng, skips):
+                samples = stage(samples)
+        batches = batch_crops(samples, self.batch_size, skips)
+        for _ in range(batches_for_worker(self.steps_per_epoch, worker, num_workers)):
+            yield next(batches)
+
+
+class TrainLoader:
+    """Iterable of training batches; `len()` is the number of batches per epoch on every rank.
+
+    Each `for batch in loader` is one epoch and advances `epoch`; call `set_epoch` to resume at
+    a given epoch. `skipped` sums the corrupt samples the workers skipped (batch["skipped"]).
+    `num_classes` is the classifier width (None when the source does not know its speakers).
+    """
+
+    def __init__(self, stream: TrainStream, num_workers: int, num_classes: int | None,
+                 pin_memory: bool = False):
+        self.stream, self.num_workers, self.num_classes = stream, num_workers, num_classes
+        self.pin_memory = pin_memory
+        self.skipped = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.stream.steps_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        # A fresh DataLoader per epoch ships this epoch (hence the seeds) to new workers; the copy
+        # pins it, since workers start only on the first next().
+        loader = DataLoader(copy.copy(self.stream), batch_size=None,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory)
+        self.stream.epoch += 1
+        for batch in loader:
+            self.skipped += batch["skipped"]
+            yield batch
+
+
+def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_workers: int,
+                      seed: int, rank: int, world_size: int, epoch: int = 0,
+                      shuffle_buffer: int = 1000, augment: AugmentConfig | dict | None = None,
+                      steps_per_epoch: int | None = None, num_speakers: int | None = None,
+                      pin_memory: bool = False) -> TrainLoader:
+    """Training batches {"wave": [B, T] float32 16 kHz, "label": [B] int64, "key": B str,
+    "skipped": int} with T = crop_seconds * 16000.
+
+    source: a `NAME.manifest.json`, a list of shard URLs (paths, `pipe:` commands, http) or a
+    brace pattern. steps_per_epoch defaults to total_samples // (batch_size * world_size) from the
+    manifest; it is required for other sources, as is num_speakers with speed perturbation.
+    """
+    shards = resolve_source(source)
+    if isinstance(augment, dict):
+        augment = AugmentConfig.from_dict(augment)
+    num_speakers = num_speakers or shards.num_speakers
+    if steps_per_epoch is None:
+        if shards.total_samples is None:
+            raise ValueError(f"steps_per_epoch is required when the source is not a manifest "
+                             f"(got {source!r})")
+        steps_per_epoch = max(1, shards.total_samples // (batch_size * world_size))
+    speed = augment is not None and augment.speed_perturb
+    if speed and num_speakers is None:
+        raise ValueError("speed perturbation relabels speakers: pass num_speakers or a manifest")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    stream = TrainStream(shards.urls, batch_size=batch_size,
+                         crop_frames=round(crop_seconds * SAMPLE_RATE), seed=seed, rank=rank,
+                         epoch=epoch, steps_per_epoch=steps_per_epoch,
+                         shuffle_buffer=shuffle_buffer, augment=augment, num_speakers=num_speakers)
+    classes = num_classes(num_speakers, speed) if num_speakers else None
+    return TrainLoader(stream, num_workers, classes, pin_memory)
+
+
+def decode_whole(samples: Iterable[dict], max_frames: int | None, skips: SkipCounter):
+    """Stage: whole utterances, capped to their first `max_frames` samples.
+
+    Before: {"key", "url", "flac"}. After: {"key", "wave": [T] float32 16 kHz}, T <= max_frames.
+    """
+    for sample in samples:
+        try:
+            wave = read_flac_crop(sample["flac"], 0, max_frames)
+        except AudioError as error:
+            skips.skip(error.reason, sample["url"], sample["key"], error.detail)
+            continue
+        if len(wave) == 0:
+            skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
+            continue
+        yield {"key": sample["key"], "wave": wave}
+
+
+def length_sorted_batches(samples: Iterable[dict], batch_size: int, sort_buffer: int,
+                          skips: SkipCounter):
+    """Stage: sorts each `sort_buffer` utterances by length (longest first) into padded batches.
+
+    Before: {"key", "wave": [T]}. After: {"wave": [B, T_max] float32 zero-padded, "lengths": [B]
+    int64, "key": list of B str, "skipped": int}. With a buffer larger than the set, the order
+    is global; padding then costs little.
+    """
+    def flush(buffer):
+        buffer.sort(key=lambda s: (-len(s["wave"]), s["key"]))
+        for start in range(0, len(buffer), batch_size):
+            chunk = buffer[start:start + batch_size]
+            lengths = [len(s["wave"]) for s in chunk]
+            wave = np.zeros((len(chunk), max(lengths)), dtype=np.float32)
+            for row, s in enumerate(chunk):
+                wave[row, :len(s["wave"])] = s["wave"]
+            yield {"wave": torch.from_numpy(wave), "lengths": torch.tensor(lengths),
+                   "key": [s["key"] for s in chunk], "skipped": skips.take()}
+
+    buffer: list[dict] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) >= sort_buffer:
+            yield from flush(buffer)
+            buffer = []
+    yield from flush(buffer)
+
+
+class EvalStream(IterableDataset):
+    """Each shard once, split over ranks and loader workers; only `keys` (None: all) decoded."""
+
+    def __init__(self, urls: list[str], keys: frozenset[str] | None, *, max_frames: int | None,
+                 batch_size: int, sort_buffer: int, rank: int, world_size: int):
+        super().__init__()
+        self.urls, self.keys, self.max_frames = urls, keys, max_frames
+        self.batch_size, self.sort_buffer = batch_size, sort_buffer
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        part = self.rank * num_workers + worker
+        urls = self.urls[part::self.world_size * num_workers]
+        skips = SkipCounter(f"eval loader rank {self.rank} worker {worker}")
+        samples = iter_tar_samples(urls, skips, want=frozenset({"flac"}))
+        if self.keys is not None:
+            samples = (s for s in samples if s["key"] in self.keys)
+        samples = decode_whole(samples, self.max_frames, skips)
+        yield from length_sorted_batches(samples, self.batch_size, self.sort_buffer, skips)
+
+
+class EvalLoader:
+    """Iterable of evaluation batches; after a pass, `missing` lists wanted keys never seen.
+
+    With strict=True a pass that misses trial utterances raises at its end: scores over a
+    partial trial list would look valid and be wrong.
+    """
+
+    def __init__(self, stream: EvalStream, num_workers: int, strict: bool = True):
+        self.stream, self.num_workers, self.strict = stream, num_workers, strict
+        self.skipped = 0
+        self.missing: list[str] = []
+
+    def __iter__(self) -> Iterator[dict]:
+        seen: set[str] = set()
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers)
+        for batch in loader:
+            self.skipped += batch["skipped"]
+            seen.update(batch["key"])
+            yield batch
+        wanted = self.stream.keys
+        self.missing = sorted(wanted - seen) if wanted is not None else []
+        if self.stream.world_size == 1 and self.missing and self.strict:
+            raise RuntimeError(
+                f"eval loader: {len(self.missing)} trial utterance(s) not found in the shards "
+                f"(e.g. {self.missing[:5]}); {self.skipped} corrupt sample(s) were skipped. "
+                "Re-pack the split with --trials so make_shards.py checks the list.")
+
+
+def make_eval_loader(source, trials_path_or_keys=None, *, max_seconds: float | None = None,
+                     batch_size: int, num_workers: int = 0, sort_buffer: int = 1024,
+                     rank: int = 0, world_size: int = 1, strict: bool = True) -> EvalLoader:
+    """Evaluation batches {"wave": [B, T] float32 16 kHz zero-padded, "lengths": [B] int64,
+    "key": B str, "skipped": int} of similar-length utterances.
+
+    trials_path_or_keys: a VoxCeleb trial list, an iterable of keys, or None for the manifest's
+    trial list (all utterances when there is none). max_seconds caps each utterance to its first
+    N seconds. With world_size > 1 each rank reads its part of the shards (no missing check).
+    """
+    shards = resolve_source(source)
+    if trials_path_or_keys is None:
+        trials_path_or_keys = shards.trials_path
+    if trials_path_or_keys is None:
+        keys = None
+    elif isinstance(trials_path_or_keys, (str, Path)):
+        keys = frozenset(trial_keys(read_trials(trials_path_or_keys)))
+    else:
+        keys = frozenset(trials_path_or_keys)
+    max_frames = None if max_seconds is None else round(max_seconds * SAMPLE_RATE)
+    stream = EvalStream(shards.urls, keys, max_frames=max_frames, batch_size=batch_size,
+                        sort_buffer=sort_buffer, rank=rank, world_size=world_size)
+    return EvalLoader(stream, num_workers, strict)

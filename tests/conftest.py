@@ -1,0 +1,141 @@
+"""Shared fixtures: a small VoxCeleb-layout corpus with every kind of awkward file, packed once.
+
+The corpus (a few seconds of audio per file) holds good 16 kHz wavs, a stereo 44.1 kHz wav, an
+8 kHz wav, an AAC m4a (when this PyAV build can encode AAC) and broken files, each broken one
+with the skip reason `make_shards.py` must report for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SPEAKERS = ["id00001", "id00002", "id00003", "id00004"]
+
+
+def tone(seconds: float, sample_rate: int, freq: float, channels: int = 1, seed: int = 0):
+    """[T] or [T, C] float32: a tone plus a little noise, distinct per (freq, seed)."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    rng = np.random.default_rng(seed)
+    mono = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+    if channels == 1:
+        return mono.astype(np.float32)
+    return np.stack([mono * (1.0 - 0.3 * c) for c in range(channels)], axis=1).astype(np.float32)
+
+
+def write_wav(path: Path, wave: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wave, sample_rate, subtype=subtype)
+    return path
+
+
+def aac_available() -> bool:
+    import av
+
+    return "aac" in av.codecs_available
+
+
+def write_m4a(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
+    """wave [T, C] float32 -> AAC in an MP4 (m4a) container, encoded with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout = "stereo" if wave.shape[1] == 2 else "mono"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T), format="fltp",
+                                           layout=layout)
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@dataclass
+class Corpus:
+    root: Path
+    good: dict[str, Path] = field(default_factory=dict)  # key -> file
+    broken: dict[str, str] = field(default_factory=dict)  # absolute path -> expected reason
+    converted: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (rate, channels)
+    trials: Path | None = None
+
+
+def build_corpus(root: Path) -> Corpus:
+    corpus = Corpus(root)
+    for s, speaker in enumerate(SPEAKERS):
+        for video in ("vidA", "vidB"):
+            for u in (1, 2):
+                key = f"{speaker}/{video}/{u:05d}"
+                seconds = 1.0 + 0.5 * ((s + u) % 4)
+                seed = zlib.crc32(key.encode())
+                corpus.good[key] = write_wav(root / f"{key}.wav",
+                                             tone(seconds, 16000, 150 + 60 * s, seed=seed), 16000)
+    stereo = "id00002/vidS/00001"
+    corpus.good[stereo] = write_wav(root / f"{stereo}.wav", tone(1.5, 44100, 300, 2), 44100)
+    corpus.converted[stereo] = (44100, 2)
+    narrow = "id00003/vid8/00001"
+    corpus.good[narrow] = write_wav(root / f"{narrow}.wav", tone(2.0, 8000, 200), 8000)
+    corpus.converted[narrow] = (8000, 1)
+    if aac_available():
+        m4a = "id00004/vidM/00001"
+        corpus.good[m4a] = write_m4a(root / f"{m4a}.m4a", tone(1.5, 44100, 330, 2), 44100)
+        corpus.converted[m4a] = (44100, 2)
+
+    def broken(relative: str, reason: str, content: bytes | None = None) -> Path:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is not None:
+            path.write_bytes(content)
+        corpus.broken[str(path)] = reason
+        return path
+
+    broken("id00001/bad/00001.wav", "empty", b"")
+    broken("id00001/bad/00002.wav", "unreadable", b"RIFF not really a wave file" * 10)
+    broken("id00001/bad/00003.m4a", "unreadable", b"\x00\x00\x00\x18ftypM4A garbage" * 20)
+    whole = write_wav(root / "id00001/bad/00004.wav", tone(2.0, 16000, 200), 16000).read_bytes()
+    broken("id00001/bad/00004.wav", "truncated", whole[: len(whole) // 2])
+    nan = tone(1.0, 16000, 200)
+    nan[100:200] = np.nan
+    write_wav(broken("id00002/bad/00001.wav", "non-finite"), nan, 16000, subtype="FLOAT")
+    write_wav(broken("id00003/bad/00001.wav", "too-short"), tone(0.2, 16000, 200), 16000)
+    write_wav(broken("id00004/00001.wav", "bad-path"), tone(1.0, 16000, 200), 16000)
+    write_wav(broken("id00004/vidA/00003.take2.wav", "bad-path"), tone(1.0, 16000, 200), 16000)
+    broken("id00004/vidA/notes.txt", "not-audio", b"not audio")
+
+    trial_keys = sorted(k for k in corpus.good if k.startswith(("id00001", "id00002")))
+    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a}.wav {b}.wav"
+             for a, b in zip(trial_keys, trial_keys[1:] + trial_keys[:1])]
+    corpus.trials = root.parent / f"{root.name}-trials.txt"
+    corpus.trials.write_text("\n".join(lines) + "\n")
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def make_shards():
+    """The packing library behind `launch/make_shards.py` (`pack_split`, `write_shard`, ...)."""
+    from mrl_dist.data import packing
+
+    return packing
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Corpus:
+    return build_corpus(tmp_path_factory.mktemp("voxceleb") / "dev")
+
+
+@pytest.fixture(scope="session")
+def packed(corpus, make_shards, tmp_path_factory) -> Path:
+    """The corpus packed with --workers 1 into shards of about 0.1 MiB; returns the manifest path."""
+    output = tmp_path_factory.mktemp("shards")
+    make_shards.pack_split([corpus.root], output, "train", trials=corpus.trials, workers=1,
+                           shard_size_mb=0.1, progress=False)
+    return output / "train.manifest.json"
