@@ -104,12 +104,18 @@ class LossConfig:
     subcenters: int = 1
     dim_weights: list[float] | None = None  # one per model.mrl_dims; null: equal weights
     tied: bool = True  # one classifier weight matrix whose prefixes serve every dim
+    # mrl/distill with a pretrained backbone: weight of relational self-distillation, each prefix's
+    # B x B cosine matrix pulled towards the frozen native embedding's (keeps its geometry).
+    native_similarity: float = 0.0
 
 @dataclass
 class ValidationConfig:
     every_steps: int = 2000
     max_seconds: float | None = None  # crop validation utterances to this; null: full length
     batch_size: int = 16
+    # Validate the initial model too (pretrained starts only): best.pt then never ends up
+    # worse than the pretrained / PCA-initialised embedding it started from.
+    at_start: bool = True
 
 @dataclass
 class CheckpointConfig:
@@ -263,7 +269,7 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",
-    "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin",
+    "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin", "loss.native_similarity",
     "distill.losses.embedding", "distill.losses.similarity", "distill.losses.aam",
 )
 _UNIT_INTERVAL = (

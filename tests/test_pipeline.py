@@ -234,3 +234,24 @@ def test_manifest_errors_name_the_file(tmp_path):
 def test_sources_without_a_manifest_need_steps_per_epoch(packed):
     with pytest.raises(ValueError, match="steps_per_epoch is required"):
         train_loader(read_manifest(packed).urls, steps_per_epoch=None)
+
+
+def test_fixed_crops_cut_every_key_at_the_same_place_in_every_epoch(packed):
+    def crops(epoch: int, seed: int) -> dict:
+        loader = make_train_loader(packed, batch_size=4, crop_seconds=0.5, num_workers=0, seed=seed,
+                                   rank=0, world_size=1, epoch=epoch, steps_per_epoch=6, fixed_crops=True)
+        return {key: (int(start), wave) for batch in loader
+                for key, start, wave in zip(batch["key"], batch["start"], batch["wave"])}
+
+    first, second = crops(epoch=0, seed=0), crops(epoch=3, seed=7)
+    shared = set(first) & set(second)
+    assert shared
+    for key in shared:
+        assert first[key][0] == second[key][0] >= 0
+        assert torch.equal(first[key][1], second[key][1])
+
+
+def test_random_crops_report_no_start(packed):
+    loader = make_train_loader(packed, batch_size=4, crop_seconds=0.5, num_workers=0, seed=0,
+                               rank=0, world_size=1, steps_per_epoch=1)
+    assert (next(iter(loader))["start"] == -1).all()

@@ -161,20 +161,21 @@ def encode_flac(wave: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def read_flac_crop(data: bytes, start: int | None, frames: int | None, *, rng=None) -> np.ndarray:
-    """Decodes only `frames` samples of FLAC bytes from `start`: seeks, never decodes the rest.
+def read_flac_window(data: bytes, frames: int | None, choose_start) -> tuple[np.ndarray, int]:
+    """Decodes only `frames` samples of FLAC bytes: seeks, never decodes the rest.
 
-    start=None picks a uniformly random start with `rng` (a numpy Generator); frames=None reads
-    to the end. Returns wave [frames] float32, or fewer samples when the audio is shorter than
-    the request (callers tile short utterances). Raises AudioError(`undecodable`) on bad bytes.
+    `choose_start(total_frames) -> start` picks where the window begins. Returns (wave [frames]
+    float32, start), or the whole (shorter) audio and start 0 when it has no more than `frames`
+    samples (callers tile short utterances); frames=None reads everything. Raises
+    AudioError(`undecodable`) on bad bytes.
     """
+    start = 0
     try:
         with sf.SoundFile(io.BytesIO(data)) as audio:
             total = int(audio.frames)
             if frames is None or frames >= total:
-                return audio.read(dtype="float32")
-            if start is None:
-                start = int(rng.integers(0, total - frames + 1))
+                return audio.read(dtype="float32"), 0
+            start = int(choose_start(total))
             audio.seek(start)
             wave = audio.read(frames, dtype="float32")
     except AudioError:
@@ -184,7 +185,15 @@ def read_flac_crop(data: bytes, start: int | None, frames: int | None, *, rng=No
     if len(wave) < frames:
         # libsndfile returns short reads for FLAC whose frames are cut off rather than failing.
         raise AudioError("undecodable", f"read {len(wave)} of {frames} samples from {start}")
-    return wave
+    return wave, start
+
+
+def read_flac_crop(data: bytes, start: int | None, frames: int | None, *, rng=None) -> np.ndarray:
+    """`frames` samples of FLAC bytes from `start` (None: uniformly random with numpy `rng`)."""
+    def choose(total: int) -> int:
+        return start if start is not None else int(rng.integers(0, total - frames + 1))
+
+    return read_flac_window(data, frames, choose)[0]
 
 
 def repeat_to_length(wave: np.ndarray, frames: int) -> np.ndarray:

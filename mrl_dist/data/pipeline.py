@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -30,7 +31,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, repeat_to_length
+from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, read_flac_window, repeat_to_length
 from mrl_dist.data.augment import AugmentConfig, augment_stages, num_classes, speed_perturb
 from mrl_dist.data.manifest import (
     MANIFEST_SUFFIX, SkipCounter, expand_urls, iter_tar_samples, read_manifest,
@@ -97,24 +98,31 @@ def parse_meta(samples: Iterable[dict], skips: SkipCounter):
     """Stage: reads the `.json` member.
 
     Before: {"key", "url", "flac": bytes, "json": bytes}. After: {"key", "url", "flac", "label":
-    int}. A sample whose JSON is broken is skipped and counted.
+    int}. A sample whose JSON is broken is skipped and counted; one without a "label" (audio
+    packed without speaker labels, usable for label-free distillation) gets label -1.
     """
     for sample in samples:
         try:
-            label = int(json.loads(sample["json"])["label"])
-        except (ValueError, KeyError, TypeError) as error:
+            label = int(json.loads(sample["json"]).get("label", -1))
+        except (ValueError, AttributeError, TypeError) as error:
             skips.skip("bad-json", sample["url"], sample["key"], f"{type(error).__name__}: {error}")
             continue
         yield {"key": sample["key"], "url": sample["url"], "flac": sample["flac"], "label": label}
 
 
+def fixed_crop_start(key: str, total_frames: int, crop_frames: int) -> int:
+    """The same start for a key in every epoch and on every rank (cached teacher embeddings)."""
+    return zlib.crc32(key.encode()) % max(1, total_frames - crop_frames + 1)
+
+
 def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Generator,
-                skips: SkipCounter):
+                skips: SkipCounter, fixed: bool = False):
     """Stage: decodes a random crop, seeking into the FLAC so only the crop's frames are decoded.
 
     Before: {"key", "url", "flac", "label"[, "speed"]}. After: {"key", "label", "wave":
-    [crop_frames] float32 16 kHz}. Utterances shorter than the crop are repeated to length. With
-    "speed" s, `crop_frames * s` source frames are read and resampled to `crop_frames`.
+    [crop_frames] float32 16 kHz, "start": int (-1 for random crops)}. Utterances shorter than
+    the crop are repeated to length. With "speed" s, `crop_frames * s` source frames are read
+    and resampled to `crop_frames`. `fixed`: the crop start depends on the key alone.
     """
     failures_in_row = 0
     for sample in samples:
@@ -123,8 +131,14 @@ def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Genera
                                f"{sample['key']} in {sample['url']}); skipped: {skips.by_reason}")
         speed = sample.get("speed", 1.0)
         wanted = crop_frames if speed == 1.0 else math.ceil(crop_frames * speed) + 8
+        if fixed:
+            def choose(total: int, key: str = sample["key"]) -> int:
+                return fixed_crop_start(key, total, wanted)
+        else:
+            def choose(total: int) -> int:
+                return int(rng.integers(0, total - wanted + 1))
         try:
-            wave = read_flac_crop(sample["flac"], None, wanted, rng=rng)
+            wave, start = read_flac_window(sample["flac"], wanted, choose)
         except AudioError as error:
             skips.skip(error.reason, sample["url"], sample["key"], error.detail)
             failures_in_row += 1
@@ -138,14 +152,15 @@ def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Genera
             # Treating the audio as recorded at 16 kHz * speed makes it play `speed` times faster.
             wave = soxr.resample(wave, SAMPLE_RATE * speed, SAMPLE_RATE)
         wave = repeat_to_length(wave, crop_frames) if len(wave) < crop_frames else wave[:crop_frames]
-        yield {"key": sample["key"], "label": sample["label"], "wave": wave}
+        yield {"key": sample["key"], "label": sample["label"], "wave": wave, "start": start if fixed else -1}
 
 
 def batch_crops(samples: Iterable[dict], batch_size: int, skips: SkipCounter):
     """Stage: stacks crops into batches.
 
-    Before: {"key", "label", "wave": [T]}. After: {"wave": [B, T] float32, "label": [B] int64,
-    "key": list of B str, "skipped": int (samples this worker skipped since its previous batch)}.
+    Before: {"key", "label", "wave": [T], "start"}. After: {"wave": [B, T] float32, "label": [B]
+    int64 (-1: unlabelled), "key": list of B str, "start": [B] int64 crop starts (-1: random),
+    "skipped": int (samples this worker skipped since its previous batch)}.
     """
     batch: list[dict] = []
     for sample in samples:
@@ -153,7 +168,9 @@ def batch_crops(samples: Iterable[dict], batch_size: int, skips: SkipCounter):
         if len(batch) == batch_size:
             yield {"wave": torch.from_numpy(np.stack([s["wave"] for s in batch])),
                    "label": torch.tensor([s["label"] for s in batch], dtype=torch.int64),
-                   "key": [s["key"] for s in batch], "skipped": skips.take()}
+                   "key": [s["key"] for s in batch],
+                   "start": torch.tensor([s.get("start", -1) for s in batch], dtype=torch.int64),
+                   "skipped": skips.take()}
             batch = []
 
 
@@ -167,8 +184,9 @@ class TrainStream(IterableDataset):
 
     def __init__(self, urls: list[str], *, batch_size: int, crop_frames: int, seed: int,
                  rank: int, epoch: int, steps_per_epoch: int, shuffle_buffer: int,
-                 augment: AugmentConfig | None, num_speakers: int | None):
+                 augment: AugmentConfig | None, num_speakers: int | None, fixed_crops: bool = False):
         super().__init__()
+        self.fixed_crops = fixed_crops
         self.urls, self.batch_size, self.crop_frames = urls, batch_size, crop_frames
         self.seed, self.rank, self.epoch = seed, rank, epoch
         self.steps_per_epoch, self.shuffle_buffer = steps_per_epoch, shuffle_buffer
@@ -185,7 +203,7 @@ class TrainStream(IterableDataset):
         samples = parse_meta(shuffle_samples(samples, self.shuffle_buffer, shuffle_rng), skips)
         if self.augment is not None and self.augment.speed_perturb:
             samples = speed_perturb(samples, self.num_speakers, speed_rng)
-        samples = decode_crop(samples, self.crop_frames, crop_rng, skips)
+        samples = decode_crop(samples, self.crop_frames, crop_rng, skips, fixed=self.fixed_crops)
         if self.augment is not None:
             for stage in augment_stages(self.augment, augment_rng, skips):
                 samples = stage(samples)
@@ -233,9 +251,12 @@ def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_worke
                       seed: int, rank: int, world_size: int, epoch: int = 0,
                       shuffle_buffer: int = 1000, augment: AugmentConfig | dict | None = None,
                       steps_per_epoch: int | None = None, num_speakers: int | None = None,
-                      pin_memory: bool = False) -> TrainLoader:
-    """Training batches {"wave": [B, T] float32 16 kHz, "label": [B] int64, "key": B str,
-    "skipped": int} with T = crop_seconds * 16000.
+                      pin_memory: bool = False, fixed_crops: bool = False) -> TrainLoader:
+    """Training batches {"wave": [B, T] float32 16 kHz, "label": [B] int64 (-1: unlabelled),
+    "key": B str, "start": [B] int64, "skipped": int} with T = crop_seconds * 16000.
+
+    fixed_crops: every key is always cut at the same place (its "start"), so teacher embeddings
+    of a crop can be cached; otherwise crops are random and "start" is -1.
 
     source: a `NAME.manifest.json`, a list of shard URLs (paths, `pipe:` commands, http) or a
     brace pattern. steps_per_epoch defaults to total_samples // (batch_size * world_size) from the
@@ -258,7 +279,8 @@ def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_worke
     stream = TrainStream(shards.urls, batch_size=batch_size,
                          crop_frames=round(crop_seconds * SAMPLE_RATE), seed=seed, rank=rank,
                          epoch=epoch, steps_per_epoch=steps_per_epoch,
-                         shuffle_buffer=shuffle_buffer, augment=augment, num_speakers=num_speakers)
+                         shuffle_buffer=shuffle_buffer, augment=augment, num_speakers=num_speakers,
+                         fixed_crops=fixed_crops)
     classes = num_classes(num_speakers, speed) if num_speakers else None
     return TrainLoader(stream, num_workers, classes, pin_memory)
 

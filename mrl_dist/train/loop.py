@@ -32,7 +32,7 @@ from ..data.pipeline import make_eval_loader, make_train_loader
 from ..eval.extract import evaluate_model
 from ..eval.metrics import select_metric
 from . import checkpointing as ckpt
-from .modes import Mode, TrainModule, describe_parameters, make_mode
+from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
 from .schedule import lr_multiplier
 from .tracking import Tracker
 
@@ -61,6 +61,17 @@ class StopRequest:
 
 class BadStepError(RuntimeError):
     pass
+
+
+def flatten_stats(parts: dict) -> dict[str, torch.Tensor]:
+    """Loss statistics for logging: `{"accuracy": {64: t}}` -> `{"accuracy@64": t}`; flat keys stay."""
+    flat = {}
+    for key, value in parts.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}@{dim}": v for dim, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -110,17 +121,24 @@ class Trainer:
 
         tcfg = cfg.training
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
+        self.mode: Mode = make_mode(cfg, 0)  # what it needs from the data, before building the loader
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
-        self.num_classes = self.train_loader.num_classes
+        self.num_classes = self.train_loader.num_classes or 0
+        if self.mode.needs_labels and not self.num_classes:
+            raise ValueError(f"data.train: {cfg.data.train} carries no speaker labels (a manifest gives them); "
+                             f"training.mode {tcfg.mode} needs them"
+                             + (" (set distill.losses.aam: 0 to distil without labels)" if tcfg.mode == "distill" else ""))
+        self.mode.num_classes = self.num_classes
 
         set_seed(cfg.seed)  # identical initial weights on every rank
-        self.mode: Mode = make_mode(cfg, self.num_classes)
         module = self.mode.build(self._pca_batches, resuming=self.resume_dir is not None)
         self.mode.on_step(module, self.state["step"])
         self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
         self.raw_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.raw_optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
         self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.mixed_precision)
+        self.mode.attach(acc.device, self.autocast_dtype, self.rank)
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
         # Per-rank randomness for spec augment and dropout, after the shared initialisation.
@@ -138,7 +156,7 @@ class Trainer:
             num_workers=cfg.data.num_workers, seed=cfg.seed + seed_offset, rank=self.rank,
             world_size=self.world_size, epoch=epoch, shuffle_buffer=cfg.data.shuffle_buffer,
             augment=augment if active else None, steps_per_epoch=batches or self.batches_per_epoch,
-            pin_memory=torch.cuda.is_available())
+            pin_memory=torch.cuda.is_available(), fixed_crops=self.mode.fixed_crops)
 
     def _pca_batches(self) -> Iterator[torch.Tensor]:
         loader = self._train_loader(epoch=0, seed_offset=104729, batches=self.cfg.model.pca_batches)
@@ -175,13 +193,13 @@ class Trainer:
             wave = batch["wave"].to(acc.device, non_blocking=True)
             label = batch["label"].to(acc.device, non_blocking=True)
             last = micro == tcfg.grad_accum - 1
+            extra = self.mode.extra_inputs(batch, wave)
             with contextlib.nullcontext() if last else acc.no_sync(self.module):
-                loss, parts = self.module(wave, label)
+                loss, parts = self.module(wave, label, **extra)
                 acc.backward(loss / tcfg.grad_accum)
             finite &= bool(torch.isfinite(loss.detach()))
-            stats["loss"] = stats.get("loss", 0) + loss.detach() / tcfg.grad_accum
-            for dim, value in parts["accuracy"].items():
-                stats[f"acc@{dim}"] = stats.get(f"acc@{dim}", 0) + value / tcfg.grad_accum
+            for key, value in {"loss": loss.detach(), **flatten_stats(parts)}.items():
+                stats[key] = stats.get(key, 0) + value / tcfg.grad_accum
         max_norm = tcfg.grad_clip if tcfg.grad_clip is not None else math.inf
         grad_norm = acc.clip_grad_norm_(self.module.parameters(), max_norm)
         # fp16's scaler skips overflowing steps itself; elsewhere an inf gradient is a bad step.
@@ -209,6 +227,8 @@ class Trainer:
             f"mode={tcfg.mode} ranks={self.world_size} device={acc.device} precision={tcfg.mixed_precision} "
             f"classes={self.num_classes} parameters={sizes['parameters']} trainable={sizes['trainable']} "
             f"start_step={self.state['step']} run_dir={self.run_dir}")
+        if self.state["step"] == 0 and cfg.validation.at_start and backbone_is_pretrained(cfg):
+            self.validate()
         batches = self._batches()
         crops_per_step = tcfg.batch_size * tcfg.grad_accum * self.world_size
         window: dict[str, torch.Tensor] = {}
@@ -278,8 +298,7 @@ class Trainer:
             trials = read_manifest(cfg.data.val).trials_path
             if trials is None:
                 raise FileNotFoundError(f"data.val: {cfg.data.val} has no trials file; pack it with --trials")
-            autocast = torch.bfloat16 if cfg.training.mixed_precision == "bf16" else None
-            report, _, _ = evaluate_model(model, loader, trials, device=acc.device, autocast_dtype=autocast)
+            report, _, _ = evaluate_model(model, loader, trials, device=acc.device, autocast_dtype=self.autocast_dtype)
             record = {"step": self.state["step"], "epoch": self.state["epoch"], "eer": report["eer"],
                       "min_dcf": report["min_dcf"], "threshold": report["threshold"]}
             self.tracker.validation(record)
@@ -307,6 +326,7 @@ class Trainer:
         # torch format: safetensors refuses buffers that share storage (the mel window after a load)
         acc.save_state(str(temporary), safe_serialization=False)
         acc.wait_for_everyone()
+        self.mode.flush()
         final = ckpt.step_dir(self.checkpoints, step)
         if acc.is_main_process:
             ckpt.write_trainer_state(temporary, self.state)

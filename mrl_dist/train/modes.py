@@ -6,6 +6,8 @@ parts have `requires_grad=False`, so DDP never synchronises them.
 
     mrl         ReDimNetMRL (pretrained trunk, Matryoshka head) + Matryoshka AAM on its prefixes
     classifier  a plain ReDimNet + AAM on its native embedding; exports official-format files
+    distill     a ReDimNetMRL student + DistillationLoss against frozen ReDimNet teachers, which
+                live outside the TrainModule: never in DDP, the optimizer or a checkpoint
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from torch import nn
 
 from ..config import Config
 from ..losses import MatryoshkaAAMLoss
+from .distill import (
+    DistillationLoss,
+    Teacher,
+    TeacherEmbeddingCache,
+    build_distillation_loss,
+    cached_teacher_embeddings,
+    cosine_matrix,
+    load_teachers,
+    open_teacher_caches,
+    similarity_distance,
+    teacher_cache_dir,
+    teacher_embeddings,
+)
 from ..models import (
     PRESETS,
     ReDimNet,
@@ -84,18 +99,63 @@ def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor
         log.info("PCA head from %d pooled vectors", len(pooled))
     elif head_init == "pca":
         head_init, pooled = "random", None  # weights are about to be overwritten by the checkpoint
+    # A random backbone's "native" embedding means nothing: keep it only when pretrained.
     model = ReDimNetMRL.from_redimnet(redimnet, dims=cfg.model.mrl_dims, head_init=head_init,
-                                      pooled_features=pooled, seed=cfg.seed)
+                                      pooled_features=pooled, seed=cfg.seed,
+                                      keep_native=backbone_is_pretrained(cfg))
     model.head_init = cfg.model.head_init
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
     return model
 
 
+class MRLTrainModule(TrainModule):
+    """TrainModule of mode mrl: Matryoshka AAM, plus (optionally) self-distillation that keeps
+    each prefix's batch similarity structure close to the frozen native embedding's.
+
+    Why: the trunk was trained on these speakers already, so AAM alone lets the head overfit
+    them and lose the geometry that generalises to unseen speakers (what the previous attempt's
+    from-scratch head suffered from).
+    """
+
+    def __init__(self, model: ReDimNetMRL, loss: MatryoshkaAAMLoss, native_similarity: float = 0.0):
+        super().__init__(model, loss)
+        if native_similarity > 0 and model.native is None:
+            raise ValueError("loss.native_similarity needs a pretrained backbone (its native embedding layer)")
+        self.native_similarity = native_similarity
+
+    def forward(self, wave: torch.Tensor, label: torch.Tensor):
+        pooled = self.model.pooled(wave)
+        embedding = self.model.head(pooled)
+        loss, stats = self.loss(embedding, label)
+        if self.native_similarity > 0:
+            with torch.no_grad():
+                target = cosine_matrix(self.model.native(pooled).float())
+            terms = {d: similarity_distance(embedding[:, :d].float(), target) for d in self.model.dims}
+            anchor = torch.stack(list(terms.values())).mean()
+            loss = loss + self.native_similarity * anchor
+            stats = {**stats, "native_similarity": {d: t.detach() for d, t in terms.items()}}
+        return loss, stats
+
+
+class DistillTrainModule(nn.Module):
+    """`(wave, label, teacher_embeddings) -> (loss, stats)`: student + adapters + AAM weights."""
+
+    def __init__(self, model: ReDimNetMRL, loss: DistillationLoss):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, wave: torch.Tensor, label: torch.Tensor, teacher_embeddings: list[torch.Tensor]):
+        return self.loss(self.model(wave), teacher_embeddings, label)
+
+
 class Mode:
     """What a training mode builds and exports. Subclasses fill in the model-specific parts."""
 
     name = ""
+    needs_labels = True
+    fixed_crops = False
 
     def __init__(self, cfg: Config, num_classes: int):
         self.cfg = cfg
@@ -118,13 +178,24 @@ class Mode:
         """Called before each step; True when the set of trainable parameters changed."""
         return False
 
+    def attach(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
+        """Called once the module is on its device (distill: moves the teachers there)."""
+
+    def extra_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
+        """Keyword inputs of the TrainModule beyond (wave, label)."""
+        return {}
+
+    def flush(self) -> None:
+        """Persist what the mode keeps beside the run (distill: the teacher-embedding cache)."""
+
 
 class MRLMode(Mode):
     name = "mrl"
 
     def build(self, pca_batches, resuming: bool) -> TrainModule:
         model = build_mrl_model(self.cfg, pca_batches, resuming)
-        return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes))
+        return MRLTrainModule(model, make_loss(self.cfg, model.dims, self.num_classes),
+                              native_similarity=self.cfg.loss.native_similarity)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
@@ -157,7 +228,51 @@ class ClassifierMode(Mode):
         save_official_checkpoint(module.model, path)
 
 
-MODES: dict[str, type[Mode]] = {"mrl": MRLMode, "classifier": ClassifierMode}
+class DistillMode(MRLMode):
+    """Student = ReDimNetMRL as in mrl mode (freezing and unfreezing included)."""
+
+    name = "distill"
+
+    def __init__(self, cfg: Config, num_classes: int):
+        super().__init__(cfg, num_classes)
+        self.needs_labels = cfg.distill.losses.aam > 0
+        self.fixed_crops = cfg.distill.cache_teacher_embeddings
+        self.teachers: list[Teacher] = []
+        self.caches: list[TeacherEmbeddingCache] | None = None
+        self.autocast_dtype: torch.dtype | None = None
+        augment = cfg.data.augment
+        if self.fixed_crops and (augment.noise_prob > 0 or augment.reverb_prob > 0 or augment.speed_perturb):
+            raise ValueError("distill.cache_teacher_embeddings: cached teacher embeddings are of the clean fixed "
+                             "crop; turn data.augment off (noise_prob, reverb_prob 0, speed_perturb false) or "
+                             "the cache off")
+
+    def build(self, pca_batches, resuming: bool) -> DistillTrainModule:
+        student = build_mrl_model(self.cfg, pca_batches, resuming)
+        self.teachers = load_teachers(self.cfg.distill.teachers)
+        weights = self.cfg.distill.losses
+        aam = make_loss(self.cfg, student.dims, self.num_classes) if weights.aam > 0 else None
+        return DistillTrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam))
+
+    def attach(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
+        for teacher in self.teachers:
+            teacher.model.to(device)
+        self.autocast_dtype = autocast_dtype
+        if self.fixed_crops:
+            self.caches = open_teacher_caches(self.teachers, teacher_cache_dir(self.cfg.data.train), f"rank{rank}")
+
+    def extra_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
+        if self.caches is None:
+            return {"teacher_embeddings": teacher_embeddings(self.teachers, wave, self.autocast_dtype)}
+        lengths = [wave.shape[1]] * wave.shape[0]
+        return {"teacher_embeddings": cached_teacher_embeddings(
+            self.teachers, self.caches, wave, batch["key"], batch["start"], lengths, self.autocast_dtype)}
+
+    def flush(self) -> None:
+        for cache in self.caches or []:
+            cache.flush()
+
+
+MODES: dict[str, type[Mode]] = {"mrl": MRLMode, "classifier": ClassifierMode, "distill": DistillMode}
 
 
 def make_mode(cfg: Config, num_classes: int) -> Mode:

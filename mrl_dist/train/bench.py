@@ -1,0 +1,177 @@
+"""One training step of the real `TrainModule`, timed on synthetic waves (no data loader).
+
+    synthetic wave [B, T] float32 16 kHz, label [B] int64 (VoxCeleb2's 5,994 classes)
+      -> TrainModule (the trainer's own mode build: ReDimNet or ReDimNetMRL + Matryoshka AAM)
+      -> backward -> clip_grad_norm_ -> AdamW step (the trainer's `make_optimizer`)
+
+Bench modes map to trainer settings:
+    classifier     training.mode=classifier  (every parameter trains)
+    mrl-frozen     training.mode=mrl, freeze_backbone=true  (trunk under no_grad, eval mode)
+    mrl-unfrozen   training.mode=mrl, freeze_backbone=false (trunk at lr x backbone_lr_ratio)
+
+Weights are random (`pretrained: null`, `head_init: random`): speed and memory do not depend on
+their values, and nothing is downloaded. Used by `launch/bench_train.py` and `memory.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..config import Config, config_from_dict
+from ..data.audio import SAMPLE_RATE
+from .loop import make_optimizer
+from .modes import TrainModule, describe_parameters, make_mode
+
+BENCH_MODES = ("classifier", "mrl-frozen", "mrl-unfrozen")
+VOXCELEB2_SPEAKERS = 5994
+
+
+def bench_config(preset: str, mode: str, batch_size: int, crop_seconds: float = 2.0, precision: str = "no",
+                 mrl_dims: Sequence[int] = (64, 128, 192, 256)) -> Config:
+    """The trainer config of one bench case (defaults elsewhere: AdamW, grad_clip 5.0, AAM 0.2/30)."""
+    if mode not in BENCH_MODES:
+        raise ValueError(f"bench mode {mode!r}: expected one of {', '.join(BENCH_MODES)}")
+    return config_from_dict({
+        "model": {"backbone": preset, "pretrained": None, "mrl_dims": list(mrl_dims), "head_init": "random"},
+        "data": {"crop_seconds": crop_seconds},
+        "training": {"mode": "classifier" if mode == "classifier" else "mrl",
+                     "freeze_backbone": mode == "mrl-frozen", "batch_size": batch_size,
+                     "mixed_precision": precision},
+    }, source=f"bench {preset} {mode}")
+
+
+def with_random_weights(cfg: Config) -> Config:
+    """A copy of a run config that builds the same architecture without downloading weights."""
+    data = {"model": {"backbone": cfg.model.backbone, "pretrained": None, "mrl_dims": list(cfg.model.mrl_dims),
+                      "head_init": "random"},
+            "training": {"mode": cfg.training.mode, "freeze_backbone": cfg.training.freeze_backbone,
+                         "batch_size": cfg.training.batch_size, "mixed_precision": cfg.training.mixed_precision,
+                         "grad_clip": cfg.training.grad_clip},
+            "data": {"crop_seconds": cfg.data.crop_seconds},
+            "loss": {"subcenters": cfg.loss.subcenters, "tied": cfg.loss.tied}}
+    return config_from_dict(data, source=f"{cfg.run_dir} (random weights)")
+
+
+def build_training_step(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS,
+                        device: str | torch.device = "cpu") -> tuple[TrainModule, torch.optim.Optimizer]:
+    """The trainer's module and optimizer for `cfg`, on `device`, in training mode."""
+    mode = make_mode(cfg, num_classes)
+    module = mode.build(None, resuming=False).to(device)
+    module.train()
+    return module, make_optimizer(cfg, module, mode.trunk_parameters(module))
+
+
+def synthetic_batch(batch_size: int, crop_seconds: float, num_classes: int = VOXCELEB2_SPEAKERS,
+                    device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`wave [B, T]` float32 16 kHz (quiet noise) and `label [B]` int64."""
+    generator = torch.Generator().manual_seed(seed)
+    wave = 0.1 * torch.randn(batch_size, round(crop_seconds * SAMPLE_RATE), generator=generator)
+    label = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    return wave.to(device), label.to(device)
+
+
+def autocast_for(device: torch.device | str, precision: str):
+    """The autocast region Accelerate puts around `forward` for `mixed_precision`."""
+    device_type = torch.device(device).type
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def train_step(module: TrainModule, optimizer: torch.optim.Optimizer, wave: torch.Tensor, label: torch.Tensor,
+               precision: str = "no", grad_clip: float | None = 5.0) -> torch.Tensor:
+    """Forward (under autocast), backward, clip, AdamW step, zero grads, as `Trainer._step` does on
+    one rank with grad_accum 1. Returns the detached loss."""
+    with autocast_for(wave.device, precision):
+        loss, _ = module(wave, label)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class ThroughputResult:
+    preset: str
+    mode: str
+    device: str
+    precision: str
+    batch_size: int
+    crop_seconds: float
+    threads: int
+    steps: int
+    repeats: int
+    crops_per_second: list[float]  # one per repeat
+    parameters: int
+    trainable: int
+    peak_allocated_bytes: int | None  # CUDA only
+    peak_reserved_bytes: int | None
+
+    @property
+    def best(self) -> float:
+        return max(self.crops_per_second)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.crops_per_second)
+
+    MARKDOWN_HEADER = ("| preset | mode | device | precision | batch | crop | threads | trainable params "
+                       "| crops/s (best) | crops/s (median) | ms/step (best) | peak alloc / reserved |\n"
+                       "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+
+    def markdown_row(self) -> str:
+        memory = "n/a (CPU)"
+        if self.peak_allocated_bytes is not None:
+            memory = f"{self.peak_allocated_bytes / 2**30:.2f} / {self.peak_reserved_bytes / 2**30:.2f} GiB"
+        step_ms = 1000 * self.batch_size / self.best
+        return (f"| {self.preset} | {self.mode} | {self.device} | {self.precision} | {self.batch_size} "
+                f"| {self.crop_seconds:g} s | {self.threads} | {self.trainable:,} | {self.best:,.1f} "
+                f"| {self.median:,.1f} | {step_ms:,.0f} | {memory} |")
+
+
+def measure_throughput(preset: str, mode: str, batch_size: int = 32, crop_seconds: float = 2.0, steps: int = 20,
+                       warmup: int = 3, repeats: int = 1, device: str = "cpu", precision: str = "no",
+                       num_classes: int = VOXCELEB2_SPEAKERS, seed: int = 0) -> ThroughputResult:
+    """Crops per second of `steps` consecutive training steps after `warmup` untimed ones, `repeats`
+    times on the same model (the batch stays on the device: this is the model step alone)."""
+    torch.manual_seed(seed)
+    target = torch.device(device)
+    cfg = bench_config(preset, mode, batch_size, crop_seconds, precision)
+    module, optimizer = build_training_step(cfg, num_classes, target)
+    wave, label = synthetic_batch(batch_size, crop_seconds, num_classes, target, seed)
+    for _ in range(warmup):  # allocator, autotuning and AdamW state settle here
+        train_step(module, optimizer, wave, label, precision, cfg.training.grad_clip)
+    if target.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(target)
+    rates = []
+    for _ in range(repeats):
+        _synchronize(target)
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = train_step(module, optimizer, wave, label, precision, cfg.training.grad_clip)
+        float(loss)  # waits for the device
+        _synchronize(target)
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    sizes = describe_parameters(module)
+    peak_allocated = peak_reserved = None
+    if target.type == "cuda":
+        peak_allocated = torch.cuda.max_memory_allocated(target)
+        peak_reserved = torch.cuda.max_memory_reserved(target)
+    return ThroughputResult(preset, mode, str(target), precision, batch_size, crop_seconds, torch.get_num_threads(),
+                            steps, repeats, rates, sizes["parameters"], sizes["trainable"], peak_allocated,
+                            peak_reserved)
