@@ -101,3 +101,23 @@ def test_data_without_a_trial_list_asks_for_trials(shards, mrl_checkpoint, capsy
     code, _, err = run_main(capsys, "--checkpoint", mrl_checkpoint, "--data", str(shards.parent / "val-*.tar"))
     assert code == 2
     assert "pass --trials" in err
+
+
+def test_ensemble_baseline_is_reported_beside_the_checkpoint(shards, mrl_checkpoint, tmp_path, capsys):
+    from mrl_dist.models import build_preset, save_official_checkpoint
+
+    teachers = []
+    for name in ("small", "large"):
+        teachers.append(save_official_checkpoint(build_preset("tiny").eval(), tmp_path / f"{name}.pt"))
+    config = tmp_path / "distill.yaml"
+    config.write_text(
+        "training: {mode: distill}\n"
+        "model: {mrl_dims: [64, 128, 192]}\n"
+        f"distill: {{teachers: [{{source: {teachers[0]}, dims: [64]}}, {{source: {teachers[1]}, dims: [128, 192]}}]}}\n")
+    code, out, err = run_main(capsys, "--checkpoint", str(mrl_checkpoint), "--data", str(shards),
+                            "--ensemble-config", str(config), "--json", "--no-det")
+    assert code == 0, err
+    report = json.loads(out)
+    assert {"ensemble@64", "ensemble@128", "ensemble@192"} <= set(report["eer"])
+    assert {"64", "128", "192", "256"} <= set(report["eer"])
+    assert set(report["min_dcf"]["0.01"]) == set(report["eer"])

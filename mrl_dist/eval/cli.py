@@ -8,9 +8,10 @@ it kept the pretrained embedding layer; an official ReDimNet checkpoint reports 
 The table (Markdown, or JSON with --json) goes to stdout; progress and where the DET plot went,
 to stderr.
 
-Hook for the distillation baseline: an ensemble of per-dim models (``--ensemble-config``, not
-implemented yet) only has to be returned by `load_eval_model` as an object with
-``forward_all(wave) -> {dim: [B, dim]}``; extraction and scoring accept such objects already.
+With ``--ensemble-config CONFIG.yaml`` (a distillation config), the no-training baseline
+`EnsembleRouter` built from its ``distill.teachers`` is scored on the same trials and reported
+beside the checkpoint as rows ``ensemble@<dim>``: each dim served by its assigned teacher's
+prefix-truncated embedding.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from mrl_dist.data.pipeline import make_eval_loader, resolve_source
 from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_model
 from mrl_dist.eval.metrics import det_curve, format_table
+from mrl_dist.config import load_config
+from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.loading import CheckpointError, load_pretrained, read_checkpoint
 from mrl_dist.models.mrl import ReDimNetMRL
 
@@ -51,6 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
                         help="run the network under autocast in this dtype (default none)")
+    parser.add_argument("--ensemble-config", type=Path,
+                        help="a distill config: also score its teachers as an EnsembleRouter baseline")
     parser.add_argument("--crop-tolerance", type=float, default=CROP_TOLERANCE,
                         help="share of its samples an utterance may lose to share a batch pass "
                              f"(default {CROP_TOLERANCE}; 0 = whole utterances)")
@@ -101,6 +106,24 @@ def check_dims(model: Any, dims: Sequence[int] | None) -> None:
         raise ValueError(f"--dims {too_big}: outside 1..{max(model_dims)}, the MRL head's output size")
 
 
+def load_ensemble(config_path: Path) -> EnsembleRouter:
+    """The EnsembleRouter of a distill config's teachers, in eval mode."""
+    teachers = load_config(config_path).distill.teachers
+    if not teachers:
+        raise ValueError(f"--ensemble-config {config_path}: distill.teachers is empty")
+    return EnsembleRouter.from_config(teachers).eval()
+
+
+def merge_reports(report: dict, other: dict, prefix: str) -> dict:
+    """`report` plus `other`'s rows renamed `prefix + name` (same trials, same structure)."""
+    merged = dict(report)
+    for metric in ("eer", "threshold"):
+        merged[metric] = {**report[metric], **{prefix + k: v for k, v in other[metric].items()}}
+    merged["min_dcf"] = {p: {**report["min_dcf"][p], **{prefix + k: v for k, v in other["min_dcf"][p].items()}}
+                         for p in report["min_dcf"]}
+    return merged
+
+
 def write_det_plot(scores: dict, labels, path: Path, title: str) -> Path | None:
     """One DET curve per name; None (and a note on stderr) when matplotlib is missing."""
     curves = {name: det_curve(values, labels)[:2] for name, values in scores.items()}
@@ -123,6 +146,15 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         model, batches, trials, args.dims, device=args.device,
         autocast_dtype=AUTOCAST_DTYPES[args.autocast], crop_tolerance=args.crop_tolerance,
         progress=sys.stderr.isatty())
+    if args.ensemble_config is not None:
+        ensemble = load_ensemble(args.ensemble_config).to(args.device)
+        batches = make_eval_loader(args.data, trials, max_seconds=args.max_seconds,
+                                   batch_size=args.batch_size, num_workers=args.num_workers)
+        ensemble_report, ensemble_scores, _ = evaluate_model(
+            ensemble, batches, trials, device=args.device, autocast_dtype=AUTOCAST_DTYPES[args.autocast],
+            crop_tolerance=args.crop_tolerance)
+        report = merge_reports(report, ensemble_report, prefix="ensemble@")
+        scores.update({f"ensemble@{name}": values for name, values in ensemble_scores.items()})
     det_path = None
     if not args.no_det:
         target = args.det or args.checkpoint.with_name(f"{args.checkpoint.stem}.det.png")
