@@ -104,9 +104,6 @@ class LossConfig:
     subcenters: int = 1
     dim_weights: list[float] | None = None  # one per model.mrl_dims; null: equal weights
     tied: bool = True  # one classifier weight matrix whose prefixes serve every dim
-    # mrl/distill with a pretrained backbone: weight of relational self-distillation, each prefix's
-    # B x B cosine matrix pulled towards the frozen native embedding's (keeps its geometry).
-    native_similarity: float = 0.0
 
 @dataclass
 class ValidationConfig:
@@ -269,7 +266,7 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",
-    "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin", "loss.native_similarity",
+    "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin",
     "distill.losses.embedding", "distill.losses.similarity", "distill.losses.aam",
 )
 _UNIT_INTERVAL = (

@@ -27,10 +27,8 @@ from .distill import (
     TeacherEmbeddingCache,
     build_distillation_loss,
     cached_teacher_embeddings,
-    cosine_matrix,
     load_teachers,
     open_teacher_caches,
-    similarity_distance,
     teacher_cache_dir,
     teacher_embeddings,
 )
@@ -109,35 +107,6 @@ def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor
     return model
 
 
-class MRLTrainModule(TrainModule):
-    """TrainModule of mode mrl: Matryoshka AAM, plus (optionally) self-distillation that keeps
-    each prefix's batch similarity structure close to the frozen native embedding's.
-
-    Why: the trunk was trained on these speakers already, so AAM alone lets the head overfit
-    them and lose the geometry that generalises to unseen speakers (what the previous attempt's
-    from-scratch head suffered from).
-    """
-
-    def __init__(self, model: ReDimNetMRL, loss: MatryoshkaAAMLoss, native_similarity: float = 0.0):
-        super().__init__(model, loss)
-        if native_similarity > 0 and model.native is None:
-            raise ValueError("loss.native_similarity needs a pretrained backbone (its native embedding layer)")
-        self.native_similarity = native_similarity
-
-    def forward(self, wave: torch.Tensor, label: torch.Tensor):
-        pooled = self.model.pooled(wave)
-        embedding = self.model.head(pooled)
-        loss, stats = self.loss(embedding, label)
-        if self.native_similarity > 0:
-            with torch.no_grad():
-                target = cosine_matrix(self.model.native(pooled).float())
-            terms = {d: similarity_distance(embedding[:, :d].float(), target) for d in self.model.dims}
-            anchor = torch.stack(list(terms.values())).mean()
-            loss = loss + self.native_similarity * anchor
-            stats = {**stats, "native_similarity": {d: t.detach() for d, t in terms.items()}}
-        return loss, stats
-
-
 class DistillTrainModule(nn.Module):
     """`(wave, label, teacher_embeddings) -> (loss, stats)`: student + adapters + AAM weights."""
 
@@ -194,8 +163,7 @@ class MRLMode(Mode):
 
     def build(self, pca_batches, resuming: bool) -> TrainModule:
         model = build_mrl_model(self.cfg, pca_batches, resuming)
-        return MRLTrainModule(model, make_loss(self.cfg, model.dims, self.num_classes),
-                              native_similarity=self.cfg.loss.native_similarity)
+        return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes))
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
