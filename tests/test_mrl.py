@@ -66,12 +66,11 @@ def test_pca_head_prefix_reconstruction_error_falls_with_dim(pretrained):
 
 
 def test_pca_head_keeps_full_native_information_at_192(pretrained, pooled):
-    model = ReDimNetMRL.from_redimnet(pretrained, dims=[64, 192], head_init="pca", pooled_features=pooled,
-                                      pca_center=False).eval()
+    model = ReDimNetMRL.from_redimnet(pretrained, dims=[64, 192], head_init="pca", pooled_features=pooled).eval()
     wave = torch.randn(4, 16000)
     with torch.no_grad():
         rotated, native = model(wave, 192), pretrained(wave)
-    # Uncentred, the head is a pure rotation of the native embedding: norms and cosines survive.
+    # The head is a pure rotation of the native embedding: norms and cosine scores survive.
     assert torch.allclose(rotated.norm(dim=1), native.norm(dim=1), rtol=1e-4)
     assert torch.allclose(rotated @ rotated.T, native @ native.T, rtol=1e-3, atol=1e-3)
 
@@ -173,3 +172,11 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, pretrained, pooled):
     with torch.no_grad():
         assert torch.equal(again(wave), model(wave))
         assert torch.equal(again.native_embedding(again.pooled(wave)), pretrained(wave))
+
+
+def test_centred_pca_is_available_and_folds_the_mean_into_the_bias(pretrained, pooled):
+    model = ReDimNetMRL.from_redimnet(pretrained, dims=[192], head_init="pca", pooled_features=pooled,
+                                      pca_center=True).eval()
+    with torch.no_grad():
+        centred = model.head(pooled)
+    assert centred.mean(dim=0).abs().max() < 1e-3
