@@ -186,7 +186,8 @@ class Trainer:
     def _step(self, batches: Iterator[dict]) -> tuple[bool, dict[str, torch.Tensor]]:
         """One optimizer step over `grad_accum` micro-batches. Returns (applied, stats)."""
         acc, tcfg = self.accelerator, self.cfg.training
-        finite = True
+        # Finiteness stays a device tensor until the one all-reduce below: one GPU sync per step.
+        finite = torch.ones((), dtype=torch.bool, device=acc.device)
         stats: dict[str, torch.Tensor] = {}
         for micro in range(tcfg.grad_accum):
             batch = next(batches)
@@ -197,25 +198,27 @@ class Trainer:
             with contextlib.nullcontext() if last else acc.no_sync(self.module):
                 loss, parts = self.module(wave, label, **extra)
                 acc.backward(loss / tcfg.grad_accum)
-            finite &= bool(torch.isfinite(loss.detach()))
+            finite &= torch.isfinite(loss.detach())
             for key, value in {"loss": loss.detach(), **flatten_stats(parts)}.items():
                 stats[key] = stats.get(key, 0) + value / tcfg.grad_accum
         max_norm = tcfg.grad_clip if tcfg.grad_clip is not None else math.inf
         grad_norm = acc.clip_grad_norm_(self.module.parameters(), max_norm)
         # fp16's scaler skips overflowing steps itself; elsewhere an inf gradient is a bad step.
         if tcfg.mixed_precision != "fp16" and grad_norm is not None:
-            finite &= bool(torch.isfinite(grad_norm))
+            finite &= torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
         # One all-reduce decides for every rank together: skip, stop, or go on.
-        flags = acc.reduce(torch.tensor([float(not finite), float(self.stop.requested)], device=acc.device), "sum")
-        self.stop.requested = bool(flags[1] > 0)
-        if flags[0] > 0:
+        stop = torch.tensor(float(self.stop.requested), device=acc.device)
+        bad_ranks, stop_ranks = acc.reduce(torch.stack([(~finite).float(), stop]), "sum").tolist()
+        self.stop.requested = stop_ranks > 0
+        if bad_ranks > 0:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             return False, stats
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else torch.tensor(grad_norm)
+        if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm
+            stats["grad_norm"] = torch.as_tensor(grad_norm).detach()
         return True, stats
 
     # ------------------------------------------------------------------ the loop
