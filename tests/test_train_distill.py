@@ -135,3 +135,10 @@ def test_teacher_embedding_cache_is_written_beside_the_shards_and_reused(setup, 
     train(distill_config(root, tmp_path / "cached-again", cache=True, steps=8))
     again = torch.load(cache_dir / files[0], weights_only=True)
     assert again.keys() == first.keys()
+
+
+def test_cache_benchmark_runs_a_live_and_a_cached_step():
+    from mrl_dist.train.bench_distill import measure_teacher_cache
+
+    result = measure_teacher_cache(("tiny", "tiny"), "tiny", dims=(32, 64), batch_size=2, crop_seconds=0.5, steps=1)
+    assert result.live_crops_per_second > 0 and result.cached_crops_per_second > 0
