@@ -7,7 +7,12 @@
 import argparse
 import logging
 
-from mrl_dist.train.demo import run_demo
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
+
+from mrl_dist.train.demo import run_demo  # noqa: E402
 
 
 def main() -> None:

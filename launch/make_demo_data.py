@@ -15,7 +15,11 @@ import argparse
 import sys
 import time
 
-from mrl_dist.data.demo_corpus import describe, make_demo_corpus
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
+
+from mrl_dist.data.demo_corpus import describe, make_demo_corpus  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mrl_dist.data.packing import PackError, pack_split, summary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
+
+from mrl_dist.data.packing import PackError, pack_split, summary  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

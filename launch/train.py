@@ -6,8 +6,11 @@
 """
 
 import sys
+from pathlib import Path
 
-from mrl_dist.train.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
+
+from mrl_dist.train.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

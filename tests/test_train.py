@@ -200,3 +200,18 @@ def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, 
     final = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
     assert {p.name for p in final.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     assert load_pretrained(run_dir / "best.pt").config.F == 32
+
+
+def test_unfreeze_after_steps_trains_the_backbone_from_that_step(classifier_run, demo_shards, tmp_path):
+    run_dir = tmp_path / "unfreeze"
+    config = tiny_config(run_dir, demo_shards,
+                         model={"backbone": str(classifier_run / "best.pt"), "head_init": "pretrained"},
+                         training={"mode": "mrl", "freeze_backbone": True, "unfreeze_after_steps": 2},
+                         validation={"at_start": False})
+    trainer = Trainer(config_from_dict(config))
+    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.module).model.state_dict().items()}
+    assert trainer.fit()["step"] == 4
+    after = ReDimNetMRL.from_checkpoint(run_dir / "last.pt").state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert {"backbone", "head"} <= changed and "native" not in changed
+    assert "step 2: backbone unfrozen" in (run_dir / "train.log").read_text()

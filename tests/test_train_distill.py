@@ -142,3 +142,28 @@ def test_cache_benchmark_runs_a_live_and_a_cached_step():
 
     result = measure_teacher_cache(("tiny", "tiny"), "tiny", dims=(32, 64), batch_size=2, crop_seconds=0.5, steps=1)
     assert result.live_crops_per_second > 0 and result.cached_crops_per_second > 0
+
+
+def test_two_cpu_processes_distil_into_an_unfrozen_pretrained_student(setup, tmp_path):
+    import os
+
+    import yaml
+
+    root, _ = setup
+    run_dir = tmp_path / "ddp"
+    config = distill_config(root, run_dir, steps=4)
+    from mrl_dist.config import config_to_dict
+
+    raw = config_to_dict(config)
+    raw["model"].update(backbone=str(root / "teacher-small.pt"), head_init="pretrained")
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+                             str(REPO / "launch" / "train.py"), "--config", str(tmp_path / "ddp.yaml")],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ranks=2" in (run_dir / "train.log").read_text()
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(record["eer"]) == {"32", "64", "192", "native"}

@@ -104,6 +104,10 @@ def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor
     model.head_init = cfg.model.head_init
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
+    elif model.native is not None:
+        # The native layer is a fixed reference for validation, never trained: trainable but
+        # unused parameters would also stall DDP's gradient reduction.
+        model.freeze("native")
     return model
 
 
