@@ -7,7 +7,6 @@ with the skip reason `make_shards.py` must report for it.
 
 from __future__ import annotations
 
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -337,7 +337,6 @@ def config_memory_tables(config_paths: Sequence[str], margin: float = 0.15,
     training (as shipped, and with the backbone unfrozen) and validation (rank 0, no_grad, a
     batch of utterances padded to each of `padded_seconds`)."""
     from ..config import load_config
-    from .bench import with_random_weights
 
     steps: dict[tuple, StepMemory] = {}
     per_second: dict[tuple, float] = {}
