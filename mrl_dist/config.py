@@ -58,6 +58,11 @@ class AugmentConfig:
     noise_prob: float = 0.0
     speed_perturb: bool = False
 
+    @property
+    def active(self) -> bool:
+        """Whether any stage changes the waveform (noise, reverberation, speed)."""
+        return self.noise_prob > 0 or self.reverb_prob > 0 or self.speed_perturb
+
 @dataclass
 class DataConfig:
     train: str = "shards/train.manifest.json"

@@ -16,9 +16,9 @@ import torch
 from accelerate.state import AcceleratorState
 
 from mrl_dist.config import config_from_dict, load_config
-from mrl_dist.data.demo_corpus import make_demo_corpus
 from mrl_dist.models import ReDimNetMRL, load_pretrained
 from mrl_dist.train import checkpointing as ckpt
+from mrl_dist.train.demo import prepare_demo_shards
 from mrl_dist.train.loop import BadStepError, Trainer, train
 from mrl_dist.train.modes import TrainModule
 from mrl_dist.train.schedule import lr_multiplier
@@ -28,13 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-demo")
-    corpus = make_demo_corpus(root / "audio", speakers=12, utterances=6, seed=3)
-    for split, folder, extra in (("train", corpus.train_dir, []), ("val", corpus.test_dir, ["--trials", str(corpus.trials)])):
-        subprocess.run([sys.executable, str(REPO / "launch" / "make_shards.py"), "--input", str(folder),
-                        "--output", str(root / "shards"), "--split", split, "--workers", "1", "--no-progress",
-                        "--shard-size-mb", "1", *extra], check=True, capture_output=True)
-    return root / "shards"
+    return prepare_demo_shards(tmp_path_factory.mktemp("train-demo"), speakers=12, utterances=6, seed=3,
+                               shard_size_mb=1)
 
 
 @pytest.fixture(autouse=True)

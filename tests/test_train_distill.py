@@ -13,8 +13,8 @@ import torch
 from accelerate.state import AcceleratorState
 
 from mrl_dist.config import config_from_dict
-from mrl_dist.data.demo_corpus import make_demo_corpus
 from mrl_dist.models import ReDimNetMRL, build_preset, save_official_checkpoint
+from mrl_dist.train.demo import prepare_demo_shards
 from mrl_dist.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory):
     """Demo shards, two small official-format teacher files, and label-free copies of the shards."""
     root = tmp_path_factory.mktemp("distill")
-    corpus = make_demo_corpus(root / "audio", speakers=10, utterances=6, seed=5)
-    for split, folder, extra in (("train", corpus.train_dir, []),
-                                 ("val", corpus.test_dir, ["--trials", str(corpus.trials)])):
-        subprocess.run([sys.executable, str(REPO / "launch" / "make_shards.py"), "--input", str(folder),
-                        "--output", str(root / "shards"), "--split", split, "--workers", "1", "--no-progress",
-                        "--shard-size-mb", "1", *extra], check=True, capture_output=True)
+    prepare_demo_shards(root, speakers=10, utterances=6, seed=5, shard_size_mb=1)
     torch.manual_seed(0)
     for name in ("small", "large"):
         save_official_checkpoint(build_preset("tiny").eval(), root / f"teacher-{name}.pt")

@@ -40,26 +40,30 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be found, read, or trusted."""
 
 
-def _rename(state_dict: Mapping[str, torch.Tensor], table: Mapping[str, str], prefix: str = "") -> dict:
+def _rename(state_dict: Mapping[str, torch.Tensor], table: Mapping[str, str]) -> dict:
     renamed = {}
     for key, value in state_dict.items():
-        bare = key[len(prefix):] if prefix and key.startswith(prefix) else key
         for old, new in table.items():
-            if bare == old or (old.endswith(".") and bare.startswith(old)):
-                bare = new + bare[len(old):]
+            if key == old or (old.endswith(".") and key.startswith(old)):
+                key = new + key[len(old):]
                 break
-        renamed[(prefix + bare) if prefix and key.startswith(prefix) else bare] = value
+        renamed[key] = value
     return renamed
 
 
-def official_to_local(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
-    """Official state-dict keys -> this project's module names (keys under `prefix`)."""
-    return _rename(state_dict, OFFICIAL_TO_LOCAL, prefix)
+def official_to_local(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Official state-dict keys -> this project's module names."""
+    return _rename(state_dict, OFFICIAL_TO_LOCAL)
 
 
-def local_to_official(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
-    """This project's module names -> official state-dict keys (keys under `prefix`)."""
-    return _rename(state_dict, LOCAL_TO_OFFICIAL, prefix)
+def local_to_official(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """This project's module names -> official state-dict keys."""
+    return _rename(state_dict, LOCAL_TO_OFFICIAL)
+
+
+def official_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of `module`'s state dict under official key names, ready to save."""
+    return local_to_official({k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
 
 
 def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model_config", "state_dict")) -> dict:
@@ -99,8 +103,7 @@ def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet:
 
 def official_payload(model: ReDimNet) -> dict[str, Any]:
     """The official-format dict of a ReDimNet: loadable by the official `ReDimNetWrap` code."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"model_config": model.model_config, "state_dict": local_to_official(state)}
+    return {"model_config": model.model_config, "state_dict": official_state_dict(model)}
 
 
 def atomic_save(payload: Any, path: str | os.PathLike) -> Path:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import atomic_save, local_to_official, official_to_local, read_checkpoint
+from .loading import atomic_save, official_state_dict, official_to_local, read_checkpoint
 from .redimnet import ReDimNet
 
 HEAD_INITS = ("pretrained", "pca", "random")
@@ -158,9 +158,8 @@ class ReDimNetMRL(nn.Module):
         return model.eval()
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
         return {"model_config": self.model_config, "mrl_config": self.mrl_config,
-                "state_dict": local_to_official(state)}
+                "state_dict": official_state_dict(self)}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write `{"model_config", "mrl_config", "state_dict"}` atomically (official key names)."""

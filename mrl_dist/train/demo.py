@@ -53,14 +53,15 @@ def demo_config(run_dir: Path, shards: Path, mode: str, steps: int, backbone: st
     }
 
 
-def prepare_demo_shards(root: Path, speakers: int, utterances: int, seed: int) -> Path:
+def prepare_demo_shards(root: Path, speakers: int, utterances: int, seed: int, shard_size_mb: float = 8) -> Path:
     """Synthetic corpus (train and test speakers) packed into `root/shards`; reused if present."""
     shards = root / "shards"
     if (shards / "train.manifest.json").is_file() and (shards / "val.manifest.json").is_file():
         return shards
     corpus = make_demo_corpus(root / "audio", speakers=speakers, utterances=utterances, seed=seed)
-    pack_split([corpus.train_dir], shards, "train", workers=1, shard_size_mb=8, progress=False)
-    pack_split([corpus.test_dir], shards, "val", trials=corpus.trials, workers=1, shard_size_mb=8, progress=False)
+    pack_split([corpus.train_dir], shards, "train", workers=1, shard_size_mb=shard_size_mb, progress=False)
+    pack_split([corpus.test_dir], shards, "val", trials=corpus.trials, workers=1, shard_size_mb=shard_size_mb,
+               progress=False)
     return shards
 
 

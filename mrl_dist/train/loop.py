@@ -149,13 +149,12 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
         cfg = self.cfg
-        augment = dataclasses.asdict(cfg.data.augment)
-        active = augment["noise_prob"] > 0 or augment["reverb_prob"] > 0 or augment["speed_perturb"]
+        augment = dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None
         return make_train_loader(
             cfg.data.train, batch_size=cfg.training.batch_size, crop_seconds=cfg.data.crop_seconds,
             num_workers=cfg.data.num_workers, seed=cfg.seed + seed_offset, rank=self.rank,
             world_size=self.world_size, epoch=epoch, shuffle_buffer=cfg.data.shuffle_buffer,
-            augment=augment if active else None, steps_per_epoch=batches or self.batches_per_epoch,
+            augment=augment, steps_per_epoch=batches or self.batches_per_epoch,
             pin_memory=torch.cuda.is_available(), fixed_crops=self.mode.fixed_crops)
 
     def _pca_batches(self) -> Iterator[torch.Tensor]:

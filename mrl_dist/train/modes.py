@@ -212,8 +212,7 @@ class DistillMode(MRLMode):
         self.teachers: list[Teacher] = []
         self.caches: list[TeacherEmbeddingCache] | None = None
         self.autocast_dtype: torch.dtype | None = None
-        augment = cfg.data.augment
-        if self.fixed_crops and (augment.noise_prob > 0 or augment.reverb_prob > 0 or augment.speed_perturb):
+        if self.fixed_crops and cfg.data.augment.active:
             raise ValueError("distill.cache_teacher_embeddings: cached teacher embeddings are of the clean fixed "
                              "crop; turn data.augment off (noise_prob, reverb_prob 0, speed_perturb false) or "
                              "the cache off")
