@@ -332,3 +332,194 @@ def test_flac_encoding_is_reproducible():
     assert encode_flac(wave) == encode_flac(wave.copy())
     decoded, _ = sf.read(io.BytesIO(encode_flac(wave)), dtype="float32")
     assert decoded.max() <= 1.0 and decoded.min() >= -1.0  # overshoot is clipped, not wrapped
+
+
+# A hard kill (SIGKILL) lands between a worker renaming a shard into place and the main process
+# noting its sha256 in the manifest-in-progress; the worker's record of the shard keeps it.
+KILLED_PACKER = """
+import os, signal, sys, time
+from mrl_dist.data import packing
+
+source, output, trials, mode = sys.argv[1:]
+write, written = packing.write_shard, []
+
+def write_then_stall(task):
+    result = write(task)  # the shard has its final name; the manifest does not know it yet
+    written.append(result[0])
+    if mode == "kill-self" and len(written) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)  # mode "stall": a wide window for a kill from outside at this very point
+    return result
+
+packing.write_shard = write_then_stall
+packing.pack_split([source], output, "train", trials=trials, workers=1, shard_size_mb=0.1,
+                   progress=False)
+"""
+
+
+def start_killed_packer(corpus, output: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", KILLED_PACKER, str(corpus.root), str(output),
+                             str(corpus.trials), mode], cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+
+def final_shards(output: Path) -> dict[str, tuple[int, int, str]]:
+    """name -> (inode, mtime_ns, sha256) of every shard under its final name."""
+    shards = {}
+    for path in sorted(output.glob("train-*.tar")):
+        stat = path.stat()
+        shards[path.name] = (stat.st_ino, stat.st_mtime_ns,
+                             hashlib.sha256(path.read_bytes()).hexdigest())
+    return shards
+
+
+def pack_tracking_writes(make_shards, monkeypatch, inputs, output, **arguments) -> list[str]:
+    """pack_split(inputs, output, "train", **arguments) (one worker); returns the shards written."""
+    write, written = make_shards.write_shard, []
+
+    def tracked(task):
+        written.append(task[1].name)
+        return write(task)
+
+    monkeypatch.setattr(make_shards, "write_shard", tracked)
+    make_shards.pack_split(inputs, output, "train", **arguments)
+    monkeypatch.setattr(make_shards, "write_shard", write)
+    return written
+
+
+def interrupt_after_renaming(make_shards, monkeypatch, inputs, output, shards: int, **arguments):
+    """Stops a run right after its `shards`-th shard is renamed into place, before it is noted."""
+    write, written = make_shards.write_shard, []
+
+    def write_then_stop(task):
+        written.append(write(task))
+        if len(written) == shards:
+            raise KeyboardInterrupt
+        return written[-1]
+
+    monkeypatch.setattr(make_shards, "write_shard", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        make_shards.pack_split(inputs, output, "train", **arguments)
+    monkeypatch.setattr(make_shards, "write_shard", write)
+
+
+def assert_same_files(output: Path, reference: Path):
+    names = sorted(p.name for p in output.iterdir())
+    assert names == sorted(p.name for p in reference.iterdir())
+    for name in names:
+        assert (output / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def recorded_sha256(output: Path) -> dict[str, str | None]:
+    partial = json.loads((output / "train.manifest.partial.json").read_text())
+    return {s["name"]: s["sha256"] for s in partial["shards"]}
+
+
+def test_shard_renamed_into_place_just_before_a_hard_kill_is_kept_on_resume(
+        corpus, packed, make_shards, tmp_path, monkeypatch):
+    process = start_killed_packer(corpus, tmp_path, "kill-self")
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == -9, errors
+    at_kill = final_shards(tmp_path)
+    assert sorted(at_kill) == ["train-000000.tar", "train-000001.tar"]
+    assert recorded_sha256(tmp_path)["train-000001.tar"] is None  # the kill point of the defect
+    assert (tmp_path / ".train.tmp" / "shards" / "train-000001.tar.json").is_file()
+
+    monkeypatch.setattr(make_shards, "decode_to_cache", must_not_decode)
+    written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path,
+                                   trials=corpus.trials, workers=1, shard_size_mb=0.1,
+                                   progress=False)
+    assert not set(written) & set(at_kill)
+    assert {name: final_shards(tmp_path)[name] for name in at_kill} == at_kill
+    assert json.loads((tmp_path / "train.manifest.json").read_text()) == json.loads(
+        packed.read_text())
+    assert_same_files(tmp_path, packed.parent)
+
+
+def test_sigkill_after_two_shards_keeps_every_shard_complete_at_the_kill(corpus, packed,
+                                                                       tmp_path):
+    process = start_killed_packer(corpus, tmp_path / "out", "stall")
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "out").glob("train-*.tar"))) < 2:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no two shards within 60 s"
+        time.sleep(0.005)
+    process.kill()
+    process.communicate()
+    at_kill = final_shards(tmp_path / "out")
+    assert 2 <= len(at_kill) < len(shard_paths(packed))
+
+    result = run_cli("--input", str(corpus.root), "--output", str(tmp_path / "out"),
+                     "--split", "train", "--trials", str(corpus.trials), "--workers", "1",
+                     "--shard-size-mb", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert {name: final_shards(tmp_path / "out")[name] for name in at_kill} == at_kill
+    assert_same_files(tmp_path / "out", packed.parent)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes-flipped"])
+def test_shard_whose_record_matches_but_whose_bytes_are_damaged_is_rewritten(
+        corpus, packed, make_shards, tmp_path, monkeypatch, damage):
+    arguments = dict(trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False)
+    interrupt_after_renaming(make_shards, monkeypatch, [corpus.root], tmp_path, 2, **arguments)
+    assert recorded_sha256(tmp_path)["train-000001.tar"] is None
+    shard = tmp_path / "train-000001.tar"
+    data = shard.read_bytes()
+    if damage == "truncated":
+        shard.write_bytes(data[:-3000])  # a torn file
+    else:
+        shard.write_bytes(data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:])
+    written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path, **arguments)
+    assert "train-000001.tar" in written and "train-000000.tar" not in written
+    assert_same_files(tmp_path, packed.parent)
+
+
+@pytest.mark.parametrize("left_at_the_name", ["nothing", "an older file"])
+def test_record_written_before_a_kill_that_stopped_the_rename_keeps_no_shard(
+        corpus, packed, make_shards, tmp_path, monkeypatch, left_at_the_name):
+    from mrl_dist.data import shard_writer
+
+    replace = os.replace
+
+    def killed_at_the_rename(source, target):
+        if Path(source).name.startswith(".train-000001.tar.tmp."):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(shard_writer.os, "replace", killed_at_the_rename)
+    arguments = dict(trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        make_shards.pack_split([corpus.root], tmp_path, "train", **arguments)
+    monkeypatch.setattr(shard_writer.os, "replace", replace)
+    record = json.loads((tmp_path / ".train.tmp/shards/train-000001.tar.json").read_text())
+    assert record["sha256"] == json.loads(packed.read_text())["shards"][1]["sha256"]
+    assert list(tmp_path.glob(".train-000001.tar.tmp.*")) and not (
+        tmp_path / "train-000001.tar").exists()
+    if left_at_the_name == "an older file":
+        shutil.copyfile(tmp_path / "train-000000.tar", tmp_path / "train-000001.tar")
+    written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path, **arguments)
+    assert written[0] == "train-000001.tar" and "train-000000.tar" not in written
+    assert_same_files(tmp_path, packed.parent)
+
+
+def test_shard_record_of_another_input_does_not_keep_a_shard(corpus, make_shards, tmp_path,
+                                                            monkeypatch):
+    source = tmp_path / "in"
+    shutil.copytree(corpus.root, source)
+    arguments = dict(workers=1, shard_size_mb=0.1, progress=False)
+    interrupt_after_renaming(make_shards, monkeypatch, [source], tmp_path / "out", 2, **arguments)
+    shard = tmp_path / "out" / "train-000001.tar"
+    record = json.loads((tmp_path / "out/.train.tmp/shards/train-000001.tar.json").read_text())
+    assert record["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    # The input changes under an utterance of that shard: its record is for another plan.
+    key = next(info.name.split(".")[0] for info, _ in tar_members(shard)
+               if (source / f"{info.name.split('.')[0]}.wav").is_file())
+    wave, rate = sf.read(str(source / f"{key}.wav"), dtype="float32")
+    write_wav(source / f"{key}.wav", -wave, rate)
+    stale = shard.read_bytes()
+
+    written = pack_tracking_writes(make_shards, monkeypatch, [source], tmp_path / "out",
+                                   **arguments)
+    assert "train-000001.tar" in written
+    make_shards.pack_split([source], tmp_path / "reference", "train", **arguments)
+    assert_same_files(tmp_path / "out", tmp_path / "reference")
+    assert stale != shard.read_bytes()  # keeping the shard would have been wrong

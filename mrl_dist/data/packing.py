@@ -7,14 +7,20 @@
 Writes `NAME-000000.tar ...`, `NAME.manifest.json` (written last: its presence means the split is
 complete) and, with --trials, `NAME.trials.txt`.
 
-Two passes. Pass 1 decodes every file (in parallel) to a FLAC cache in `OUTPUT/.NAME.tmp/`,
-logging one record per file to `decoded.jsonl` there. Pass 2 shuffles the good files with a fixed
-seed, cuts them into shards by size and writes the tars (in parallel), recording each finished
-shard's sha256 in `NAME.manifest.partial.json`. A re-run after an interruption reuses the cache
-and keeps every shard whose sha256 matches the manifest-in-progress (or a finished manifest of the
-same input): the result equals an uninterrupted run. Re-running a finished split whose files are
-intact only verifies their sha256. The manifest records only what determines the content (not
---workers or --output), so equal inputs give equal manifests.
+Two passes. Pass 1 decodes every file (in parallel) to a FLAC cache in `OUTPUT/.NAME.tmp/`, logging
+one record per file to `decoded.jsonl` there. Pass 2 shuffles the good files with a fixed seed,
+cuts them into shards by size and writes the tars (in parallel), recording each finished shard's
+sha256 in `NAME.manifest.partial.json`. Each writer first records its shard's sha256, with a digest
+of the shard's plan (run identity, shard name, its samples in order), in
+`OUTPUT/.NAME.tmp/shards/NAME-000000.tar.json` and only then renames the tar into place, so a shard
+that has its final name is never without a record, even when the run is killed before the main
+process notes it. A re-run after an interruption reuses the cache and keeps every shard whose file
+hashes to the sha256 of the manifest-in-progress (or a finished manifest of the same input) or of
+its record for the same plan; a missing, torn or corrupted shard, or one whose record is for
+another plan (other input or arguments), is written again. The result equals an uninterrupted run;
+the records go with the state folder at the end. Re-running a finished split whose files are intact
+only verifies their sha256. The manifest records only what determines the content (not --workers or
+--output), so equal inputs give equal manifests.
 
 Decoder processes that die (an FFmpeg crash, the OOM killer) cost only the file being decoded,
 which is skipped as `decoder-crashed`; every other bad file is skipped with its reason
@@ -37,8 +43,8 @@ from tqdm import tqdm
 from .. import __version__
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
 from .shard_writer import (
-    cache_path, decode_in_processes, decode_to_cache, fingerprint, list_sources, plan_shards,
-    sha256_file, skip_entry, write_shard,
+    cache_path, decode_in_processes, decode_to_cache, fingerprint, list_sources, plan_digest,
+    plan_shards, read_shard_record, sha256_file, skip_entry, write_shard,
 )
 from .trials import read_trials, trial_keys
 
@@ -231,18 +237,31 @@ def pack_split(inputs, output, split: str, *, trials=None, workers: int | None =
 
 
 def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, progress: bool):
-    """Pass 2: writes every shard not already on disk with the known sha256; fills manifest sha256."""
+    """Pass 2: writes every shard not already on disk with a known sha256; fills manifest sha256.
+
+    A shard's sha256 is known from a manifest of the same input (see _known_sha256) or from the
+    record its writer left in `state_dir/shards/` for the same plan (see write_shard); either way
+    the file on disk is hashed again and kept only when it matches.
+    """
     identity_keys = ("format", "arguments", "inputs_sha256", "version")
-    known = _known_sha256(output, manifest["split"], {k: manifest[k] for k in identity_keys})
+    identity = {k: manifest[k] for k in identity_keys}
+    known = _known_sha256(output, manifest["split"], identity)
+    records_dir = state_dir / "shards"
+    for stale in records_dir.glob(".*.tmp.*"):
+        stale.unlink()  # a record being written when the run was killed
     entries = {entry["name"]: entry for entry in manifest["shards"]}
     todo = []
     for plan in plans:
-        samples, sha = known.get(plan.name, (None, None))
+        digest = plan_digest(identity, plan)
         path = output / plan.name
-        if samples == len(plan.records) and path.is_file() and sha256_file(path) == sha:
+        claims = {claim for claim in (known.get(plan.name),
+                                      read_shard_record(records_dir, plan.name, digest))
+                  if claim is not None and claim[0] == len(plan.records)}
+        sha = sha256_file(path) if claims and path.is_file() else None
+        if sha is not None and sha in {claimed for _, claimed in claims}:
             entries[plan.name]["sha256"] = sha
         else:
-            todo.append((str(output), plan, str(state_dir / "cache")))
+            todo.append((str(output), plan, str(state_dir / "cache"), str(records_dir), digest))
     partial = output / f"{manifest['split']}.manifest.partial.json"
     write_json_atomic(partial, manifest)
     done_samples = sum(e["samples"] for e in entries.values() if e["sha256"])

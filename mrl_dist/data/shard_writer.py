@@ -270,14 +270,45 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_shard(task: tuple[str, ShardPlan, str]) -> tuple[str, str, int]:
+def plan_digest(identity: dict, plan: ShardPlan) -> str:
+    """sha256 naming what determines a shard's bytes: the run's identity (format, arguments,
+    input fingerprint, version), the shard name and its records (keys, sources, labels) in order.
+
+    A shard record (see write_shard) only vouches for a shard of the plan with this digest.
+    """
+    payload = {"identity": identity, "name": plan.name, "records": plan.records}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def shard_record_path(records_dir: str | Path, name: str) -> Path:
+    return Path(records_dir) / f"{name}.json"
+
+
+def read_shard_record(records_dir: str | Path, name: str, digest: str) -> tuple[int, str] | None:
+    """(samples, sha256) from the record write_shard left for shard `name` of the plan with
+    `digest`; None when there is none, it is unreadable or it was written for another plan."""
+    try:
+        record = json.loads(shard_record_path(records_dir, name).read_text())
+        if record["name"] == name and record["plan"] == digest:
+            return int(record["samples"]), str(record["sha256"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def write_shard(task: tuple) -> tuple[str, str, int]:
     """Pass-2 worker: writes one shard atomically from the cache; returns (name, sha256, bytes).
 
-    task = (output folder, plan, cache folder). Members per sample, in plan order:
-    `<key>.flac`, `<key>.json`. A cache file that went missing is decoded again from its source
-    (same audio, same bytes).
+    task = (output folder, plan, cache folder[, records folder, plan digest]). Members per sample,
+    in plan order: `<key>.flac`, `<key>.json`. A cache file that went missing is decoded again
+    from its source (same audio, same bytes).
+
+    With a records folder, the sha256 of the finished temporary is first recorded there, in
+    `NAME.tar.json` with the plan digest (see plan_digest), and only then is the temporary renamed
+    into place: a shard that is on disk under its final name always has a record, so a run killed
+    before it noted the shard's sha256 can verify and keep it on resume.
     """
-    output, plan, cache_dir = task
+    output, plan, cache_dir, *recording = task
     target = Path(output) / plan.name
     temporary = target.with_name(f".{plan.name}.tmp.{os.getpid()}")
     with open(temporary, "wb") as handle:
@@ -290,8 +321,18 @@ def write_shard(task: tuple[str, ShardPlan, str]) -> tuple[str, str, int]:
                                 io.BytesIO(data))
         handle.flush()
         os.fsync(handle.fileno())
+    sha = sha256_file(temporary)
+    if recording:
+        records_dir, digest = recording
+        path = shard_record_path(records_dir, plan.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        written.write_text(json.dumps({"name": plan.name, "plan": digest,
+                                       "samples": len(plan.records), "sha256": sha},
+                                      sort_keys=True) + "\n")
+        os.replace(written, path)  # atomic: a record is whole or absent
     os.replace(temporary, target)
-    return plan.name, sha256_file(target), target.stat().st_size
+    return plan.name, sha, target.stat().st_size
 
 
 def _cached_flac(record: dict, cache_dir: Path) -> bytes:
