@@ -99,6 +99,13 @@ class TrainingConfig:
     mixed_precision: MixedPrecision = "bf16"
     grad_clip: float | None = 5.0  # max grad norm; null: no clipping
     max_bad_steps: int = 20  # NaN/inf steps in a row before stopping
+    # Keep the running statistics of the trunk's BatchNorm layers (front-end, backbone, pooling)
+    # fixed while the trunk trains: the usual choice when fine-tuning a pretrained backbone on
+    # small per-device batches. The head's BatchNorm still updates. See docs/configs.md.
+    freeze_bn_stats: bool = False
+    # How long a per-step collective (the all-reduce every step) may wait for the slowest rank
+    # before the run fails with an error naming the rank and what it was doing.
+    collective_timeout_minutes: float = 10.0
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -109,6 +116,10 @@ class LossConfig:
     subcenters: int = 1
     dim_weights: list[float] | None = None  # one per model.mrl_dims; null: equal weights
     tied: bool = True  # one classifier weight matrix whose prefixes serve every dim
+    # Margin warm-up for training from scratch: 0 until margin_warmup_start, then linear up to
+    # `margin` over margin_warmup_steps optimizer steps. 0 steps: the full margin from step 0.
+    margin_warmup_start: int = 0
+    margin_warmup_steps: int = 0
 
 @dataclass
 class ValidationConfig:
@@ -118,6 +129,8 @@ class ValidationConfig:
     # Validate the initial model too (pretrained starts only): best.pt then never ends up
     # worse than the pretrained / PCA-initialised embedding it started from.
     at_start: bool = True
+    # How long the other ranks wait for rank 0 to validate (or to initialise the PCA head).
+    timeout_minutes: float = 180.0
 
 @dataclass
 class CheckpointConfig:
@@ -268,11 +281,13 @@ _POSITIVE = (
     "training.optimizer.lr", "training.optimizer.backbone_lr_ratio", "training.schedule.gamma", "loss.scale", "loss.subcenters",
     "validation.every_steps", "validation.max_seconds", "validation.batch_size",
     "checkpoint.every_steps", "checkpoint.keep_last", "logging.every_steps",
+    "training.collective_timeout_minutes", "validation.timeout_minutes",
 )
 _NON_NEGATIVE = (
     "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",
     "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin",
     "distill.losses.embedding", "distill.losses.similarity", "distill.losses.aam",
+    "loss.margin_warmup_start", "loss.margin_warmup_steps",
 )
 _UNIT_INTERVAL = (
     "data.augment.reverb_prob", "data.augment.noise_prob", "training.optimizer.momentum",

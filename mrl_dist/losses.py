@@ -39,13 +39,17 @@ def aam_logits(embeddings: torch.Tensor, class_weights: torch.Tensor, labels: to
 
     `embeddings [B, D]`, `class_weights [num_classes * subcenters, D]` (any norm: both sides are
     L2-normalised here), `labels [B]` int64. With sub-centres, each class scores its best one.
+
+    Always float32, autocast or not: under bf16 autocast `F.linear` would run in bf16 whatever
+    its inputs, and the `1 - 1e-6` clamp of the margin arithmetic rounds to 1.0 there.
     """
-    cosine = F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(class_weights.float(), dim=1))
-    if subcenters > 1:
-        cosine = cosine.view(cosine.shape[0], -1, subcenters).amax(dim=2)
-    target = F.one_hot(labels, cosine.shape[1]).bool()
-    logits = torch.where(target, additive_angular_margin(cosine, margin), cosine)
-    return scale * logits, cosine
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        cosine = F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(class_weights.float(), dim=1))
+        if subcenters > 1:
+            cosine = cosine.view(cosine.shape[0], -1, subcenters).amax(dim=2)
+        target = F.one_hot(labels, cosine.shape[1]).bool()
+        logits = torch.where(target, additive_angular_margin(cosine, margin), cosine) if margin else cosine
+        return scale * logits, cosine
 
 
 class AAMSoftmax(nn.Module):
@@ -65,6 +69,9 @@ class AAMSoftmax(nn.Module):
 
 class MatryoshkaAAMLoss(nn.Module):
     """AAM-softmax on every prefix `emb[:, :d]`, weighted: sum_d w_d * L_d / sum_d w_d.
+
+    `margin` is a plain attribute: the trainer's margin warm-up (`loss.margin_warmup_steps`)
+    sets it before each step.
 
     Tied (default): one class matrix `[num_classes * subcenters, max_dim]`; dim d uses its first
     d columns, re-normalised, mirroring how the embedding itself is truncated. Untied: one matrix
@@ -108,7 +115,8 @@ class MatryoshkaAAMLoss(nn.Module):
             prefix = embeddings[dim] if isinstance(embeddings, dict) else embeddings[:, :dim]
             logits, cosine = aam_logits(prefix, self.class_weights(index), labels,
                                         self.margin, self.scale, self.subcenters)
-            losses.append(F.cross_entropy(logits, labels))
+            with torch.autocast(device_type=logits.device.type, enabled=False):
+                losses.append(F.cross_entropy(logits, labels))
             accuracies[dim] = (cosine.detach().argmax(dim=1) == labels).float().mean()
         stacked = torch.stack(losses)
         total = (stacked * self.dim_weights).sum() / self.dim_weights.sum()

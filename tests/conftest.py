@@ -118,6 +118,17 @@ def build_corpus(root: Path) -> Corpus:
     return corpus
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Every test starts without an Accelerator left over from the previous one (trainer tests
+    build several in one process)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def make_shards():
     """The packing library behind `launch/make_shards.py` (`pack_split`, `write_shard`, ...)."""

@@ -3,10 +3,7 @@
 Runs are tiny (tiny preset, batch 8, 1 s crops, a handful of steps) on a small demo corpus.
 """
 
-import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +19,7 @@ from mrl_dist.train.demo import prepare_demo_shards
 from mrl_dist.train.loop import BadStepError, Trainer, train
 from mrl_dist.train.modes import TrainModule
 from mrl_dist.train.schedule import lr_multiplier
+from train_configs import launch, read_metrics, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,31 +30,6 @@ def demo_shards(tmp_path_factory):
                                shard_size_mb=1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def tiny_config(run_dir: Path, shards: Path, **sections) -> dict:
-    config = {
-        "run_dir": str(run_dir),
-        "model": {"backbone": "tiny", "pretrained": None, "mrl_dims": [32, 64, 192], "head_init": "random"},
-        "data": {"train": str(shards / "train.manifest.json"), "val": str(shards / "val.manifest.json"),
-                 "crop_seconds": 1.0, "num_workers": 0, "shuffle_buffer": 16},
-        "training": {"mode": "classifier", "batch_size": 8, "max_steps": 4, "steps_per_epoch": 3,
-                     "mixed_precision": "no", "schedule": {"warmup_steps": 1, "decay": "cosine"},
-                     "optimizer": {"name": "adamw", "lr": 0.002}},
-        "validation": {"every_steps": 2, "batch_size": 8, "max_seconds": 2.0},
-        "checkpoint": {"every_steps": 2, "keep_last": 1, "best_metric": "mean_eer"},
-        "logging": {"every_steps": 1, "tensorboard": False},
-    }
-    for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
-    return config
-
-
 @pytest.fixture(scope="module")
 def classifier_run(demo_shards, tmp_path_factory):
     """A finished 4-step classifier run: its best.pt is an official-format backbone."""
@@ -65,10 +38,6 @@ def classifier_run(demo_shards, tmp_path_factory):
     result = train(config_from_dict(tiny_config(run_dir, demo_shards)))
     assert result["status"] == "finished"
     return run_dir
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_run_folder_holds_config_log_metrics_and_checkpoints(classifier_run):
@@ -142,24 +111,13 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert values[110] == pytest.approx(0.1)
 
 
-def _launch(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _write_config(path: Path, config: dict) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path):
     run_dir = tmp_path / "preempted"
-    config = _write_config(tmp_path / "run.yaml", tiny_config(
+    config = write_config(tmp_path / "run.yaml", tiny_config(
         run_dir, demo_shards, training={"max_steps": 1000},
         validation={"every_steps": 1000}, checkpoint={"every_steps": 1000, "keep_last": 2}))
-    process = _launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config)], tmp_path)
+    process = launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config)], tmp_path)
     log = run_dir / "train.log"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and "step 2 loss=" in log.read_text()):
@@ -172,7 +130,7 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path
     stopped_at = ckpt.read_trainer_state(saved[0])["step"]
     assert stopped_at >= 2 and "stop requested by signal" in log.read_text()
 
-    resumed = _launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config), "--resume", "latest",
+    resumed = launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config), "--resume", "latest",
                        "--set", f"training.max_steps={stopped_at + 2}"], tmp_path)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
@@ -180,11 +138,12 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path
     assert read_metrics(run_dir)[-1]["step"] == stopped_at + 2
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, tmp_path):
     run_dir = tmp_path / "ddp"
-    config = _write_config(tmp_path / "ddp.yaml", tiny_config(run_dir, demo_shards))
+    config = write_config(tmp_path / "ddp.yaml", tiny_config(run_dir, demo_shards))
     accelerate = Path(sys.executable).with_name("accelerate")
-    process = _launch([str(accelerate), "launch", "--cpu", "--num_processes", "2",
+    process = launch([str(accelerate), "launch", "--cpu", "--num_processes", "2",
                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                        "--main_process_port", "29517", str(REPO / "launch" / "train.py"), "--config", str(config)],
                       tmp_path)

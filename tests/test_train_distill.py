@@ -47,13 +47,6 @@ def setup(tmp_path_factory):
     return root, pattern
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def distill_config(root: Path, run_dir: Path, train=None, aam: float = 0.5, cache: bool = False, steps: int = 12):
     return config_from_dict({
         "run_dir": str(run_dir),
@@ -139,6 +132,7 @@ def test_cache_benchmark_runs_a_live_and_a_cached_step():
     assert result.live_crops_per_second > 0 and result.cached_crops_per_second > 0
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_distil_into_an_unfrozen_pretrained_student(setup, tmp_path):
     import os
 

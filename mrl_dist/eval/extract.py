@@ -37,6 +37,9 @@ from mrl_dist.eval.metrics import verification_report
 CROP_TOLERANCE = 0.1
 NATIVE = "native"
 MRL = "mrl"
+#: The trunk's pooled features [P]: asked for explicitly (never a default kind), so a frozen
+#: trunk's validation can run the trunk once and only the head afterwards (`embed_pooled_features`).
+POOLED = "pooled"
 # Trials are scored this many at a time so VoxCeleb1-H (550 k pairs) never gathers
 # two [N, 256] copies of the embeddings at once.
 _SCORE_CHUNK = 65_536
@@ -125,18 +128,27 @@ def embed_batch(model: Any, wave: torch.Tensor, heads: Collection[str] | None = 
     ``heads`` keeps only those kinds (None: all the model has); see `model_family`.
     """
     family = model_family(model)
-    if family == "mrl":
+    if family in ("mrl", "redimnet"):
         pooled = model.pooled(wave)
-        outputs = {MRL: lambda: model.head(pooled), NATIVE: lambda: model.native_embedding(pooled)}
-        return {name: outputs[name]() for name in (available_heads(model) if heads is None else heads)}
-    if family == "redimnet":
-        return {NATIVE: model.embed_pooled(model.pooled(wave))}
+        return pooled_to_heads(model, pooled, available_heads(model) if heads is None else heads)
     outputs = {str(dim): embedding for dim, embedding in model.forward_all(wave).items()}
     return outputs if heads is None else {name: outputs[name] for name in heads}
 
 
+def pooled_to_heads(model: Any, pooled: torch.Tensor, heads: Collection[str]) -> dict[str, torch.Tensor]:
+    """`pooled [B, P]` of a ReDimNetMRL or ReDimNet -> ``{kind: [B, D]}`` for `heads`."""
+    if model_family(model) == "redimnet":
+        outputs = {NATIVE: lambda: model.embed_pooled(pooled)}
+    else:
+        outputs = {MRL: lambda: model.head(pooled), NATIVE: lambda: model.native_embedding(pooled)}
+    outputs[POOLED] = lambda: pooled
+    return {name: outputs[name]() for name in heads}
+
+
 def _check_heads(model: Any, heads: Collection[str] | None) -> None:
     available = available_heads(model)
+    if model_family(model) in ("mrl", "redimnet"):
+        available = [*available, POOLED]
     if heads is None or (not available and model_family(model) == "per_dim"):
         return
     unknown = [name for name in heads if name not in available]
@@ -314,6 +326,40 @@ def default_dims(model: Any, embeddings: Mapping[str, Mapping[str, Any]]) -> lis
     return sorted(int(name) for name in first if name.isdigit())
 
 
+@torch.no_grad()
+def embed_pooled_features(model: Any, pooled: Mapping[str, Mapping[str, np.ndarray]], *,
+                          device: str | torch.device = "cpu", heads: Collection[str] | None = None,
+                          batch_size: int = 1024) -> dict[str, dict[str, np.ndarray]]:
+    """Embeddings from stored pooled features: `{key: {"pooled": [P]}}` (from `extract_embeddings`
+    with ``heads=["pooled"]``) -> ``{key: {kind: [D]}}`` as `extract_embeddings` gives them, running
+    only the head(s), in eval mode, float32. Equal to embedding the audio again with the same
+    (frozen) trunk."""
+    heads = available_heads(model) if heads is None else list(heads)
+    keys = list(pooled)
+    embeddings: dict[str, dict[str, np.ndarray]] = {}
+    with _eval_mode(model):
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start:start + batch_size]
+            features = torch.from_numpy(np.stack([pooled[key][POOLED] for key in chunk])).to(device)
+            outputs = {name: value.float().cpu().numpy()
+                       for name, value in pooled_to_heads(model, features, heads).items()}
+            for position, key in enumerate(chunk):
+                embeddings[key] = {name: value[position] for name, value in outputs.items()}
+    return embeddings
+
+
+def evaluate_embeddings(model: Any, embeddings: Mapping[str, Mapping[str, np.ndarray]],
+                        trials: Sequence[Trial] | str | Path, dims: Sequence[int] | None = None,
+                        ) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
+    """Score and measure embeddings already extracted; returns as `evaluate_model`."""
+    trials = _as_trials(trials)
+    if dims is None:
+        dims = default_dims(model, embeddings)
+    scores = score_trials(embeddings, trials, dims)
+    labels = np.array([t.label for t in trials], dtype=np.int64)
+    return verification_report(scores, labels), scores, labels
+
+
 def evaluate_model(
     model: Any,
     batches: Iterable[Mapping[str, Any]],
@@ -329,21 +375,19 @@ def evaluate_model(
     Returns:
         ``(report, scores_by_name, labels [N] int64)``; report as `verification_report`.
     """
-    trials = _as_trials(trials)
     embeddings = extract_embeddings(model, batches, **extract_options)
-    if dims is None:
-        dims = default_dims(model, embeddings)
-    scores = score_trials(embeddings, trials, dims)
-    labels = np.array([t.label for t in trials], dtype=np.int64)
-    return verification_report(scores, labels), scores, labels
+    return evaluate_embeddings(model, embeddings, trials, dims)
 
 
 __all__ = [
     "CROP_TOLERANCE",
     "MissingEmbeddingError",
+    "POOLED",
     "available_heads",
     "default_dims",
     "embed_batch",
+    "embed_pooled_features",
+    "evaluate_embeddings",
     "evaluate_model",
     "extract_embeddings",
     "length_groups",

@@ -5,6 +5,11 @@
     every validation.every_steps   : EER per MRL dim on the val trials (rank 0), metrics.jsonl, best.pt
     every checkpoint.every_steps   : accelerate.save_state -> checkpoints/step-N, last.pt
     SIGTERM / SIGUSR1              : checkpoint at the next step boundary, then exit 0
+    training.unfreeze_after_steps  : the trunk unfreezes once; only the DDP wrapper is rebuilt
+
+Train/eval policy: see `TrainModule` (frozen parts eval, trainable parts train during steps,
+eval during validation; `training.freeze_bn_stats`). Collectives and their timeouts: see
+`collectives.py`. DeepSpeed: see `ds_config.py`.
 
 Batches never pass through `accelerator.prepare`: every rank already reads its own endless
 stream (see mrl_dist.data.pipeline), and an epoch has the same number of steps everywhere.
@@ -12,7 +17,6 @@ stream (see mrl_dist.data.pipeline), and an epoch has the same number of steps e
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -24,23 +28,27 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
 
 from ..config import Config, save_config
 from ..data.manifest import read_manifest
 from ..data.pipeline import make_eval_loader, make_train_loader
-from ..eval.extract import evaluate_model
+from ..eval.extract import POOLED, embed_pooled_features, evaluate_embeddings, extract_embeddings
 from ..eval.metrics import select_metric
+from ..models import ReDimNet, collect_pooled
 from . import checkpointing as ckpt
+from . import ds_config
+from .collectives import Collectives
 from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
-from .schedule import lr_multiplier
+from .schedule import lr_multiplier, margin_at
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-# Ranks other than 0 wait at a barrier while rank 0 validates; a full VoxCeleb1-O pass on a
-# large model takes minutes, far from this limit.
-BARRIER_TIMEOUT = timedelta(hours=3)
+# Seed offsets that keep the trainer's random streams apart (any distinct primes would do).
+PCA_STREAM_SEED_OFFSET = 104729  # the batches the PCA head is fitted on, apart from training's
+RESUME_STREAM_SEED_PER_STEP = 7919  # a resumed epoch's fresh stream, seeded by the resume step
+RANK_SEED_FACTOR = 1009  # per-rank dropout / spec-augment randomness after the shared init
 
 
 class StopRequest:
@@ -75,15 +83,26 @@ def flatten_stats(parts: dict) -> dict[str, torch.Tensor]:
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
+    """The run's Accelerator; under DeepSpeed its config is filled from the run config."""
     precision = cfg.training.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("training.mixed_precision: fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=precision,
+        # Micro-batches go through `accelerator.accumulate`, which also tells DeepSpeed where
+        # the accumulation boundary is.
+        gradient_accumulation_steps=cfg.training.grad_accum,
         step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, not steps x ranks
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=BARRIER_TIMEOUT),
-                         DistributedDataParallelKwargs(find_unused_parameters=False)],
+        kwargs_handlers=[
+            # The default group serves the per-step collectives: a hung rank is found in minutes.
+            # Waiting for rank 0's validation uses a group of its own (collectives.py).
+            InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.training.collective_timeout_minutes)),
+            DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_config.check_deepspeed_supported(cfg)
+        ds_config.apply_to_accelerator(accelerator, cfg)
+    return accelerator
 
 
 def make_optimizer(cfg: Config, module: TrainModule, trunk_ids: set[int]) -> torch.optim.Optimizer:
@@ -108,6 +127,11 @@ class Trainer:
         self.accelerator = make_accelerator(cfg)
         acc = self.accelerator
         self.rank, self.world_size = acc.process_index, acc.num_processes
+        self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+        self.collectives = Collectives(
+            self.rank, self.world_size, acc.device,
+            step_timeout=timedelta(minutes=cfg.training.collective_timeout_minutes),
+            main_wait_timeout=timedelta(minutes=cfg.validation.timeout_minutes))
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -115,7 +139,7 @@ class Trainer:
 
         self.resume_dir = ckpt.resolve_resume(resume, self.checkpoints)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_into_epoch": 0, "best_metric": None,
-                                      "bad_steps_total": 0}
+                                      "bad_steps_total": 0, "skipped_samples": 0}
         if self.resume_dir is not None:
             self.state.update(ckpt.read_trainer_state(self.resume_dir))
 
@@ -123,6 +147,8 @@ class Trainer:
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
         self.mode: Mode = make_mode(cfg, 0)  # what it needs from the data, before building the loader
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
+        self.partial_epoch_loader = None  # the rest of a resumed epoch, see _batches
+        self.skipped_before_start = self.state["skipped_samples"]  # corrupt samples of earlier runs
         self.num_classes = self.train_loader.num_classes or 0
         if self.mode.needs_labels and not self.num_classes:
             raise ValueError(f"data.train: {cfg.data.train} carries no speaker labels (a manifest gives them); "
@@ -131,8 +157,13 @@ class Trainer:
         self.mode.num_classes = self.num_classes
 
         set_seed(cfg.seed)  # identical initial weights on every rank
-        module = self.mode.build(self._pca_batches, resuming=self.resume_dir is not None)
-        self.mode.on_step(module, self.state["step"])
+        module = self.mode.build(self._pca_features, resuming=self.resume_dir is not None)
+        fitted = self.mode.head_fitted_on_main(module)
+        if fitted is not None:  # rank 0 fitted it alone; every rank starts from rank 0's
+            self.collectives.broadcast_from_main([*fitted.parameters(), *fitted.buffers()],
+                                                 "receiving the PCA head from rank 0")
+        self.mode.unfreeze_if_due(module, self.state["step"])  # a resume past the unfreeze step
+        module.train()  # the train/eval policy (TrainModule); a pretrained start arrives in eval mode
         self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
         self.raw_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.raw_optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
@@ -142,7 +173,8 @@ class Trainer:
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
         # Per-rank randomness for spec augment and dropout, after the shared initialisation.
-        torch.manual_seed(cfg.seed * 1009 + self.rank + 7919 * self.state["step"])
+        torch.manual_seed(cfg.seed * RANK_SEED_FACTOR + self.rank + RESUME_STREAM_SEED_PER_STEP * self.state["step"])
+        self.val_pooled: dict | None = None  # pooled features of the val utterances while the trunk is frozen
         self.stop = StopRequest()
         self.tracker = Tracker(cfg, self.run_dir, acc.is_main_process, self.state["step"])
 
@@ -157,19 +189,27 @@ class Trainer:
             augment=augment, steps_per_epoch=batches or self.batches_per_epoch,
             pin_memory=torch.cuda.is_available(), fixed_crops=self.mode.fixed_crops)
 
-    def _pca_batches(self) -> Iterator[torch.Tensor]:
-        loader = self._train_loader(epoch=0, seed_offset=104729, batches=self.cfg.model.pca_batches)
-        return (batch["wave"] for batch in loader)
+    def _pca_features(self, redimnet: ReDimNet) -> torch.Tensor | None:
+        """Pooled features for the PCA head: rank 0 only, on the accelerator (the others receive
+        the fitted head). The batches are rank 0's, from a stream apart from training's."""
+        if not self.accelerator.is_main_process:
+            return None
+        loader = self._train_loader(epoch=0, seed_offset=PCA_STREAM_SEED_OFFSET, batches=self.cfg.model.pca_batches)
+        redimnet.to(self.accelerator.device)
+        return collect_pooled(redimnet, (batch["wave"] for batch in loader), self.cfg.model.pca_batches)
 
     def _batches(self) -> Iterator[dict]:
         """Endless batches from the saved data position: the rest of the current epoch, then
         whole epochs. A resumed epoch continues on a fresh stream seeded by the resume step
         (resampled shards make any position equivalent; replaying would waste decode time)."""
         epoch, done = self.state["epoch"], self.state["batches_into_epoch"]
+        if done >= self.batches_per_epoch:  # saved right at the end of an epoch: the next one starts
+            epoch, done = epoch + 1, 0
         if done:
-            partial = self._train_loader(epoch, seed_offset=7919 * self.state["step"],
-                                         batches=self.batches_per_epoch - done)
-            for batch in partial:
+            self.partial_epoch_loader = self._train_loader(
+                epoch, seed_offset=RESUME_STREAM_SEED_PER_STEP * self.state["step"],
+                batches=self.batches_per_epoch - done)
+            for batch in self.partial_epoch_loader:
                 self.state["batches_into_epoch"] += 1
                 yield batch
             epoch += 1
@@ -181,6 +221,14 @@ class Trainer:
                 yield batch
             epoch += 1
 
+    def _skipped_samples(self) -> int:
+        """Corrupt samples skipped so far by every rank's loaders, earlier runs of a resumed run included."""
+        local = self.train_loader.skipped + (self.partial_epoch_loader.skipped if self.partial_epoch_loader else 0)
+        total = self.collectives.sum(torch.tensor(float(local), device=self.accelerator.device),
+                                     f"step {self.state['step']}: summing skipped-sample counts")
+        self.state["skipped_samples"] = self.skipped_before_start + int(total)
+        return self.state["skipped_samples"]
+
     # ------------------------------------------------------------------ one step
     def _step(self, batches: Iterator[dict]) -> tuple[bool, dict[str, torch.Tensor]]:
         """One optimizer step over `grad_accum` micro-batches. Returns (applied, stats)."""
@@ -188,15 +236,16 @@ class Trainer:
         # Finiteness stays a device tensor until the one all-reduce below: one GPU sync per step.
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
         stats: dict[str, torch.Tensor] = {}
-        for micro in range(tcfg.grad_accum):
+        for _ in range(tcfg.grad_accum):
             batch = next(batches)
             wave = batch["wave"].to(acc.device, non_blocking=True)
             label = batch["label"].to(acc.device, non_blocking=True)
-            last = micro == tcfg.grad_accum - 1
             extra = self.mode.extra_inputs(batch, wave)
-            with contextlib.nullcontext() if last else acc.no_sync(self.module):
+            # accumulate: no gradient sync before the last micro-batch; the loss is divided by
+            # grad_accum (DeepSpeed: by its engine, which also steps at the boundary).
+            with acc.accumulate(self.module):
                 loss, parts = self.module(wave, label, **extra)
-                acc.backward(loss / tcfg.grad_accum)
+                acc.backward(loss)
             finite &= torch.isfinite(loss.detach())
             for key, value in {"loss": loss.detach(), **flatten_stats(parts)}.items():
                 stats[key] = stats.get(key, 0) + value / tcfg.grad_accum
@@ -207,9 +256,11 @@ class Trainer:
             finite &= torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
         # One all-reduce decides for every rank together: skip, stop, or go on.
         stop = torch.tensor(float(self.stop.requested), device=acc.device)
-        bad_ranks, stop_ranks = acc.reduce(torch.stack([(~finite).float(), stop]), "sum").tolist()
+        decision = self.collectives.sum(torch.stack([(~finite).float(), stop]),
+                                        f"step {self.state['step'] + 1}: all-reduce of the skip/stop decision")
+        bad_ranks, stop_ranks = decision.tolist()
         self.stop.requested = stop_ranks > 0
-        if bad_ranks > 0:
+        if bad_ranks > 0:  # under DeepSpeed the engine has applied it already: counted, not skipped
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             return False, stats
@@ -218,7 +269,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm
             stats["grad_norm"] = torch.as_tensor(grad_norm).detach()
-        return True, stats
+        return not getattr(self.optimizer, "step_was_skipped", False), stats
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -229,6 +280,8 @@ class Trainer:
             f"mode={tcfg.mode} ranks={self.world_size} device={acc.device} precision={tcfg.mixed_precision} "
             f"classes={self.num_classes} parameters={sizes['parameters']} trainable={sizes['trainable']} "
             f"start_step={self.state['step']} run_dir={self.run_dir}")
+        if self.is_deepspeed:
+            self.tracker.write_line(ds_config.NOT_GUARDED_NOTE)
         if self.state["step"] == 0 and cfg.validation.at_start and backbone_is_pretrained(cfg):
             self.validate()
         batches = self._batches()
@@ -239,9 +292,11 @@ class Trainer:
         status = "finished"
         while self.state["step"] < tcfg.max_steps:
             step = self.state["step"]
-            if self.mode.on_step(acc.unwrap_model(self.module), step):
-                self._reprepare()
+            raw = acc.unwrap_model(self.module)
+            if self.mode.unfreeze_if_due(raw, step):
+                self._rewrap_after_unfreeze()
                 self.tracker.write_line(f"step {step}: backbone unfrozen")
+            raw.set_margin(margin_at(step, cfg.loss))
             applied, stats = self._step(batches)
             self.state["step"] = step = step + 1
             if applied:
@@ -252,7 +307,8 @@ class Trainer:
             else:
                 bad_in_row += 1
                 self.state["bad_steps_total"] += 1
-                self.tracker.write_line(f"step {step}: non-finite loss or gradient, step skipped "
+                action = "counted, not skipped (DeepSpeed applied it)" if self.is_deepspeed else "step skipped"
+                self.tracker.write_line(f"step {step}: non-finite loss or gradient, {action} "
                                         f"({bad_in_row} in a row)")
                 if bad_in_row >= tcfg.max_bad_steps:
                     raise BadStepError(f"{bad_in_row} steps in a row had a non-finite loss or gradient "
@@ -260,10 +316,11 @@ class Trainer:
                                        "training.optimizer.lr or check the data")
             values = None
             if step % cfg.logging.every_steps == 0 and window_steps:
-                skipped = acc.reduce(torch.tensor(float(self.train_loader.skipped), device=acc.device), "sum")
                 values = {k: float(v) / window_steps for k, v in window.items()}
                 values.update(lr=self.scheduler.get_last_lr()[0], epoch=self.state["epoch"],
-                              skipped=int(skipped), bad_steps=self.state["bad_steps_total"])
+                              skipped=self._skipped_samples(), bad_steps=self.state["bad_steps_total"])
+                if cfg.loss.margin_warmup_steps:
+                    values["margin"] = margin_at(step - 1, cfg.loss)
                 window, window_steps = {}, 0
             self.tracker.step(step, crops_per_step, values)
             if self.stop.requested:
@@ -281,32 +338,58 @@ class Trainer:
         return {"status": status, "step": self.state["step"], "best_metric": self.state["best_metric"],
                 "run_dir": str(self.run_dir)}
 
-    def _reprepare(self) -> None:
-        """Re-wrap after the trainable set changed: DDP only syncs what required grad when built."""
-        acc = self.accelerator
-        module = acc.unwrap_model(self.module)
-        acc.free_memory()
-        self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
+    def _rewrap_after_unfreeze(self) -> None:
+        """DDP only synchronises the parameters that required grad when it was built: give the
+        unfrozen trunk a new DDP wrapper around the same module. Nothing else changes: the
+        module's autocast forward (from `prepare`), the optimizer (every parameter is in it from
+        the start, so its state for the head carries on) and the scheduler."""
+        self.val_pooled = None  # the trunk changes from now on
+        old = self.module
+        if not isinstance(old, torch.nn.parallel.DistributedDataParallel):
+            return  # one process: requires_grad alone decides what trains
+        kwargs = self.accelerator.ddp_handler.to_kwargs() if self.accelerator.ddp_handler is not None else {}
+        new = torch.nn.parallel.DistributedDataParallel(old.module, device_ids=old.device_ids,
+                                                        output_device=old.output_device, **kwargs)
+        if self.accelerator.ddp_handler is not None:
+            self.accelerator.ddp_handler.register_comm_hook(new)
+        # Accelerate's own list (save_state, load_state) holds the wrapper or the bare module:
+        # swap the wrapper where it is there.
+        models = self.accelerator._models
+        self.accelerator._models = [new if entry is old else entry for entry in models]
+        self.module = new
 
     # ------------------------------------------------------------------ validation, checkpoints
     def validate(self) -> dict[str, Any] | None:
-        """EER per dim on the val trials, on rank 0; the other ranks wait at the barrier."""
+        """EER per dim on the val trials, on rank 0; the other ranks wait (long timeout)."""
         acc, cfg = self.accelerator, self.cfg
         record = None
         if acc.is_main_process:
             model = self.mode.eval_model(acc.unwrap_model(self.module))
-            loader = make_eval_loader(cfg.data.val, None, max_seconds=cfg.validation.max_seconds,
-                                      batch_size=cfg.validation.batch_size, num_workers=min(2, cfg.data.num_workers))
             trials = read_manifest(cfg.data.val).trials_path
             if trials is None:
                 raise FileNotFoundError(f"data.val: {cfg.data.val} has no trials file; pack it with --trials")
-            report, _, _ = evaluate_model(model, loader, trials, device=acc.device, autocast_dtype=self.autocast_dtype)
+            report, _, _ = evaluate_embeddings(model, self._val_embeddings(model), trials)
             record = {"step": self.state["step"], "epoch": self.state["epoch"], "eer": report["eer"],
                       "min_dcf": report["min_dcf"], "threshold": report["threshold"]}
             self.tracker.validation(record)
             self._update_best(report)
-        acc.wait_for_everyone()
+        self.collectives.wait_for_main(f"step {self.state['step']}: waiting for rank 0 to validate")
         return record
+
+    def _val_embeddings(self, model) -> dict:
+        """Embeddings of the val utterances. With a frozen trunk its pooled features are computed
+        once and every later validation runs only the head (seconds instead of a full pass)."""
+        cfg, acc = self.cfg, self.accelerator
+        frozen_trunk = getattr(model, "trunk_frozen", False) and hasattr(model, "head")
+        if frozen_trunk and self.val_pooled is not None:
+            return embed_pooled_features(model, self.val_pooled, device=acc.device)
+        loader = make_eval_loader(cfg.data.val, None, max_seconds=cfg.validation.max_seconds,
+                                  batch_size=cfg.validation.batch_size, num_workers=min(2, cfg.data.num_workers))
+        if not frozen_trunk:
+            return extract_embeddings(model, loader, device=acc.device, autocast_dtype=self.autocast_dtype)
+        self.val_pooled = extract_embeddings(model, loader, device=acc.device, heads=[POOLED],
+                                             autocast_dtype=self.autocast_dtype)
+        return embed_pooled_features(model, self.val_pooled, device=acc.device)
 
     def _update_best(self, report: dict[str, Any]) -> None:
         metric_name = self.cfg.checkpoint.best_metric
@@ -320,6 +403,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         acc, step = self.accelerator, self.state["step"]
+        self._skipped_samples()  # the count goes into trainer_state.json
         temporary = ckpt.temporary_dir(self.checkpoints, step)
         if acc.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)

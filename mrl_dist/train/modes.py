@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -37,7 +37,6 @@ from ..models import (
     ReDimNet,
     ReDimNetMRL,
     build_preset,
-    collect_pooled,
     load_pretrained,
     save_official_checkpoint,
 )
@@ -45,16 +44,47 @@ from ..models import (
 log = logging.getLogger(__name__)
 
 
-class TrainModule(nn.Module):
-    """`(wave [B, T], label [B]) -> (loss, stats)`: the model plus its loss, as DDP sees them."""
+def trunk_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers of the trunk (front-end, backbone, pooling) of a ReDimNet or ReDimNetMRL."""
+    parts = [getattr(model, name, None) for name in ("spec", "backbone", "pool")]
+    return [m for part in parts if part is not None for m in part.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-    def __init__(self, model: nn.Module, loss: MatryoshkaAAMLoss):
+
+class TrainModule(nn.Module):
+    """`(wave [B, T], label [B]) -> (loss, stats)`: the model plus its loss, as DDP sees them.
+
+    Train/eval policy, the same in every mode (`.train()` applies it; the trainer calls it once
+    the module is built and again after unfreezing):
+      - frozen parts stay in eval mode (ReDimNetMRL pins them): no BatchNorm statistics update,
+        no dropout;
+      - trainable parts are in train mode during steps; validation switches everything to eval
+        and back (eval.extract);
+      - `freeze_bn_stats` (training.freeze_bn_stats) also keeps the trunk's BatchNorm layers in
+        eval mode while the trunk trains: fixed running statistics, affine parameters trained.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, freeze_bn_stats: bool = False):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.freeze_bn_stats = freeze_bn_stats
 
     def forward(self, wave: torch.Tensor, label: torch.Tensor):
         return self.loss(self.model(wave), label)
+
+    def train(self, mode: bool = True) -> "TrainModule":
+        super().train(mode)
+        if mode and self.freeze_bn_stats:
+            for layer in trunk_batchnorms(self.model):
+                layer.eval()
+        return self
+
+    def set_margin(self, margin: float) -> None:
+        """The AAM margin of this step (loss.margin_warmup_steps); a no-op without an AAM loss."""
+        aam = self.loss if isinstance(self.loss, MatryoshkaAAMLoss) else getattr(self.loss, "aam_loss", None)
+        if aam is not None:
+            aam.margin = margin
 
 
 def load_backbone(cfg: Config) -> ReDimNet:
@@ -80,10 +110,17 @@ def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLo
                              subcenters=cfg.loss.subcenters, dim_weights=weights, tied=cfg.loss.tied)
 
 
-def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor]] | None,
-                    resuming: bool) -> ReDimNetMRL:
-    """ReDimNetMRL on the configured backbone. PCA features come from `pca_batches()` (waves),
-    skipped when resuming, since the head's weights then come from the checkpoint."""
+PooledFeatures = Callable[[ReDimNet], "torch.Tensor | None"]
+
+
+def build_mrl_model(cfg: Config, pca_features: PooledFeatures | None, resuming: bool) -> ReDimNetMRL:
+    """ReDimNetMRL on the configured backbone.
+
+    `pca_features(redimnet)` gives the pooled features `[N, P]` the PCA head is fitted on, or
+    None on a rank that does not fit it (the trainer fits it on rank 0, on the accelerator, and
+    broadcasts the head; such a rank starts from the pretrained head as a placeholder). Skipped
+    when resuming, since the head's weights then come from the checkpoint.
+    """
     redimnet = load_backbone(cfg)
     head_init = cfg.model.head_init
     if head_init != "random" and not backbone_is_pretrained(cfg):
@@ -91,10 +128,13 @@ def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor
         head_init = "random"
     pooled = None
     if head_init == "pca" and not resuming:
-        if pca_batches is None:
+        if pca_features is None:
             raise ValueError("model.head_init: pca needs training batches for its pooled features")
-        pooled = collect_pooled(redimnet, pca_batches(), cfg.model.pca_batches)
-        log.info("PCA head from %d pooled vectors", len(pooled))
+        pooled = pca_features(redimnet)
+        if pooled is None:
+            head_init = "pretrained"  # placeholder until rank 0's PCA head arrives
+        else:
+            log.info("PCA head from %d pooled vectors", len(pooled))
     elif head_init == "pca":
         head_init, pooled = "random", None  # weights are about to be overwritten by the checkpoint
     # A random backbone's "native" embedding means nothing: keep it only when pretrained.
@@ -111,13 +151,8 @@ def build_mrl_model(cfg: Config, pca_batches: Callable[[], Iterable[torch.Tensor
     return model
 
 
-class DistillTrainModule(nn.Module):
+class DistillTrainModule(TrainModule):
     """`(wave, label, teacher_embeddings) -> (loss, stats)`: student + adapters + AAM weights."""
-
-    def __init__(self, model: ReDimNetMRL, loss: DistillationLoss):
-        super().__init__()
-        self.model = model
-        self.loss = loss
 
     def forward(self, wave: torch.Tensor, label: torch.Tensor, teacher_embeddings: list[torch.Tensor]):
         return self.loss(self.model(wave), teacher_embeddings, label)
@@ -134,8 +169,12 @@ class Mode:
         self.cfg = cfg
         self.num_classes = num_classes
 
-    def build(self, pca_batches, resuming: bool) -> TrainModule:
+    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         raise NotImplementedError
+
+    def head_fitted_on_main(self, module: TrainModule) -> nn.Module | None:
+        """The part `build` fitted from data on rank 0 only (the PCA head), to broadcast; None if none."""
+        return None
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         """ids of pretrained-trunk parameters (trained at `backbone_lr_ratio` x lr)."""
@@ -147,8 +186,9 @@ class Mode:
     def eval_model(self, module: TrainModule) -> nn.Module:
         return module.model
 
-    def on_step(self, module: TrainModule, step: int) -> bool:
-        """Called before each step; True when the set of trainable parameters changed."""
+    def unfreeze_if_due(self, module: TrainModule, step: int) -> bool:
+        """Called before each step: unfreezes the trunk when `training.unfreeze_after_steps` is
+        reached. True exactly once, on the call that changed the trainable set."""
         return False
 
     def attach(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
@@ -165,9 +205,14 @@ class Mode:
 class MRLMode(Mode):
     name = "mrl"
 
-    def build(self, pca_batches, resuming: bool) -> TrainModule:
-        model = build_mrl_model(self.cfg, pca_batches, resuming)
-        return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes))
+    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
+        model = build_mrl_model(self.cfg, pca_features, resuming)
+        self._pca_fitted = self.cfg.model.head_init == "pca" and not resuming and backbone_is_pretrained(self.cfg)
+        return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes),
+                           freeze_bn_stats=self.cfg.training.freeze_bn_stats)
+
+    def head_fitted_on_main(self, module: TrainModule) -> nn.Module | None:
+        return module.model.head if getattr(self, "_pca_fitted", False) else None
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
@@ -175,23 +220,26 @@ class MRLMode(Mode):
     def export(self, module: TrainModule, path: Path) -> None:
         module.model.save_checkpoint(path)
 
-    def on_step(self, module: TrainModule, step: int) -> bool:
+    def unfreeze_if_due(self, module: TrainModule, step: int) -> bool:
         after = self.cfg.training.unfreeze_after_steps
         model: ReDimNetMRL = module.model
-        if after is not None and step >= after and model.frozen_parts:
-            model.unfreeze("all")
-            if model.native is not None:
-                model.freeze("native")  # the native layer is a reference, never trained
-            return True
-        return False
+        # `trunk_frozen` ignores the native layer, which stays frozen for good (a reference).
+        if after is None or step < after or not model.trunk_frozen:
+            return False
+        model.unfreeze("all")
+        if model.native is not None:
+            model.freeze("native")
+        module.train(module.training)  # re-apply the train/eval policy to the unfrozen parts
+        return True
 
 
 class ClassifierMode(Mode):
     name = "classifier"
 
-    def build(self, pca_batches, resuming: bool) -> TrainModule:
-        model = load_backbone(self.cfg).train()
-        return TrainModule(model, make_loss(self.cfg, [model.embed_dim], self.num_classes))
+    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
+        model = load_backbone(self.cfg)
+        return TrainModule(model, make_loss(self.cfg, [model.embed_dim], self.num_classes),
+                           freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for p in module.model.parameters()} if backbone_is_pretrained(self.cfg) else set()
@@ -217,12 +265,14 @@ class DistillMode(MRLMode):
                              "crop; turn data.augment off (noise_prob, reverb_prob 0, speed_perturb false) or "
                              "the cache off")
 
-    def build(self, pca_batches, resuming: bool) -> DistillTrainModule:
-        student = build_mrl_model(self.cfg, pca_batches, resuming)
+    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> DistillTrainModule:
+        student = build_mrl_model(self.cfg, pca_features, resuming)
+        self._pca_fitted = self.cfg.model.head_init == "pca" and not resuming and backbone_is_pretrained(self.cfg)
         self.teachers = load_teachers(self.cfg.distill.teachers)
         weights = self.cfg.distill.losses
         aam = make_loss(self.cfg, student.dims, self.num_classes) if weights.aam > 0 else None
-        return DistillTrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam))
+        return DistillTrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam),
+                                  freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
     def attach(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         for teacher in self.teachers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import ScheduleConfig
+from ..config import LossConfig, ScheduleConfig
 
 
 def lr_multiplier(step: int, schedule: ScheduleConfig, max_steps: int) -> float:
@@ -21,3 +21,13 @@ def lr_multiplier(step: int, schedule: ScheduleConfig, max_steps: int) -> float:
     # exponential: gamma per step, or by default the rate that reaches the floor at max_steps
     gamma = schedule.gamma if schedule.gamma is not None else floor ** (1.0 / decay_steps)
     return max(floor, gamma ** (step - schedule.warmup_steps))
+
+
+def margin_at(step: int, loss: LossConfig) -> float:
+    """AAM margin at optimizer step `step`: 0 before `margin_warmup_start`, then a linear rise
+    to `loss.margin` over `margin_warmup_steps` (the usual warm-up when training from scratch:
+    a full margin on random embeddings slows the start). No warm-up: `loss.margin` throughout."""
+    if loss.margin_warmup_steps <= 0:
+        return loss.margin
+    progress = (step - loss.margin_warmup_start + 1) / loss.margin_warmup_steps
+    return loss.margin * min(1.0, max(0.0, progress))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ class Tracker:
                 import wandb
 
                 self.wandb = wandb.init(project=cfg.logging.wandb_project, dir=str(run_dir),
-                                        config=config_to_dict(cfg), resume="allow")
+                                        config=config_to_dict(cfg), id=wandb_run_id(run_dir), resume="allow")
             except ImportError:
                 self.write_line("wandb is not installed: wandb logging is off (pip install 'mrl-dist[wandb]')")
 
@@ -105,6 +106,20 @@ class Tracker:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run folder's wandb run id, made on its first start and kept in the folder, so every
+    resume continues the same wandb run instead of starting a new one."""
+    path = run_dir / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:16]  # wandb ids: letters and digits, up to 64 characters
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def _fmt(value: float) -> str:
