@@ -311,3 +311,39 @@ def test_wandb_continues_the_same_run_on_resume(tmp_path, monkeypatch):
         Tracker(cfg, tmp_path, is_main=True, start_step=0).close()
     assert calls[0]["id"] == calls[1]["id"] and calls[0]["resume"] == "allow"
     assert (tmp_path / "wandb_run_id.txt").read_text().strip() == calls[0]["id"]
+
+
+def _break_every_third_flac(shards: Path, target: Path) -> Path:
+    """A copy of the demo shards in which every third training FLAC is not audio."""
+    import io
+    import shutil
+    import tarfile
+
+    shutil.copytree(shards, target)
+    for shard in sorted(target.glob("train-*.tar")):
+        data = shard.read_bytes()
+        with tarfile.open(fileobj=io.BytesIO(data)) as source, tarfile.open(shard, "w") as sink:
+            for index, member in enumerate(source.getmembers()):
+                payload = source.extractfile(member).read()
+                if member.name.endswith(".flac") and index % 6 == 0:
+                    payload = b"not flac"
+                member.size = len(payload)
+                sink.addfile(member, io.BytesIO(payload))
+    return target
+
+
+def test_skipped_sample_counts_add_up_across_a_resume_and_its_partial_epoch(demo_shards, tmp_path):
+    shards = _break_every_third_flac(demo_shards, tmp_path / "shards")
+    sections = {"training": {"max_steps": 2, "steps_per_epoch": 3}, "validation": {"every_steps": 100}}
+    first = Trainer(config_from_dict(tiny_config(tmp_path / "run", shards, **sections)))
+    first.fit()
+    before = first.state["skipped_samples"]
+    assert before == first.train_loader.skipped > 0
+    sections["training"]["max_steps"] = 4
+    second = Trainer(config_from_dict(tiny_config(tmp_path / "run", shards, **sections)), resume="latest")
+    second.fit()
+    assert second.partial_epoch_loader is not None  # the resumed epoch's rest came from its own loader
+    this_run = second.train_loader.skipped + second.partial_epoch_loader.skipped
+    assert second.state["skipped_samples"] == before + this_run
+    assert (tmp_path / "run" / "checkpoints" / "step-4" / "trainer_state.json").read_text().count(
+        f'"skipped_samples": {before + this_run}') == 1
