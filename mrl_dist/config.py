@@ -71,6 +71,9 @@ class DataConfig:
     num_workers: int = 8
     shuffle_buffer: int = 1000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # A folder written by launch/cache_features.py: the head trains from the trunk's cached pooled
+    # features (no audio, no trunk). Frozen-trunk mrl runs only; null: train from data.train's audio.
+    features: str | None = None
 
 @dataclass
 class OptimizerConfig:
@@ -344,6 +347,10 @@ def validate(cfg: Config) -> None:
             )
 
     training = cfg.training
+    if cfg.data.features is not None and (training.mode != "mrl" or not training.freeze_backbone
+                                          or training.unfreeze_after_steps is not None):
+        raise ConfigError("data.features", "cached trunk features need training.mode: mrl with a trunk frozen for "
+                                           "the whole run (freeze_backbone: true, unfreeze_after_steps: null)")
     if training.unfreeze_after_steps is not None and not training.freeze_backbone:
         raise ConfigError(
             "training.unfreeze_after_steps", "is set but training.freeze_backbone is false; nothing to unfreeze"

@@ -38,3 +38,38 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg, resume=args.resume)
     print(f"{result['status']} at step {result['step']}; run folder: {result['run_dir']}")
     return 0
+
+
+def parse_cache_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Run a frozen-trunk config's trunk once over its training shards and store the pooled "
+                    "features; then train the head with --set data.features=OUTPUT.")
+    parser.add_argument("--config", required=True, help="YAML config of a frozen-trunk MRL run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), as for launch/train.py")
+    parser.add_argument("--output", required=True, help="folder of the cache (resumable: re-run to continue)")
+    parser.add_argument("--crops-per-utterance", type=int, default=1, metavar="K",
+                        help="seeded crops of data.crop_seconds per utterance, each its own augmentation draw")
+    parser.add_argument("--batch-size", type=int, default=None, help="crops per trunk pass (default 4 x "
+                                                                     "validation.batch_size)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def cache_features_main(argv: list[str] | None = None) -> int:
+    args = parse_cache_args(argv)
+    relaunch_cpu_processes()
+    use_cpu_when_no_gpu()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from .feature_cache import build_feature_cache
+
+        result = build_feature_cache(cfg, args.output, args.crops_per_utterance, args.batch_size,
+                                     progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "manifest" in result:
+        print(f"{result['crops']} crops in {result['files']} files, {result['seconds']:.1f} s: {result['manifest']}")
+    return 0

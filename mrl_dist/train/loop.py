@@ -31,6 +31,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
 
 from ..config import Config, save_config
+from ..data.features import FeatureLoader, check_cache_fits, open_feature_cache, trunk_fingerprint
 from ..data.manifest import read_manifest
 from ..data.pipeline import make_eval_loader, make_train_loader
 from ..eval.extract import POOLED, embed_pooled_features, evaluate_embeddings, extract_embeddings
@@ -146,6 +147,7 @@ class Trainer:
         tcfg = cfg.training
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
         self.mode: Mode = make_mode(cfg, 0)  # what it needs from the data, before building the loader
+        self.features = open_feature_cache(cfg.data.features) if cfg.data.features else None
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
         self.partial_epoch_loader = None  # the rest of a resumed epoch, see _batches
         self.skipped_before_start = self.state["skipped_samples"]  # corrupt samples of earlier runs
@@ -158,6 +160,10 @@ class Trainer:
 
         set_seed(cfg.seed)  # identical initial weights on every rank
         module = self.mode.build(self._pca_features, resuming=self.resume_dir is not None)
+        if self.features is not None:
+            check_cache_fits(self.features, trunk_fingerprint(module.model, module.model.model_config),
+                             cfg.data.crop_seconds)
+            module.from_features = True
         fitted = self.mode.head_fitted_on_main(module)
         if fitted is not None:  # rank 0 fitted it alone; every rank starts from rank 0's
             self.collectives.broadcast_from_main([*fitted.parameters(), *fitted.buffers()],
@@ -181,6 +187,10 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
         cfg = self.cfg
+        if self.features is not None:
+            return FeatureLoader(self.features, batch_size=cfg.training.batch_size,
+                                 steps_per_epoch=batches or self.batches_per_epoch, seed=cfg.seed + seed_offset,
+                                 rank=self.rank, world_size=self.world_size, epoch=epoch)
         augment = dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None
         return make_train_loader(
             cfg.data.train, batch_size=cfg.training.batch_size, crop_seconds=cfg.data.crop_seconds,
@@ -195,6 +205,8 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         loader = self._train_loader(epoch=0, seed_offset=PCA_STREAM_SEED_OFFSET, batches=self.cfg.model.pca_batches)
+        if self.features is not None:  # the cache holds them already
+            return torch.cat([batch["pooled"] for batch in loader])
         redimnet.to(self.accelerator.device)
         return collect_pooled(redimnet, (batch["wave"] for batch in loader), self.cfg.model.pca_batches)
 
@@ -238,13 +250,13 @@ class Trainer:
         stats: dict[str, torch.Tensor] = {}
         for _ in range(tcfg.grad_accum):
             batch = next(batches)
-            wave = batch["wave"].to(acc.device, non_blocking=True)
+            inputs = (batch["wave"] if "wave" in batch else batch["pooled"]).to(acc.device, non_blocking=True)
             label = batch["label"].to(acc.device, non_blocking=True)
-            extra = self.mode.extra_inputs(batch, wave)
+            extra = self.mode.extra_inputs(batch, inputs)
             # accumulate: no gradient sync before the last micro-batch; the loss is divided by
             # grad_accum (DeepSpeed: by its engine, which also steps at the boundary).
             with acc.accumulate(self.module):
-                loss, parts = self.module(wave, label, **extra)
+                loss, parts = self.module(inputs, label, **extra)
                 acc.backward(loss)
             finite &= torch.isfinite(loss.detach())
             for key, value in {"loss": loss.detach(), **flatten_stats(parts)}.items():

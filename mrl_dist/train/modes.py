@@ -69,9 +69,13 @@ class TrainModule(nn.Module):
         self.model = model
         self.loss = loss
         self.freeze_bn_stats = freeze_bn_stats
+        # data.features: inputs are the frozen trunk's cached pooled features [B, P], not waves.
+        self.from_features = False
 
-    def forward(self, wave: torch.Tensor, label: torch.Tensor):
-        return self.loss(self.model(wave), label)
+    def forward(self, inputs: torch.Tensor, label: torch.Tensor):
+        """`inputs`: wave [B, T] float32 16 kHz, or pooled features [B, P] with `from_features`."""
+        embedding = self.model.head(inputs) if self.from_features else self.model(inputs)
+        return self.loss(embedding, label)
 
     def train(self, mode: bool = True) -> "TrainModule":
         super().train(mode)

@@ -1,0 +1,153 @@
+"""Build the pooled-feature cache of a frozen-trunk run (`launch/cache_features.py`).
+
+    python launch/cache_features.py --config configs/a100.yaml --output features/b2-vox2 \
+        --crops-per-utterance 4
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml launch/cache_features.py ...
+
+Runs the config's trunk (`model.backbone`, frozen, eval, inference mode, the configured
+precision) once over `data.train`: K seeded crops of `data.crop_seconds` per utterance, each
+with its own augmentation draw (`data.augment`). Each rank takes every R-th audio shard and
+writes one feature file per shard; a re-run skips the files already there (resume). Rank 0
+writes `features.manifest.json` last, with the trunk's fingerprint that training checks.
+Format and loader: mrl_dist/data/features.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..config import Config, ConfigError
+from ..data.audio import SAMPLE_RATE
+from ..data.augment import AugmentConfig
+from ..data.features import (
+    FEATURES_FORMAT, FEATURES_MANIFEST, crop_batches, feature_file_name, read_feature_file, trunk_fingerprint,
+    write_feature_file, write_manifest,
+)
+from ..data.manifest import SkipCounter, write_json_atomic
+from ..data.pipeline import resolve_source
+from ..models import ReDimNet
+from .modes import backbone_is_pretrained, load_backbone
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "features.plan.json"  # what the cache is being built for; a resume must match it
+
+
+def check_trunk_is_frozen(cfg: Config, what: str) -> None:
+    """Features of a trunk are only reusable while it does not train."""
+    tcfg = cfg.training
+    if tcfg.mode != "mrl":
+        raise ConfigError("training.mode", f"is {tcfg.mode!r}; {what} needs mode 'mrl' with a frozen trunk")
+    if not tcfg.freeze_backbone or tcfg.unfreeze_after_steps is not None:
+        raise ConfigError("training.freeze_backbone",
+                          f"{what} needs a trunk frozen for the whole run (freeze_backbone: true, "
+                          f"unfreeze_after_steps: null); got freeze_backbone={tcfg.freeze_backbone}, "
+                          f"unfreeze_after_steps={tcfg.unfreeze_after_steps}")
+
+
+def cache_fields(cfg: Config, fingerprint: str, crops_per_utterance: int, pooled_dim: int,
+                 num_speakers: int | None) -> dict[str, Any]:
+    """What determines the cache's content (checked on resume and when training from it)."""
+    return {"trunk_fingerprint": fingerprint, "backbone": cfg.model.backbone, "crop_seconds": cfg.data.crop_seconds,
+            "crops_per_utterance": crops_per_utterance, "seed": cfg.seed,
+            "augment": dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None,
+            "precision": cfg.training.mixed_precision, "pooled_dim": pooled_dim, "num_speakers": num_speakers,
+            "source": str(cfg.data.train)}
+
+
+def _check_plan(output: Path, fields: dict[str, Any]) -> None:
+    """A folder being built (or built) for other settings is refused: its files would mix."""
+    for name in (PLAN_FILE, FEATURES_MANIFEST):
+        if not (output / name).is_file():
+            continue
+        previous = json.loads((output / name).read_text())
+        differing = sorted(k for k in fields if previous.get(k) != fields[k])
+        if differing:
+            raise ConfigError(differing[0], f"{output} holds a cache made with other settings "
+                                            f"({', '.join(differing)} differ); use another --output or delete it")
+
+
+@torch.inference_mode()
+def _shard_features(trunk: ReDimNet, url: str, cfg: Config, crops_per_utterance: int, batch_size: int,
+                    device: torch.device, autocast_dtype: torch.dtype | None, skips: SkipCounter):
+    augment = AugmentConfig.from_dict(dataclasses.asdict(cfg.data.augment), "data.augment") \
+        if cfg.data.augment.active else None
+    keys, labels, starts, augment_ids, pooled = [], [], [], [], []
+    for batch in crop_batches(url, crops_per_utterance=crops_per_utterance,
+                              crop_frames=round(cfg.data.crop_seconds * SAMPLE_RATE), seed=cfg.seed,
+                              batch_size=batch_size, augment=augment, skips=skips):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features = trunk.pooled(batch["wave"].to(device))
+        pooled.append(features.float().cpu())
+        keys += batch["key"]
+        labels.append(batch["label"])
+        starts.append(batch["start"])
+        augment_ids.append(batch["augment_id"])
+    empty = torch.zeros(0, dtype=torch.int64)
+    return (keys, torch.cat(labels) if labels else empty, torch.cat(starts) if starts else empty,
+            torch.cat(augment_ids) if augment_ids else empty,
+            torch.cat(pooled) if pooled else torch.zeros(0, trunk.pool_out_dim))
+
+
+def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: int = 1,
+                        batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the cache (see module doc); returns {"manifest", "files", "crops", "seconds", "skipped"}."""
+    check_trunk_is_frozen(cfg, "launch/cache_features.py")
+    if cfg.data.augment.speed_perturb:
+        raise ConfigError("data.augment.speed_perturb", "relabels speakers per speed; the feature cache does not "
+                                                        "support it (noise and reverberation it does)")
+    if crops_per_utterance < 1:
+        raise ValueError(f"--crops-per-utterance must be >= 1, got {crops_per_utterance}")
+    if not backbone_is_pretrained(cfg):
+        log.warning("model.backbone %s is not pretrained: caching the features of a random trunk", cfg.model.backbone)
+    precision = cfg.training.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision if torch.cuda.is_available() or precision != "fp16" else "no")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    trunk = load_backbone(cfg).eval().requires_grad_(False)
+    fingerprint = trunk_fingerprint(trunk, trunk.model_config)
+    trunk.to(device)
+    source = resolve_source(cfg.data.train)
+    output = Path(output)
+    fields = cache_fields(cfg, fingerprint, crops_per_utterance, trunk.pool_out_dim, source.num_speakers)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        _check_plan(output, fields)
+        write_json_atomic(output / PLAN_FILE, {"format": FEATURES_FORMAT, **fields})
+    accelerator.wait_for_everyone()
+    _check_plan(output, fields)
+
+    start = time.perf_counter()
+    skips = SkipCounter(f"feature cache rank {rank}")
+    mine = source.urls[rank::world]
+    bar = tqdm(mine, desc=f"caching features (rank {rank})", unit="shard", disable=not progress or rank != 0)
+    for url in bar:
+        path = output / feature_file_name(url)
+        if path.is_file():
+            continue  # written by an earlier (interrupted) run
+        keys, labels, starts, augment_ids, pooled = _shard_features(
+            trunk, url, cfg, crops_per_utterance, batch_size or cfg.validation.batch_size * 4, device,
+            autocast_dtype, skips)
+        write_feature_file(path, url, keys, labels, starts, augment_ids, pooled)
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {"seconds": time.perf_counter() - start, "skipped": skips.by_reason}
+    if accelerator.is_main_process:
+        files = [(feature_file_name(url), len(read_feature_file(output / feature_file_name(url))["keys"]))
+                 for url in source.urls]
+        manifest = write_manifest(output, fields, files)
+        (output / PLAN_FILE).unlink(missing_ok=True)
+        result.update(manifest=str(manifest), files=len(files), crops=sum(n for _, n in files))
+        log.info("feature cache %s: %d crops in %d files, %.1f s", output / FEATURES_MANIFEST, result["crops"],
+                 len(files), result["seconds"])
+    accelerator.wait_for_everyone()
+    return result
