@@ -1,0 +1,1 @@
+"""Benchmarks and checks that sit beside the trainer, not inside it."""
