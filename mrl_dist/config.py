@@ -72,8 +72,14 @@ class DataConfig:
     shuffle_buffer: int = 1000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # A folder written by launch/cache_features.py: the head trains from the trunk's cached pooled
-    # features (no audio, no trunk). Frozen-trunk mrl runs only; null: train from data.train's audio.
+    # features (no audio, no trunk). "auto": the run builds that cache itself first, in
+    # RUN/features (resumable), from feature_crops_per_utterance crops of every training utterance.
+    # Frozen-trunk mrl runs only; null: train from data.train's audio.
     features: str | None = None
+    feature_crops_per_utterance: int = 4  # K seeded crops per utterance when features is "auto"
+    # Batches from cached features hold this many crops of each speaker (batch_size / this
+    # speakers): same-speaker pairs in every batch. 1: crops drawn without regard to speaker.
+    crops_per_speaker: int = 1
 
 @dataclass
 class OptimizerConfig:
@@ -279,7 +285,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 # --- value validation ---
 
 _POSITIVE = (
-    "model.pca_batches", "data.crop_seconds", "training.batch_size", "training.grad_accum",
+    "model.pca_batches", "data.crop_seconds", "data.feature_crops_per_utterance", "data.crops_per_speaker", "training.batch_size", "training.grad_accum",
     "training.max_steps", "training.steps_per_epoch", "training.grad_clip", "training.max_bad_steps",
     "training.optimizer.lr", "training.optimizer.backbone_lr_ratio", "training.schedule.gamma", "loss.scale", "loss.subcenters",
     "validation.every_steps", "validation.max_seconds", "validation.batch_size",

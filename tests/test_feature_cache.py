@@ -179,3 +179,31 @@ def test_two_ranks_share_the_shards_and_write_what_one_rank_writes(setup, cache,
     for a, b in zip(one.files, two.files):
         assert torch.allclose(read_feature_file(a)["pooled"].float(), read_feature_file(b)["pooled"].float(),
                               atol=1e-3)
+
+
+def test_features_auto_builds_the_run_s_own_cache_first_and_reuses_it_on_resume(setup, tmp_path):
+    root, shards = setup
+    run = tmp_path / "auto"
+    sections = {"data": {"features": "auto", "feature_crops_per_utterance": 2, "crops_per_speaker": 2},
+                "training": {"max_steps": 3, "steps_per_epoch": 3}}
+    train(config_from_dict(mrl_config(root, shards, run, **sections)))
+    cache = open_feature_cache(run / "features")
+    stamp = (run / "features" / FEATURES_MANIFEST).stat().st_mtime_ns
+    assert cache.manifest["crops_per_utterance"] == 2
+    sections["training"]["max_steps"] = 6
+    train(config_from_dict(mrl_config(root, shards, run, **sections)), resume="latest")
+    assert (run / "features" / FEATURES_MANIFEST).stat().st_mtime_ns == stamp
+    assert read_metrics(run)[-1]["step"] == 6
+
+
+def test_speaker_balanced_batches_hold_crops_per_speaker_crops_of_each_speaker(cache):
+    from mrl_dist.data.features import FeatureLoader
+
+    loader = FeatureLoader(open_feature_cache(cache), batch_size=8, steps_per_epoch=5, seed=0, rank=0,
+                           world_size=1, crops_per_speaker=2)
+    for batch in loader:
+        labels = batch["label"].tolist()
+        assert len(labels) == 8 and all(labels.count(label) == 2 for label in labels)
+    with pytest.raises(ValueError, match="does not divide"):
+        FeatureLoader(open_feature_cache(cache), batch_size=8, steps_per_epoch=1, seed=0, rank=0, world_size=1,
+                      crops_per_speaker=3)

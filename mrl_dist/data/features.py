@@ -232,13 +232,18 @@ class FeatureLoader:
     """
 
     def __init__(self, cache: FeatureCache, *, batch_size: int, steps_per_epoch: int, seed: int,
-                 rank: int, world_size: int, epoch: int = 0):
+                 rank: int, world_size: int, epoch: int = 0, crops_per_speaker: int = 1):
         files = cache.files
         self.files = files[rank::world_size] if len(files) >= world_size else files
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         self.seed, self.rank, self.epoch = seed, rank, epoch
         self.num_classes = cache.num_speakers
         self.skipped = 0  # corrupt samples were skipped when the cache was built
+        if crops_per_speaker > 1 and batch_size % crops_per_speaker:
+            raise ValueError(f"data.crops_per_speaker {crops_per_speaker} does not divide training.batch_size "
+                             f"{batch_size}")
+        self.crops_per_speaker = crops_per_speaker
+        self._table: dict | None = None  # every row of this rank's files, for speaker-balanced batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -259,11 +264,45 @@ class FeatureLoader:
                        "start": torch.cat([p["starts"] for p in parts])[mix],
                        "key": [keys[i] for i in mix.tolist()]}
 
+    def _speaker_batches(self, rng: np.random.Generator) -> Iterator[dict]:
+        """Endless batches of `batch_size / crops_per_speaker` speakers x `crops_per_speaker` crops
+        (crops of a speaker's other utterances and sessions whenever it has them)."""
+        if self._table is None:
+            parts = [read_feature_file(path) for path in self.files]  # memory-mapped
+            self._table = {"pooled": torch.cat([p["pooled"] for p in parts]),
+                           "label": torch.cat([p["labels"] for p in parts]),
+                           "start": torch.cat([p["starts"] for p in parts]),
+                           "key": [key for p in parts for key in p["keys"]]}
+            labels = self._table["label"].numpy()
+            order = np.argsort(labels, kind="stable")
+            speakers, first = np.unique(labels[order], return_index=True)
+            self._rows_of = dict(zip(speakers.tolist(), np.split(order, first[1:])))
+        speakers = np.array(sorted(self._rows_of))
+        per_batch = self.batch_size // self.crops_per_speaker
+        if per_batch > len(speakers):
+            raise ValueError(f"a batch of {per_batch} speakers x {self.crops_per_speaker} crops needs {per_batch} "
+                             f"speakers; this rank's features hold {len(speakers)}: lower training.batch_size or "
+                             "raise data.crops_per_speaker")
+        table = self._table
+        while True:
+            chosen = rng.choice(speakers, size=per_batch, replace=False)
+            rows = np.concatenate([rng.choice(self._rows_of[s], size=self.crops_per_speaker,
+                                              replace=len(self._rows_of[s]) < self.crops_per_speaker)
+                                   for s in chosen.tolist()])
+            index = torch.from_numpy(rows)
+            yield {"pooled": table["pooled"][index].float(), "label": table["label"][index],
+                   "start": table["start"][index], "key": [table["key"][i] for i in rows.tolist()], "skipped": 0}
+
     def __iter__(self) -> Iterator[dict]:
         """One epoch: {"pooled": [B, P] float32, "label": [B] int64, "start": [B] int64 (of the crop
         in its utterance), "key": B str, "skipped": 0}."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
         self.epoch += 1
+        if self.crops_per_speaker > 1:
+            batches = self._speaker_batches(rng)
+            for _ in range(self.steps_per_epoch):
+                yield next(batches)
+            return
         chunks = self._rows(rng)
         pending = next(chunks)
         for _ in range(self.steps_per_epoch):

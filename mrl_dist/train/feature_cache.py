@@ -99,8 +99,11 @@ def _shard_features(trunk: ReDimNet, url: str, cfg: Config, crops_per_utterance:
 
 
 def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: int = 1,
-                        batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write the cache (see module doc); returns {"manifest", "files", "crops", "seconds", "skipped"}."""
+                        batch_size: int | None = None, progress: bool = True,
+                        accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Write the cache (see module doc); returns {"manifest", "files", "crops", "seconds", "skipped"}.
+
+    `accelerator`: the running one (the trainer's, for `data.features: auto`); else one is made."""
     check_trunk_is_frozen(cfg, "launch/cache_features.py")
     if cfg.data.augment.speed_perturb:
         raise ConfigError("data.augment.speed_perturb", "relabels speakers per speed; the feature cache does not "
@@ -110,7 +113,8 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
     if not backbone_is_pretrained(cfg):
         log.warning("model.backbone %s is not pretrained: caching the features of a random trunk", cfg.model.backbone)
     precision = cfg.training.mixed_precision
-    accelerator = Accelerator(mixed_precision=precision if torch.cuda.is_available() or precision != "fp16" else "no")
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=precision if torch.cuda.is_available() or precision != "fp16" else "no")
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

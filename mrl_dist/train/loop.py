@@ -31,7 +31,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
 
 from ..config import Config, save_config
-from ..data.features import FeatureLoader, check_cache_fits, open_feature_cache, trunk_fingerprint
+from ..data.features import (
+    FEATURES_MANIFEST, FeatureCache, FeatureLoader, check_cache_fits, open_feature_cache, trunk_fingerprint,
+)
 from ..data.manifest import read_manifest
 from ..data.pipeline import make_eval_loader, make_train_loader
 from ..eval.extract import POOLED, embed_pooled_features, evaluate_embeddings, extract_embeddings
@@ -41,6 +43,7 @@ from . import checkpointing as ckpt
 from . import ds_config
 from .collectives import Collectives
 from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
+from .feature_cache import build_feature_cache
 from .schedule import lr_multiplier, margin_at
 from .tracking import Tracker
 
@@ -147,7 +150,7 @@ class Trainer:
         tcfg = cfg.training
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
         self.mode: Mode = make_mode(cfg, 0)  # what it needs from the data, before building the loader
-        self.features = open_feature_cache(cfg.data.features) if cfg.data.features else None
+        self.features = self._open_features()
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
         self.partial_epoch_loader = None  # the rest of a resumed epoch, see _batches
         self.skipped_before_start = self.state["skipped_samples"]  # corrupt samples of earlier runs
@@ -190,7 +193,8 @@ class Trainer:
         if self.features is not None:
             return FeatureLoader(self.features, batch_size=cfg.training.batch_size,
                                  steps_per_epoch=batches or self.batches_per_epoch, seed=cfg.seed + seed_offset,
-                                 rank=self.rank, world_size=self.world_size, epoch=epoch)
+                                 rank=self.rank, world_size=self.world_size, epoch=epoch,
+                                 crops_per_speaker=cfg.data.crops_per_speaker)
         augment = dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None
         return make_train_loader(
             cfg.data.train, batch_size=cfg.training.batch_size, crop_seconds=cfg.data.crop_seconds,
@@ -198,6 +202,17 @@ class Trainer:
             world_size=self.world_size, epoch=epoch, shuffle_buffer=cfg.data.shuffle_buffer,
             augment=augment, steps_per_epoch=batches or self.batches_per_epoch,
             pin_memory=torch.cuda.is_available(), fixed_crops=self.mode.fixed_crops)
+
+    def _open_features(self) -> FeatureCache | None:
+        """data.features: a cache folder, or "auto": this run's own, built first in RUN/features."""
+        cfg = self.cfg
+        if cfg.data.features is None:
+            return None
+        folder = Path(cfg.data.features) if cfg.data.features != "auto" else self.run_dir / "features"
+        if cfg.data.features == "auto" and not (folder / FEATURES_MANIFEST).is_file():
+            build_feature_cache(cfg, folder, cfg.data.feature_crops_per_utterance,
+                                progress=self.accelerator.is_main_process, accelerator=self.accelerator)
+        return open_feature_cache(folder)
 
     def _pca_features(self, redimnet: ReDimNet) -> torch.Tensor | None:
         """Pooled features for the PCA head: rank 0 only, on the accelerator (the others receive
