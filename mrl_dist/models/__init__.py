@@ -1,6 +1,7 @@
 """Models: the ReDimNet family (official-compatible) and the Matryoshka ReDimNetMRL."""
 
 from .frontend import MelFrontend
+from .inference import inference_context, inference_form, is_inference_form, unfolded_batchnorms
 from .loading import (
     CheckpointError,
     load_official_checkpoint,
@@ -18,5 +19,6 @@ __all__ = [
     "CheckpointError", "HEAD_INITS", "MatryoshkaHead", "MelFrontend", "OFFICIAL_PRESETS", "PRESETS",
     "ReDimNet", "ReDimNetConfig", "ReDimNetMRL", "build_preset", "collect_pooled", "load_official_checkpoint",
     "load_pretrained", "official_payload", "pca_rotation", "preset_config", "read_checkpoint",
-    "resolve_checkpoint", "save_official_checkpoint",
+    "resolve_checkpoint", "save_official_checkpoint", "inference_context", "inference_form", "is_inference_form",
+    "unfolded_batchnorms",
 ]

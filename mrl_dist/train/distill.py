@@ -34,7 +34,7 @@ from torch import nn
 
 from mrl_dist.config import DistillLossesConfig, TeacherConfig
 from mrl_dist.losses import MatryoshkaAAMLoss
-from mrl_dist.models import CheckpointError, load_pretrained
+from mrl_dist.models import CheckpointError, inference_form, load_pretrained
 from mrl_dist.models.loading import atomic_save
 
 UNLABELLED = -1  # label of a sample from an unlabelled shard
@@ -84,9 +84,11 @@ def load_teachers(configs: Sequence[TeacherConfig], device: torch.device | str =
     """Load every `distill.teachers` entry with `load_pretrained`, frozen, on `device`."""
     teachers = []
     for cfg in configs:
-        model = load_pretrained(cfg.source, train_type=cfg.train_type, dataset=cfg.dataset).to(device)
-        teachers.append(Teacher(freeze_teacher(model), [int(d) for d in cfg.dims], float(cfg.weight),
-                                teacher_name(cfg)))
+        model = load_pretrained(cfg.source, train_type=cfg.train_type, dataset=cfg.dataset)
+        # The faster inference form (equal outputs); run under no_grad, not inference_mode: its
+        # outputs enter the loss, whose backward saves them.
+        model = inference_form(freeze_teacher(model)).to(device)
+        teachers.append(Teacher(model, [int(d) for d in cfg.dims], float(cfg.weight), teacher_name(cfg)))
     return teachers
 
 

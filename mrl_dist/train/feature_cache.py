@@ -34,7 +34,7 @@ from ..data.features import (
 )
 from ..data.manifest import SkipCounter, write_json_atomic
 from ..data.pipeline import resolve_source
-from ..models import ReDimNet
+from ..models import ReDimNet, inference_form
 from .modes import backbone_is_pretrained, load_backbone
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
     device = accelerator.device
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     trunk = load_backbone(cfg).eval().requires_grad_(False)
-    fingerprint = trunk_fingerprint(trunk, trunk.model_config)
-    trunk.to(device)
+    fingerprint = trunk_fingerprint(trunk, trunk.model_config)  # of the weights as trained, before folding
+    trunk = inference_form(trunk).to(device)
     source = resolve_source(cfg.data.train)
     output = Path(output)
     fields = cache_fields(cfg, fingerprint, crops_per_utterance, trunk.pool_out_dim, source.num_speakers)

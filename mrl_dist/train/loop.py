@@ -38,7 +38,7 @@ from ..data.manifest import read_manifest
 from ..data.pipeline import make_eval_loader, make_train_loader
 from ..eval.extract import POOLED, embed_pooled_features, evaluate_embeddings, extract_embeddings
 from ..eval.metrics import select_metric
-from ..models import ReDimNet, collect_pooled
+from ..models import ReDimNet, collect_pooled, inference_form
 from . import checkpointing as ckpt
 from . import ds_config
 from .collectives import Collectives
@@ -414,7 +414,7 @@ class Trainer:
                                   batch_size=cfg.validation.batch_size, num_workers=min(2, cfg.data.num_workers))
         if not frozen_trunk:
             return extract_embeddings(model, loader, device=acc.device, autocast_dtype=self.autocast_dtype)
-        self.val_pooled = extract_embeddings(model, loader, device=acc.device, heads=[POOLED],
+        self.val_pooled = extract_embeddings(inference_form(model), loader, device=acc.device, heads=[POOLED],
                                              autocast_dtype=self.autocast_dtype)
         return embed_pooled_features(model, self.val_pooled, device=acc.device)
 
