@@ -22,7 +22,8 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=20, help="utterances per speaker (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=150, help="backbone training steps (default 150)")
-    parser.add_argument("--mrl-steps", type=int, default=100, help="MRL head training steps (default 100)")
+    parser.add_argument("--mrl-steps", type=int, default=1500,
+                        help="MRL head training steps, on cached trunk features (default 1500)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     run_demo(args.output, args.speakers, args.utterances, args.seed, args.classifier_steps, args.mrl_steps)

@@ -22,6 +22,8 @@ from typing import Any, Literal, Sequence, Union
 import yaml
 
 HeadInit = Literal["pretrained", "pca", "random"]
+HeadType = Literal["rotation", "linear"]
+ClassInit = Literal["mean", "random"]
 Mode = Literal["mrl", "classifier", "distill"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 OptimizerName = Literal["adamw", "sgd"]
@@ -41,6 +43,15 @@ class ModelConfig:
     mrl_dims: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # nested prefix sizes
     head_init: HeadInit = "pretrained"
     pca_batches: int = 8  # batches of pooled features used by head_init: pca
+    # linear: a BatchNorm + Linear trained freely (with loss.class_init: mean it beat its start and
+    # the native embedding at every dim on three corpora, docs/benchmarks.md); rotation: prefixes
+    # up to the native dim are the native embedding under a trained rotation, so the native-size
+    # prefix scores exactly like native whatever training does (models/rotation_head.py).
+    head_type: HeadType = "linear"
+    # rotation head: train the dims beyond the native ones (else zero: the largest prefix scores
+    # like the native embedding). Off by default: trained on the backbone's own speakers they add
+    # noise on unseen ones (docs/benchmarks.md); worth trying on speakers the backbone never saw.
+    train_extra_dims: bool = False
 
 @dataclass
 class NoiseSnrConfig:
@@ -125,6 +136,12 @@ class LossConfig:
     subcenters: int = 1
     dim_weights: list[float] | None = None  # one per model.mrl_dims; null: equal weights
     tied: bool = True  # one classifier weight matrix whose prefixes serve every dim
+    # Class weights at the start: "mean" = each speaker's mean embedding under the initial head
+    # (pretrained starts; the head starts where the loss is already low instead of being pulled
+    # towards random directions), "random" = Xavier. Means come from every cached crop
+    # (data.features) or from `class_init_batches` batches of the audio stream.
+    class_init: ClassInit = "mean"
+    class_init_batches: int = 64
     # Margin warm-up for training from scratch: 0 until margin_warmup_start, then linear up to
     # `margin` over margin_warmup_steps optimizer steps. 0 steps: the full margin from step 0.
     margin_warmup_start: int = 0
@@ -290,7 +307,7 @@ _POSITIVE = (
     "training.optimizer.lr", "training.optimizer.backbone_lr_ratio", "training.schedule.gamma", "loss.scale", "loss.subcenters",
     "validation.every_steps", "validation.max_seconds", "validation.batch_size",
     "checkpoint.every_steps", "checkpoint.keep_last", "logging.every_steps",
-    "training.collective_timeout_minutes", "validation.timeout_minutes",
+    "training.collective_timeout_minutes", "validation.timeout_minutes", "loss.class_init_batches",
 )
 _NON_NEGATIVE = (
     "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",

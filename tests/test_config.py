@@ -136,7 +136,8 @@ def test_unknown_key_names_file_and_dotted_key_and_suggests_the_close_match(tmp_
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     message, _ = _error(tmp_path, "loss: {zzz: 1}\n")
-    assert "loss.zzz: unknown key (valid keys here: margin, scale, subcenters, dim_weights, tied)" in message
+    assert ("loss.zzz: unknown key (valid keys here: margin, scale, subcenters, dim_weights, tied, "
+            "class_init, class_init_batches, margin_warmup_start, margin_warmup_steps)") in message
 
 
 def test_ill_typed_value_names_key_expected_type_and_value(tmp_path):

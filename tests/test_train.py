@@ -159,7 +159,8 @@ def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, 
 def test_unfreeze_after_steps_trains_the_backbone_from_that_step(classifier_run, demo_shards, tmp_path):
     run_dir = tmp_path / "unfreeze"
     config = tiny_config(run_dir, demo_shards,
-                         model={"backbone": str(classifier_run / "best.pt"), "head_init": "pretrained"},
+                         model={"backbone": str(classifier_run / "best.pt"), "head_init": "pretrained",
+                                "head_type": "linear"},  # its parameters compare one to one with last.pt's
                          training={"mode": "mrl", "freeze_backbone": True, "unfreeze_after_steps": 2},
                          validation={"at_start": False})
     trainer = Trainer(config_from_dict(config))

@@ -30,8 +30,10 @@ from torch import nn
 
 from .loading import atomic_save, official_state_dict, official_to_local, read_checkpoint
 from .redimnet import ReDimNet
+from .rotation_head import RotationHead
 
 HEAD_INITS = ("pretrained", "pca", "random")
+HEAD_TYPES = ("linear", "rotation")  # see rotation_head.py for why "rotation" exists
 
 
 def validate_dims(dims: Sequence[int]) -> list[int]:
@@ -109,10 +111,20 @@ class ReDimNetMRL(nn.Module):
     @classmethod
     def from_redimnet(cls, redimnet: ReDimNet, dims: Sequence[int] = (64, 128, 192, 256),
                       head_init: str = "pca", pooled_features: torch.Tensor | None = None,
-                      keep_native: bool = True, pca_center: bool = False, seed: int = 0) -> "ReDimNetMRL":
-        """Wrap a (pretrained) ReDimNet; `pooled_features [N, P]` are needed for `head_init="pca"`."""
+                      keep_native: bool = True, pca_center: bool = False, seed: int = 0,
+                      head_type: str = "linear", train_extra_dims: bool = False) -> "ReDimNetMRL":
+        """Wrap a (pretrained) ReDimNet; `pooled_features [N, P]` are needed for `head_init="pca"`.
+
+        `head_type`: "linear" (BatchNorm + Linear, every weight trained) or "rotation" (the native
+        embedding rotated by a trained orthogonal matrix, plus trained extra dims; needs a
+        pretrained start, head_init "pca" or "pretrained")."""
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init: unknown value {head_init!r}; expected one of {HEAD_INITS}")
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type: unknown value {head_type!r}; expected one of {HEAD_TYPES}")
+        if head_type == "rotation" and head_init == "random":
+            raise ValueError("head_type 'rotation' rotates the pretrained embedding: use head_init 'pca' or "
+                             "'pretrained', or head_type 'linear' for a random head")
         model = cls(redimnet.model_config, dims, keep_native=keep_native, head_init=head_init)
         trunk = {k: v for k, v in redimnet.state_dict().items() if not k.startswith("cls_head.")}
         model.load_state_dict(_trunk_to_mrl_keys(trunk, keep_native), strict=False)
@@ -124,7 +136,19 @@ class ReDimNetMRL(nn.Module):
                 raise ValueError("head_init='pca' needs pooled_features [N, P] from a few training batches")
             rotation, mean = pca_rotation(NativeHead(redimnet), pooled_features, center=pca_center)
             model._init_head_from_native(redimnet, rotation=rotation, mean=mean, generator=generator)
+        if head_type == "rotation":
+            model.head = model._rotation_head(redimnet, rotation if head_init == "pca" else None, generator,
+                                              train_extra_dims)
         return model.train(redimnet.training)
+
+    def _rotation_head(self, redimnet: ReDimNet, rotation: torch.Tensor | None,
+                       generator: torch.Generator, train_extra_dims: bool) -> RotationHead:
+        native = NativeHead(redimnet)
+        weight, bias = native.folded_linear()
+        # Extra dims start quiet, as for the linear head (see _init_head_from_native).
+        return RotationHead(native.bn, weight, bias, self.dims, rotation=rotation,
+                            extra_std=0.1 * float(weight.std()), generator=generator,
+                            train_extra=train_extra_dims)
 
     @torch.no_grad()
     def _init_head_from_native(self, redimnet: ReDimNet, rotation: torch.Tensor | None,
@@ -158,8 +182,12 @@ class ReDimNetMRL(nn.Module):
         return model.eval()
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        return {"model_config": self.model_config, "mrl_config": self.mrl_config,
-                "state_dict": official_state_dict(self)}
+        """A rotation head is written as the linear head it equals: the files load everywhere."""
+        state = official_state_dict(self)
+        if isinstance(self.head, RotationHead):
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            state.update({f"head.{k}": v.cpu() for k, v in self.head.materialise().state_dict().items()})
+        return {"model_config": self.model_config, "mrl_config": self.mrl_config, "state_dict": state}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write `{"model_config", "mrl_config", "state_dict"}` atomically (official key names)."""

@@ -32,7 +32,8 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, Ini
 
 from ..config import Config, save_config
 from ..data.features import (
-    FEATURES_MANIFEST, FeatureCache, FeatureLoader, check_cache_fits, open_feature_cache, trunk_fingerprint,
+    FEATURES_MANIFEST, FeatureCache, FeatureLoader, check_cache_fits, open_feature_cache, read_feature_file,
+    trunk_fingerprint,
 )
 from ..data.manifest import read_manifest
 from ..data.pipeline import make_eval_loader, make_train_loader
@@ -43,6 +44,7 @@ from . import checkpointing as ckpt
 from . import ds_config
 from .collectives import Collectives
 from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
+from .class_init import class_mean_embeddings, set_class_weights
 from .feature_cache import build_feature_cache
 from .schedule import lr_multiplier, margin_at
 from .tracking import Tracker
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 # Seed offsets that keep the trainer's random streams apart (any distinct primes would do).
 PCA_STREAM_SEED_OFFSET = 104729  # the batches the PCA head is fitted on, apart from training's
 RESUME_STREAM_SEED_PER_STEP = 7919  # a resumed epoch's fresh stream, seeded by the resume step
+CLASS_INIT_SEED_OFFSET = 15485863  # the batches the class means are taken over
 RANK_SEED_FACTOR = 1009  # per-rank dropout / spec-augment randomness after the shared init
 
 
@@ -141,6 +144,7 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         acc.wait_for_everyone()
 
+        self.tracker_lines: list[str] = []  # said during set-up, written once the tracker exists
         self.resume_dir = ckpt.resolve_resume(resume, self.checkpoints)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_into_epoch": 0, "best_metric": None,
                                       "bad_steps_total": 0, "skipped_samples": 0}
@@ -171,6 +175,8 @@ class Trainer:
         if fitted is not None:  # rank 0 fitted it alone; every rank starts from rank 0's
             self.collectives.broadcast_from_main([*fitted.parameters(), *fitted.buffers()],
                                                  "receiving the PCA head from rank 0")
+        if self._class_means_wanted(module):
+            self._init_class_weights(module)
         self.mode.unfreeze_if_due(module, self.state["step"])  # a resume past the unfreeze step
         module.train()  # the train/eval policy (TrainModule); a pretrained start arrives in eval mode
         self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
@@ -186,6 +192,8 @@ class Trainer:
         self.val_pooled: dict | None = None  # pooled features of the val utterances while the trunk is frozen
         self.stop = StopRequest()
         self.tracker = Tracker(cfg, self.run_dir, acc.is_main_process, self.state["step"])
+        for line in self.tracker_lines:
+            self.tracker.write_line(line)
 
     # ------------------------------------------------------------------ data
     def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
@@ -224,6 +232,35 @@ class Trainer:
             return torch.cat([batch["pooled"] for batch in loader])
         redimnet.to(self.accelerator.device)
         return collect_pooled(redimnet, (batch["wave"] for batch in loader), self.cfg.model.pca_batches)
+
+    def _class_means_wanted(self, module: TrainModule) -> bool:
+        cfg = self.cfg
+        return (cfg.loss.class_init == "mean" and self.resume_dir is None and backbone_is_pretrained(cfg)
+                and module.aam_loss is not None and hasattr(module.model, "head"))
+
+    def _init_class_weights(self, module: TrainModule) -> None:
+        """loss.class_init: mean. Rank 0 averages the initial head's embeddings per speaker (every
+        cached crop, or `loss.class_init_batches` batches of audio) and broadcasts the weights."""
+        aam, model = module.aam_loss, module.model
+        if self.accelerator.is_main_process:
+            device = self.accelerator.device
+            if self.features is not None:
+                batches = ((p["pooled"].float(), p["labels"]) for p in map(read_feature_file, self.features.files))
+                embed = model.to(device).head
+            else:
+                loader = self._train_loader(epoch=0, seed_offset=CLASS_INIT_SEED_OFFSET,
+                                            batches=self.cfg.loss.class_init_batches)
+                batches = ((batch["wave"], batch["label"]) for batch in loader)
+                fast = inference_form(model).to(device)
+                embed = lambda wave: fast.head(fast.pooled(wave))  # noqa: E731
+            was_training = model.training
+            model.eval()
+            means, counts = class_mean_embeddings(embed, batches, aam.num_classes, device)
+            model.train(was_training)
+            found = set_class_weights(aam, means, counts)
+            self.tracker_lines.append(f"class weights: speaker means of {int(counts.sum())} crops for {found} of "
+                                      f"{aam.num_classes} classes (the rest random)")
+        self.collectives.broadcast_from_main(list(aam.parameters()), "receiving the class weights from rank 0")
 
     def _batches(self) -> Iterator[dict]:
         """Endless batches from the saved data position: the rest of the current epoch, then

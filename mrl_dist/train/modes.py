@@ -84,11 +84,15 @@ class TrainModule(nn.Module):
                 layer.eval()
         return self
 
+    @property
+    def aam_loss(self) -> MatryoshkaAAMLoss | None:
+        """The AAM part of the loss (the whole loss in mrl and classifier modes), if any."""
+        return self.loss if isinstance(self.loss, MatryoshkaAAMLoss) else getattr(self.loss, "aam_loss", None)
+
     def set_margin(self, margin: float) -> None:
         """The AAM margin of this step (loss.margin_warmup_steps); a no-op without an AAM loss."""
-        aam = self.loss if isinstance(self.loss, MatryoshkaAAMLoss) else getattr(self.loss, "aam_loss", None)
-        if aam is not None:
-            aam.margin = margin
+        if self.aam_loss is not None:
+            self.aam_loss.margin = margin
 
 
 def load_backbone(cfg: Config) -> ReDimNet:
@@ -112,6 +116,15 @@ def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLo
     weights = cfg.loss.dim_weights if dims == cfg.model.mrl_dims else None
     return MatryoshkaAAMLoss(dims, num_classes, margin=cfg.loss.margin, scale=cfg.loss.scale,
                              subcenters=cfg.loss.subcenters, dim_weights=weights, tied=cfg.loss.tied)
+
+
+def resolved_head_type(cfg: Config) -> str:
+    """model.head_type, except that a head without a pretrained embedding to rotate is linear."""
+    if cfg.model.head_type == "rotation" and (cfg.model.head_init == "random" or not backbone_is_pretrained(cfg)):
+        log.warning("model.head_type=rotation needs a pretrained embedding (head_init pca or pretrained, a "
+                    "pretrained backbone): using a linear head")
+        return "linear"
+    return cfg.model.head_type
 
 
 PooledFeatures = Callable[[ReDimNet], "torch.Tensor | None"]
@@ -142,9 +155,13 @@ def build_mrl_model(cfg: Config, pca_features: PooledFeatures | None, resuming: 
     elif head_init == "pca":
         head_init, pooled = "random", None  # weights are about to be overwritten by the checkpoint
     # A random backbone's "native" embedding means nothing: keep it only when pretrained.
+    head_type = resolved_head_type(cfg)
+    if resuming and head_type == "rotation":
+        head_init = "pretrained"  # the same structure; the weights come from the checkpoint
     model = ReDimNetMRL.from_redimnet(redimnet, dims=cfg.model.mrl_dims, head_init=head_init,
                                       pooled_features=pooled, seed=cfg.seed,
-                                      keep_native=backbone_is_pretrained(cfg))
+                                      keep_native=backbone_is_pretrained(cfg), head_type=head_type,
+                                      train_extra_dims=cfg.model.train_extra_dims)
     model.head_init = cfg.model.head_init
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
