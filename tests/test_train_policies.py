@@ -63,7 +63,7 @@ def test_unfreezing_under_bf16_happens_once_and_keeps_one_forward_wrapper(demo_s
     trainer = Trainer(config_from_dict(config))
     raw = trainer.accelerator.unwrap_model(trainer.module)
     forward_before = raw.forward
-    head_weight = raw.model.head.skew  # a trained head parameter
+    head_weight = raw.model.head.linear.weight
     assert trainer.fit()["step"] == 5
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("backbone unfrozen") == 1 and "step 1: backbone unfrozen" in log
