@@ -147,3 +147,25 @@ def test_throughput_bench_prints_one_markdown_row(one_thread):
                                 num_classes=100)
     assert result.best > 0 and result.trainable < result.parameters
     assert result.markdown_row().count("|") == result.MARKDOWN_HEADER.splitlines()[0].count("|")
+
+
+def test_the_demo_s_mrl_stage_is_the_cpu_demo_config_s_recipe(tmp_path):
+    from mrl_dist.config import config_from_dict, config_to_dict
+    from mrl_dist.train.demo import demo_config
+
+    shipped = config_to_dict(load_config(REPO / "configs" / "cpu-demo.yaml"))
+    demo = config_to_dict(config_from_dict(demo_config(tmp_path, tmp_path, "mrl", 1500, "backbone.pt")))
+    for section, keys in {"model": ["head_init", "head_type", "pca_batches", "train_extra_dims"],
+                          "data": ["features", "feature_crops_per_utterance", "crops_per_speaker", "crop_seconds"],
+                          "training": ["batch_size", "max_steps", "optimizer", "schedule", "freeze_backbone"],
+                          "loss": ["margin", "scale", "class_init"],
+                          "validation": ["every_steps"]}.items():
+        for key in keys:
+            assert demo[section][key] == shipped[section][key], f"{section}.{key}"
+
+
+def test_gpu_mrl_configs_train_the_head_from_cached_features_with_class_mean_weights():
+    for path in GPU_CONFIGS:
+        cfg = load_config(path)
+        if cfg.training.mode == "mrl":
+            assert cfg.data.features == "auto" and cfg.loss.class_init == "mean", path
