@@ -150,8 +150,7 @@ class MelFrontend(nn.Module):
             std = wave.std(dim=1, keepdim=True, unbiased=False)
             wave = (wave - mean) / (std + 1e-6)
         if self.do_preemphasis:
-            padded = F.pad(wave.unsqueeze(1), (1, 0), mode="reflect")
-            wave = F.conv1d(padded, self.preemphasis_filter).squeeze(1)
+            wave = self.preemphasise(wave)
         spec = torch.stft(
             wave,
             n_fft=self.n_fft,
@@ -166,6 +165,11 @@ class MelFrontend(nn.Module):
         )
         power = spec.real.square() + spec.imag.square()  # [B, n_freqs, frames]
         return torch.matmul(power.transpose(1, 2), self.mel_filterbank).transpose(1, 2)
+
+    def preemphasise(self, wave: torch.Tensor) -> torch.Tensor:
+        """`wave [B, T]` -> the same length through the 2-tap pre-emphasis filter (reflect padding)."""
+        padded = F.pad(wave.unsqueeze(1), (1, 0), mode="reflect")
+        return F.conv1d(padded, self.preemphasis_filter).squeeze(1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.ndim != 2:
