@@ -86,13 +86,18 @@ def _one_step(trainer: Trainer) -> None:
 
 @pytest.mark.parametrize("case", ["mrl-frozen-pretrained", "mrl-unfrozen-pretrained",
                                   "mrl-unfrozen-pretrained-freeze-bn-stats", "classifier-preset",
-                                  "classifier-pretrained-freeze-bn-stats"])
+                                  "classifier-pretrained-freeze-bn-stats", "distill-unfrozen-pretrained",
+                                  "distill-frozen-pretrained"])
 def test_batchnorm_training_flags_and_statistics_follow_the_policy(case, demo_shards, pretrained_file, tmp_path):
     freeze_stats = case.endswith("freeze-bn-stats")
-    if case.startswith("mrl"):
+    frozen = case.endswith("-frozen-pretrained")
+    if case.startswith(("mrl", "distill")):
         # The linear head has a BatchNorm of its own (the rotation head's statistics are fixed by design).
-        sections = _mrl(pretrained_file, {"model": {"head_type": "linear"}},
-                        freeze_backbone=case == "mrl-frozen-pretrained", freeze_bn_stats=freeze_stats)
+        extra = {"model": {"head_type": "linear"}}
+        if case.startswith("distill"):
+            extra["distill"] = {"teachers": [{"source": str(pretrained_file), "dims": [32, 64, 192]}]}
+        sections = _mrl(pretrained_file, extra, freeze_backbone=frozen, freeze_bn_stats=freeze_stats)
+        sections["training"]["mode"] = "distill" if case.startswith("distill") else "mrl"
     else:
         backbone = str(pretrained_file) if "pretrained" in case else "tiny"
         sections = {"model": {"backbone": backbone}, "training": {"freeze_bn_stats": freeze_stats}}
@@ -102,7 +107,7 @@ def test_batchnorm_training_flags_and_statistics_follow_the_policy(case, demo_sh
     head = [model.head.bn] if hasattr(model, "head") else [model.bn]
     trunk_before, head_before = _bn_snapshot(trunk), _bn_snapshot(head)
     _one_step(trainer)
-    trunk_trains = case != "mrl-frozen-pretrained" and not freeze_stats
+    trunk_trains = not frozen and not freeze_stats
     for (training, mean), layer in zip(trunk_before, trunk):
         assert training is trunk_trains and layer.training is trunk_trains
         assert torch.equal(mean, layer.running_mean) is not trunk_trains  # statistics move iff in train mode
