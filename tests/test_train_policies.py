@@ -221,7 +221,7 @@ def test_a_deepspeed_value_that_contradicts_the_run_config_names_both():
 
 
 def test_unfreezing_mid_run_is_refused_under_deepspeed_naming_the_key():
-    cfg = load_config(REPO / "configs" / "a100.yaml", ["training.unfreeze_after_steps=3000"])
+    cfg = load_config(REPO / "configs" / "a100.yaml", ["data.features=null", "training.unfreeze_after_steps=3000"])
     with pytest.raises(ConfigError, match="training.unfreeze_after_steps.*DeepSpeed"):
         ds_config.check_deepspeed_supported(cfg)
     ds_config.check_deepspeed_supported(load_config(REPO / "configs" / "a100.yaml"))
