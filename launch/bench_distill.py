@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
 
-from mrl_dist.train.bench_distill import measure_teacher_cache  # noqa: E402
+from mrl_dist.tools.bench_distill import measure_teacher_cache  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
     python launch/bench_features.py --presets tiny b2 --batch-size 128 --threads 2
 
 Per preset (random weights; speed does not depend on them), on the CPU:
-  recompute  crops/s of the trainer's frozen-trunk MRL step from waves (`mrl_dist/train/bench.py`:
+  recompute  crops/s of the trainer's frozen-trunk MRL step from waves (`mrl_dist/tools/bench.py`:
              trunk under no_grad, head + Matryoshka AAM over 5,994 classes, backward, AdamW)
   cached     crops/s of the same step from pooled features (what `data.features` trains on)
   build      crops/s of the trunk's inference form (what `launch/cache_features.py` runs), and
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from mrl_dist.data.audio import SAMPLE_RATE  # noqa: E402
 from mrl_dist.models import build_preset, inference_form  # noqa: E402
-from mrl_dist.train.bench import (  # noqa: E402
+from mrl_dist.tools.bench import (  # noqa: E402
     VOXCELEB2_SPEAKERS, bench_config, build_training_step, measure_throughput, train_step,
 )
 

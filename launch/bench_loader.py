@@ -65,7 +65,7 @@ def write_corpus(root: Path, utterances: int, seconds: float, with_m4a: bool) ->
         files.append(path)
         if with_m4a:
             sys.path.insert(0, str(REPO / "tests"))
-            from conftest import write_m4a  # the tests' PyAV AAC writer
+            from mrl_dist.tools.m4a import write_m4a
 
             write_m4a(root / "m4a" / f"{relative}.m4a", wave[:, None], SAMPLE_RATE)
     return files

@@ -11,7 +11,7 @@ Matryoshka AAM over the MRL dims, backward, clipping, AdamW), not the loader; se
 launch/bench_loader.py for that. Prints a Markdown row: crops/s (best and median of --repeats
 timed blocks) and, on CUDA, the measured peak memory (torch.cuda.max_memory_allocated), the
 figure that replaces the estimate. --estimate-memory prints the estimated peak memory of every
-GPU config given (mrl_dist/train/memory.py explains the method); it needs no GPU.
+GPU config given (mrl_dist/tools/memory.py explains the method); it needs no GPU.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from mrl_dist.models import PRESETS  # noqa: E402
-from mrl_dist.train.bench import BENCH_MODES, VOXCELEB2_SPEAKERS, ThroughputResult, measure_throughput  # noqa: E402
+from mrl_dist.tools.bench import BENCH_MODES, VOXCELEB2_SPEAKERS, ThroughputResult, measure_throughput  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     print(machine_line())
     print(f"# python {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
     if args.estimate_memory:
-        from mrl_dist.train.memory import config_memory_tables
+        from mrl_dist.tools.memory import config_memory_tables
 
         training, validation = config_memory_tables(args.estimate_memory)
-        print("\nTraining step, estimated peak memory per device (CPU-measured, see mrl_dist/train/memory.py):\n")
+        print("\nTraining step, estimated peak memory per device (CPU-measured, see mrl_dist/tools/memory.py):\n")
         print(training)
         print("\nValidation on rank 0, estimated peak memory (batch of utterances padded to the length shown):\n")
         print(validation)

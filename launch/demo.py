@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
 
-from mrl_dist.train.demo import run_demo  # noqa: E402
+from mrl_dist.demo.run import run_demo  # noqa: E402
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 Layout: OUTPUT/train/<speaker>/<video>/<utt>.wav, OUTPUT/test/... (disjoint speakers),
 OUTPUT/trials.txt (VoxCeleb format, paths relative to OUTPUT/test) and OUTPUT/demo_corpus.json.
 The same arguments always give byte-identical files. Re-running into the same folder replaces
-the corpus written there before. The voice model lives in mrl_dist/data/demo_corpus.py.
+the corpus written there before. The voice model lives in mrl_dist/demo/synthetic_voice.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
 
-from mrl_dist.data.demo_corpus import describe, make_demo_corpus  # noqa: E402
+from mrl_dist.demo.corpus import describe, make_demo_corpus  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

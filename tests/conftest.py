@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mrl_dist.tools.m4a import write_m4a
+
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = ["id00001", "id00002", "id00003", "id00004"]
 
@@ -39,24 +41,6 @@ def aac_available() -> bool:
     import av
 
     return "aac" in av.codecs_available
-
-
-def write_m4a(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
-    """wave [T, C] float32 -> AAC in an MP4 (m4a) container, encoded with PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    layout = "stereo" if wave.shape[1] == 2 else "mono"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T), format="fltp",
-                                           layout=layout)
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
 
 
 @dataclass

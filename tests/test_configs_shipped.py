@@ -10,8 +10,8 @@ import yaml
 
 from mrl_dist.config import load_config
 from mrl_dist.models import PRESETS
-from mrl_dist.train.bench import bench_config, measure_throughput
-from mrl_dist.train.memory import (
+from mrl_dist.tools.bench import bench_config, measure_throughput
+from mrl_dist.tools.memory import (
     GPU_TARGETS,
     LiveStorageBytes,
     SavedTensorBytes,
@@ -151,7 +151,7 @@ def test_throughput_bench_prints_one_markdown_row(one_thread):
 
 def test_the_demo_s_mrl_stage_is_the_cpu_demo_config_s_recipe(tmp_path):
     from mrl_dist.config import config_from_dict, config_to_dict
-    from mrl_dist.train.demo import demo_config
+    from mrl_dist.demo.run import demo_config
 
     shipped = config_to_dict(load_config(REPO / "configs" / "cpu-demo.yaml"))
     demo = config_to_dict(config_from_dict(demo_config(tmp_path, tmp_path, "mrl", 1500, "backbone.pt")))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mrl_dist.data.demo_corpus import make_demo_corpus
+from mrl_dist.demo.corpus import make_demo_corpus
 from mrl_dist.data.trials import (
     Trial,
     balanced_trials,

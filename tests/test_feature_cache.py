@@ -17,7 +17,7 @@ from mrl_dist.data.features import FEATURES_MANIFEST, FeatureCacheError, open_fe
 from mrl_dist.data.manifest import iter_tar_samples, SkipCounter
 from mrl_dist.data.pipeline import resolve_source
 from mrl_dist.models import build_preset, load_pretrained, save_official_checkpoint
-from mrl_dist.train.demo import prepare_demo_shards
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train.feature_cache import build_feature_cache
 from mrl_dist.train.loop import Trainer, train
 from train_configs import REPO, accelerate_two_cpu_processes, launch, read_metrics, tiny_config, write_config

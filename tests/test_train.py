@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 from mrl_dist.config import config_from_dict, load_config
 from mrl_dist.models import ReDimNetMRL, load_pretrained
 from mrl_dist.train import checkpointing as ckpt
-from mrl_dist.train.demo import prepare_demo_shards
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train.loop import BadStepError, Trainer, train
 from mrl_dist.train.modes import TrainModule
 from mrl_dist.train.schedule import lr_multiplier

@@ -14,7 +14,7 @@ from accelerate.state import AcceleratorState
 
 from mrl_dist.config import config_from_dict
 from mrl_dist.models import ReDimNetMRL, build_preset, save_official_checkpoint
-from mrl_dist.train.demo import prepare_demo_shards
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_teacher_embedding_cache_is_written_beside_the_shards_and_reused(setup, 
 
 
 def test_cache_benchmark_runs_a_live_and_a_cached_step():
-    from mrl_dist.train.bench_distill import measure_teacher_cache
+    from mrl_dist.tools.bench_distill import measure_teacher_cache
 
     result = measure_teacher_cache(("tiny", "tiny"), "tiny", dims=(32, 64), batch_size=2, crop_seconds=0.5, steps=1)
     assert result.live_crops_per_second > 0 and result.cached_crops_per_second > 0

@@ -22,7 +22,7 @@ from mrl_dist.eval.extract import evaluate_model
 from mrl_dist.losses import MatryoshkaAAMLoss, aam_logits
 from mrl_dist.models import build_preset, save_official_checkpoint
 from mrl_dist.train import ds_config
-from mrl_dist.train.demo import prepare_demo_shards
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train.loop import Trainer
 from mrl_dist.train.modes import trunk_batchnorms
 from mrl_dist.train.schedule import margin_at

@@ -6,7 +6,7 @@
 Sections (each runs on its own: one that fails is recorded with its error, and the tail of its
 output for subprocesses, and the others still run; the exit code is 1 if any failed):
 
-  bench      the model step alone (synthetic waves already on the device; mrl_dist/train/bench.py,
+  bench      the model step alone (synthetic waves already on the device; mrl_dist/tools/bench.py,
              the code behind launch/bench_train.py) for b2 frozen MRL, b2 unfrozen MRL, b2
              classifier and b0+b2 -> b2 distillation, at each shipped GPU config's batch size, in bf16.
   train-run  a real `accelerate launch` of launch/train.py on one GPU (NCCL, through

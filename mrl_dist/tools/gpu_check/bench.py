@@ -1,4 +1,4 @@
-"""Section bench: the model step alone (mrl_dist/train/bench.py) per mode and size, with FLOPs per
+"""Section bench: the model step alone (mrl_dist/tools/bench.py) per mode and size, with FLOPs per
 crop and MFU; the distill mode's step, which bench.train_step does not cover, is timed here."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _flops_per_crop_of_bench_mode(preset: str, mode: str, batch_size: int, crop_
                                   precision: str) -> float:
     """One forward + backward of the trainer's TrainModule, counted. FLOPs per crop do not depend
     on the batch (every counted op is linear in it), so a small batch keeps this cheap."""
-    from ...train.bench import VOXCELEB2_SPEAKERS, autocast_for, bench_config, build_training_step, synthetic_batch
+    from ...tools.bench import VOXCELEB2_SPEAKERS, autocast_for, bench_config, build_training_step, synthetic_batch
 
     count_batch = min(batch_size, 8)
     cfg = bench_config(preset, mode, count_batch, crop_seconds, precision)
@@ -73,7 +73,7 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
     `measure_throughput` times the other modes. bench.train_step passes no teacher embeddings, so the
     step is written out here; it does what Trainer._step does on one rank with grad_accum 1."""
     from ...config import config_from_dict
-    from ...train.bench import VOXCELEB2_SPEAKERS, autocast_for, synthetic_batch
+    from ...tools.bench import VOXCELEB2_SPEAKERS, autocast_for, synthetic_batch
     from ...train.loop import make_optimizer
     from ...train.modes import describe_parameters, make_mode
 
@@ -141,7 +141,7 @@ def bench_case(check: Check, kind: str, size: BenchSize) -> dict[str, Any]:
                                               plan.bench_steps, plan.bench_warmup, plan.bench_repeats, device,
                                               precision, check.work_dir)
     else:
-        from ...train.bench import measure_throughput
+        from ...tools.bench import measure_throughput
 
         flops = _flops_per_crop_of_bench_mode(plan.preset, kind, size.batch_size, size.crop_seconds, device,
                                               precision)

@@ -53,7 +53,7 @@ class Check:
     def shards(self) -> Path:
         """Demo shards shared by the train-run, loader and deepspeed sections, made once."""
         if self._shards is None:
-            from ...train.demo import prepare_demo_shards
+            from ...demo.run import prepare_demo_shards
 
             began = time.monotonic()
             self._shards = prepare_demo_shards(self.work_dir / "demo", speakers=self.plan.corpus_speakers,

@@ -140,7 +140,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {section.get('status')} | {_section_result(section)} "
                      f"| {section.get('elapsed_s', 0):.0f} s |")
     if sections.get("bench", {}).get("cases"):
-        lines += ["", "#### Training step, synthetic batch on the device (`mrl_dist/train/bench.py`)", ""]
+        lines += ["", "#### Training step, synthetic batch on the device (`mrl_dist/tools/bench.py`)", ""]
         lines += _bench_table(sections["bench"]["cases"])
     if sections.get("train-run", {}).get("launches"):
         lines += ["", "#### `accelerate launch` of launch/train.py on demo shards", ""]

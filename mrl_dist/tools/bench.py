@@ -25,8 +25,8 @@ import torch
 
 from ..config import Config, config_from_dict
 from ..data.audio import SAMPLE_RATE
-from .loop import make_optimizer
-from .modes import TrainModule, describe_parameters, make_mode
+from ..train.loop import make_optimizer
+from ..train.modes import TrainModule, describe_parameters, make_mode
 
 BENCH_MODES = ("classifier", "mrl-frozen", "mrl-unfrozen")
 VOXCELEB2_SPEAKERS = 5994

@@ -19,7 +19,7 @@ import torch
 
 from ..config import DistillLossesConfig
 from ..models import ReDimNetMRL, build_preset
-from .distill import (
+from ..train.distill import (
     Teacher,
     TeacherEmbeddingCache,
     build_distillation_loss,

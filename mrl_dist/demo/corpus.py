@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from mrl_dist.data.synthetic_voice import Session, SpeakerVoice, sample_session, sample_speaker, synthesize_utterance
+from mrl_dist.demo.synthetic_voice import Session, SpeakerVoice, sample_session, sample_speaker, synthesize_utterance
 from mrl_dist.data.trials import balanced_trials, write_trials
 
 MANIFEST_NAME = "demo_corpus.json"
@@ -194,7 +194,7 @@ def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
 
 def _write_manifest(corpus, seed, speakers, utterances, sample_rate, test_fraction, seconds):
     record = {
-        "generator": "mrl_dist.data.demo_corpus",
+        "generator": "mrl_dist.demo.corpus",
         "arguments": {
             "speakers": speakers,
             "utterances": utterances,
