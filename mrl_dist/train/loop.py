@@ -21,14 +21,12 @@ import dataclasses
 import logging
 import math
 import shutil
-import signal
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from ..config import Config, save_config
 from ..data.features import (
@@ -42,11 +40,12 @@ from ..eval.metrics import select_metric
 from ..models import ReDimNet, collect_pooled, inference_form
 from . import checkpointing as ckpt
 from . import ds_config
-from .collectives import Collectives
-from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
 from .class_init import class_mean_embeddings, set_class_weights
+from .collectives import Collectives
 from .feature_cache import build_feature_cache
+from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
 from .schedule import lr_multiplier, margin_at
+from .setup import BadStepError, StopRequest, flatten_stats, make_accelerator, make_optimizer, rewrap_ddp
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -56,74 +55,6 @@ PCA_STREAM_SEED_OFFSET = 104729  # the batches the PCA head is fitted on, apart 
 RESUME_STREAM_SEED_PER_STEP = 7919  # a resumed epoch's fresh stream, seeded by the resume step
 CLASS_INIT_SEED_OFFSET = 15485863  # the batches the class means are taken over
 RANK_SEED_FACTOR = 1009  # per-rank dropout / spec-augment randomness after the shared init
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (preemption) into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal_name = ""
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, _frame) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-
-class BadStepError(RuntimeError):
-    pass
-
-
-def flatten_stats(parts: dict) -> dict[str, torch.Tensor]:
-    """Loss statistics for logging: `{"accuracy": {64: t}}` -> `{"accuracy@64": t}`; flat keys stay."""
-    flat = {}
-    for key, value in parts.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}@{dim}": v for dim, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    """The run's Accelerator; under DeepSpeed its config is filled from the run config."""
-    precision = cfg.training.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("training.mixed_precision: fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        # Micro-batches go through `accelerator.accumulate`, which also tells DeepSpeed where
-        # the accumulation boundary is.
-        gradient_accumulation_steps=cfg.training.grad_accum,
-        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, not steps x ranks
-        kwargs_handlers=[
-            # The default group serves the per-step collectives: a hung rank is found in minutes.
-            # Waiting for rank 0's validation uses a group of its own (collectives.py).
-            InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.training.collective_timeout_minutes)),
-            DistributedDataParallelKwargs(find_unused_parameters=False)],
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        ds_config.check_deepspeed_supported(cfg)
-        ds_config.apply_to_accelerator(accelerator, cfg)
-    return accelerator
-
-
-def make_optimizer(cfg: Config, module: TrainModule, trunk_ids: set[int]) -> torch.optim.Optimizer:
-    """Every parameter is registered, frozen ones too (they get no gradient, so no update):
-    unfreezing later then needs no new optimizer. The pretrained trunk trains at a lower rate."""
-    opt = cfg.training.optimizer
-    head = [p for p in module.parameters() if id(p) not in trunk_ids]
-    trunk = [p for p in module.parameters() if id(p) in trunk_ids]
-    groups = [{"params": head, "lr": opt.lr}]
-    if trunk:
-        groups.append({"params": trunk, "lr": opt.lr * opt.backbone_lr_ratio})
-    if opt.name == "sgd":
-        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
-    return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
 class Trainer:
@@ -403,24 +334,8 @@ class Trainer:
                 "run_dir": str(self.run_dir)}
 
     def _rewrap_after_unfreeze(self) -> None:
-        """DDP only synchronises the parameters that required grad when it was built: give the
-        unfrozen trunk a new DDP wrapper around the same module. Nothing else changes: the
-        module's autocast forward (from `prepare`), the optimizer (every parameter is in it from
-        the start, so its state for the head carries on) and the scheduler."""
         self.val_pooled = None  # the trunk changes from now on
-        old = self.module
-        if not isinstance(old, torch.nn.parallel.DistributedDataParallel):
-            return  # one process: requires_grad alone decides what trains
-        kwargs = self.accelerator.ddp_handler.to_kwargs() if self.accelerator.ddp_handler is not None else {}
-        new = torch.nn.parallel.DistributedDataParallel(old.module, device_ids=old.device_ids,
-                                                        output_device=old.output_device, **kwargs)
-        if self.accelerator.ddp_handler is not None:
-            self.accelerator.ddp_handler.register_comm_hook(new)
-        # Accelerate's own list (save_state, load_state) holds the wrapper or the bare module:
-        # swap the wrapper where it is there.
-        models = self.accelerator._models
-        self.accelerator._models = [new if entry is old else entry for entry in models]
-        self.module = new
+        self.module = rewrap_ddp(self.accelerator, self.module)
 
     # ------------------------------------------------------------------ validation, checkpoints
     def validate(self) -> dict[str, Any] | None:

@@ -1,0 +1,101 @@
+"""What the trainer is built from: the Accelerator, the optimizer, the stop flag, and the DDP
+wrapper rebuilt after unfreezing. Kept apart from the loop (loop.py) so that file reads as the loop."""
+
+from __future__ import annotations
+
+import signal
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
+
+from ..config import Config
+from . import ds_config
+from .modes import TrainModule
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (preemption) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+class BadStepError(RuntimeError):
+    pass
+
+
+def flatten_stats(parts: dict) -> dict[str, torch.Tensor]:
+    """Loss statistics for logging: `{"accuracy": {64: t}}` -> `{"accuracy@64": t}`; flat keys stay."""
+    flat = {}
+    for key, value in parts.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}@{dim}": v for dim, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """The run's Accelerator; under DeepSpeed its config is filled from the run config."""
+    precision = cfg.training.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("training.mixed_precision: fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        # Micro-batches go through `accelerator.accumulate`, which also tells DeepSpeed where
+        # the accumulation boundary is.
+        gradient_accumulation_steps=cfg.training.grad_accum,
+        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, not steps x ranks
+        kwargs_handlers=[
+            # The default group serves the per-step collectives: a hung rank is found in minutes.
+            # Waiting for rank 0's validation uses a group of its own (collectives.py).
+            InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.training.collective_timeout_minutes)),
+            DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_config.check_deepspeed_supported(cfg)
+        ds_config.apply_to_accelerator(accelerator, cfg)
+    return accelerator
+
+
+def make_optimizer(cfg: Config, module: TrainModule, trunk_ids: set[int]) -> torch.optim.Optimizer:
+    """Every parameter is registered, frozen ones too (they get no gradient, so no update):
+    unfreezing later then needs no new optimizer. The pretrained trunk trains at a lower rate."""
+    opt = cfg.training.optimizer
+    head = [p for p in module.parameters() if id(p) not in trunk_ids]
+    trunk = [p for p in module.parameters() if id(p) in trunk_ids]
+    groups = [{"params": head, "lr": opt.lr}]
+    if trunk:
+        groups.append({"params": trunk, "lr": opt.lr * opt.backbone_lr_ratio})
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def rewrap_ddp(accelerator: Accelerator, wrapped: torch.nn.Module) -> torch.nn.Module:
+    """DDP only synchronises the parameters that required grad when it was built: after
+    unfreezing, a new DDP wrapper around the same module. Nothing else changes: the module's
+    autocast forward (from `prepare`), the optimizer (every parameter is in it from the start, so
+    its state for the head carries on) and the scheduler. One process: returned as it is."""
+    if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        return wrapped
+    kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
+    new = torch.nn.parallel.DistributedDataParallel(wrapped.module, device_ids=wrapped.device_ids,
+                                                    output_device=wrapped.output_device, **kwargs)
+    if accelerator.ddp_handler is not None:
+        accelerator.ddp_handler.register_comm_hook(new)
+    # Accelerate's own list (save_state, load_state) holds the wrapper or the bare module:
+    # swap the wrapper where it is there.
+    accelerator._models = [new if entry is wrapped else entry for entry in accelerator._models]
+    return new
