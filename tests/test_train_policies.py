@@ -353,3 +353,15 @@ def test_skipped_sample_counts_add_up_across_a_resume_and_its_partial_epoch(demo
     assert second.state["skipped_samples"] == before + this_run
     assert (tmp_path / "run" / "checkpoints" / "step-4" / "trainer_state.json").read_text().count(
         f'"skipped_samples": {before + this_run}') == 1
+
+
+def test_library_warnings_reach_the_run_folder_s_log(tmp_path):
+    import logging
+
+    cfg = config_from_dict({"logging": {"tensorboard": False}})
+    tracker = Tracker(cfg, tmp_path, is_main=True, start_step=0)
+    logging.getLogger("mrl_dist.data.manifest").warning("skipped 3 samples so far")
+    tracker.close()
+    logging.getLogger("mrl_dist.data.manifest").warning("after the run: not in its log")
+    log = (tmp_path / "train.log").read_text()
+    assert "WARNING mrl_dist.data.manifest: skipped 3 samples so far" in log and "after the run" not in log

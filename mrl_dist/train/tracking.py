@@ -38,6 +38,13 @@ class Tracker:
         self.bar = tqdm(total=cfg.training.max_steps, initial=start_step, desc=cfg.training.mode,
                         dynamic_ncols=True, smoothing=0.1)
         self.log_file = open(run_dir / "train.log", "a", encoding="utf-8")
+        # Library messages (skipped samples, head-init fallbacks, cache builds) go to the run
+        # folder too, not only to stderr: one log of the run, on rank 0.
+        self.log_handler = logging.StreamHandler(self.log_file)
+        self.log_handler.setLevel(logging.INFO)
+        self.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                                        datefmt="%Y-%m-%d %H:%M:%S"))
+        logging.getLogger("mrl_dist").addHandler(self.log_handler)
         if cfg.logging.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -101,6 +108,7 @@ class Tracker:
         if not self.is_main:
             return
         self.bar.close()
+        logging.getLogger("mrl_dist").removeHandler(self.log_handler)
         self.log_file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
