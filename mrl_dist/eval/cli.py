@@ -31,10 +31,10 @@ from mrl_dist.eval.metrics import det_curve, format_table
 from mrl_dist.config import load_config
 from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.inference import inference_form
+from mrl_dist.precision import AUTOCAST_DTYPES
 from mrl_dist.models.loading import CheckpointError, load_pretrained, read_checkpoint
 from mrl_dist.models.mrl import ReDimNetMRL
 
-AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
     parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
+    parser.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
                         help="run the network under autocast in this dtype (default none)")
     parser.add_argument("--ensemble-config", type=Path,
                         help="a distill config: also score its teachers as an EnsembleRouter baseline")

@@ -15,7 +15,6 @@ their values, and nothing is downloaded. Used by `launch/bench_train.py` and `me
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Sequence
 import torch
 
 from ..config import Config, config_from_dict
+from ..precision import autocast
 from ..data.audio import SAMPLE_RATE
 from ..train.loop import make_optimizer
 from ..train.modes import TrainModule, describe_parameters, make_mode
@@ -78,12 +78,7 @@ def synthetic_batch(batch_size: int, crop_seconds: float, num_classes: int = VOX
 
 def autocast_for(device: torch.device | str, precision: str):
     """The autocast region Accelerate puts around `forward` for `mixed_precision`."""
-    device_type = torch.device(device).type
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        return torch.autocast(device_type, dtype=torch.float16)
-    return contextlib.nullcontext()
+    return autocast(device, precision)
 
 
 def train_step(module: TrainModule, optimizer: torch.optim.Optimizer, wave: torch.Tensor, label: torch.Tensor,

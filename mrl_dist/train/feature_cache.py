@@ -35,6 +35,7 @@ from ..data.features import (
 from ..data.manifest import SkipCounter, write_json_atomic
 from ..data.pipeline import resolve_source
 from ..models import ReDimNet, inference_form
+from ..precision import autocast_dtype
 from .modes import backbone_is_pretrained, load_backbone
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,14 @@ def _check_plan(output: Path, fields: dict[str, Any]) -> None:
 
 @torch.inference_mode()
 def _shard_features(trunk: ReDimNet, url: str, cfg: Config, crops_per_utterance: int, batch_size: int,
-                    device: torch.device, autocast_dtype: torch.dtype | None, skips: SkipCounter):
+                    device: torch.device, dtype: torch.dtype | None, skips: SkipCounter):
     augment = AugmentConfig.from_dict(dataclasses.asdict(cfg.data.augment), "data.augment") \
         if cfg.data.augment.active else None
     keys, labels, starts, augment_ids, pooled = [], [], [], [], []
     for batch in crop_batches(url, crops_per_utterance=crops_per_utterance,
                               crop_frames=round(cfg.data.crop_seconds * SAMPLE_RATE), seed=cfg.seed,
                               batch_size=batch_size, augment=augment, skips=skips):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             features = trunk.pooled(batch["wave"].to(device))
         pooled.append(features.float().cpu())
         keys += batch["key"]
@@ -117,7 +118,7 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
         accelerator = Accelerator(mixed_precision=precision if torch.cuda.is_available() or precision != "fp16" else "no")
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     trunk = load_backbone(cfg).eval().requires_grad_(False)
     fingerprint = trunk_fingerprint(trunk, trunk.model_config)  # of the weights as trained, before folding
     trunk = inference_form(trunk).to(device)
@@ -141,7 +142,7 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
             continue  # written by an earlier (interrupted) run
         keys, labels, starts, augment_ids, pooled = _shard_features(
             trunk, url, cfg, crops_per_utterance, batch_size or cfg.validation.batch_size * 4, device,
-            autocast_dtype, skips)
+            dtype, skips)
         write_feature_file(path, url, keys, labels, starts, augment_ids, pooled)
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"seconds": time.perf_counter() - start, "skipped": skips.by_reason}

@@ -38,6 +38,7 @@ from ..data.pipeline import make_eval_loader, make_train_loader
 from ..eval.extract import POOLED, embed_pooled_features, evaluate_embeddings, extract_embeddings
 from ..eval.metrics import select_metric
 from ..models import ReDimNet, collect_pooled, inference_form
+from ..precision import autocast_dtype
 from . import checkpointing as ckpt
 from . import ds_config
 from .class_init import class_mean_embeddings, set_class_weights
@@ -114,7 +115,7 @@ class Trainer:
         self.raw_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.raw_optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
         self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.mixed_precision)
+        self.autocast_dtype = autocast_dtype(tcfg.mixed_precision)
         self.mode.attach(acc.device, self.autocast_dtype, self.rank)
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))

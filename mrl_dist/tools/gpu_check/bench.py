@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ...precision import AUTOCAST_DTYPES
 from .check import Check, _free_device_memory, _synchronize
 from .flops import count_flops, model_flops_utilisation
 from .plan import BenchSize, bench_sizes_from_configs, shipped_gpu_configs
@@ -93,8 +94,7 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
     module = mode.build(None, resuming=False).to(device)
     module.train()
     optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
-    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    mode.attach(torch.device(device), autocast_dtype, 0)
+    mode.attach(torch.device(device), AUTOCAST_DTYPES[precision], 0)
     wave, label = synthetic_batch(batch_size, crop_seconds, VOXCELEB2_SPEAKERS, device)
 
     def step() -> torch.Tensor:
