@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, repeat_to_length, to_mono_16k
-from mrl_dist.data.manifest import SkipCounter, expand_urls, iter_tar_samples, read_manifest
+from mrl_dist.data.manifest import SkipCounter, expand_urls, iter_tar_samples, read_manifest, resampled_shards
 
 SPEED_FACTORS = (1.0, 0.9, 1.1)  # index k: label offset k * num_speakers
 NOISE_FILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
@@ -202,7 +202,7 @@ class ShardNoise:
     def __init__(self, source: str, rng: np.random.Generator, skips: SkipCounter,
                  pool_size: int = 64):
         urls = read_manifest(source).urls if source.endswith(".manifest.json") else expand_urls(source)
-        self._stream = iter_tar_samples(_endless(urls, rng), skips, want=frozenset({"flac"}),
+        self._stream = iter_tar_samples(resampled_shards(urls, rng), skips, want=frozenset({"flac"}),
                                         max_empty_shards=max(8, 2 * len(urls)))
         self._pool = [next(self._stream)["flac"] for _ in range(pool_size)]
 
@@ -211,11 +211,6 @@ class ShardNoise:
         wave = read_flac_crop(self._pool[slot], None, frames, rng=rng)
         self._pool[slot] = next(self._stream)["flac"]
         return repeat_to_length(wave, frames)
-
-
-def _endless(urls: list[str], rng: np.random.Generator) -> Iterator[str]:
-    while True:
-        yield urls[int(rng.integers(len(urls)))]
 
 
 def noise_source(source: str, rng: np.random.Generator, skips: SkipCounter):

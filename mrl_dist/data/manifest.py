@@ -13,7 +13,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MANIFEST_FORMAT = "mrl-dist-shards/1"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -225,6 +228,13 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
             long_name = None
         else:
             long_name = None  # directories, links, global pax headers: not samples
+
+
+def resampled_shards(urls: Sequence[str], rng: np.random.Generator) -> Iterator[str]:
+    """Stage: an endless stream of shard URLs drawn uniformly with replacement (training crops,
+    noise clips)."""
+    while True:
+        yield urls[int(rng.integers(len(urls)))]
 
 
 def iter_tar_samples(

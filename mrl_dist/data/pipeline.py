@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, read_flac_window, repeat_to_length
 from mrl_dist.data.augment import AugmentConfig, augment_stages, num_classes, speed_perturb
 from mrl_dist.data.manifest import (
-    MANIFEST_SUFFIX, SkipCounter, expand_urls, iter_tar_samples, read_manifest,
+    MANIFEST_SUFFIX, SkipCounter, expand_urls, iter_tar_samples, read_manifest, resampled_shards,
 )
 from mrl_dist.data.trials import read_trials, trial_keys
 
@@ -72,12 +72,6 @@ def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Gener
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def resampled_shards(urls: Sequence[str], rng: np.random.Generator) -> Iterator[str]:
-    """Stage: an endless stream of shard URLs drawn uniformly with replacement."""
-    while True:
-        yield urls[int(rng.integers(len(urls)))]
 
 
 def shuffle_samples(samples: Iterable[dict], buffer_size: int, rng: np.random.Generator):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .loading import atomic_save, official_state_dict, official_to_local, read_checkpoint
-from .redimnet import ReDimNet
+from .redimnet import ReDimNet, embedding_layer
 from .rotation_head import RotationHead
 
 HEAD_INITS = ("pretrained", "pca", "random")
@@ -51,8 +51,7 @@ class NativeHead(nn.Module):
         self.bn, self.linear, self.bn2 = redimnet.bn, redimnet.linear, redimnet.bn2
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        out = self.linear(self.bn(pooled))
-        return self.bn2(out) if self.bn2 is not None else out
+        return embedding_layer(self.bn, self.linear, self.bn2, pooled)
 
     def folded_linear(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W [E, P], b [E]) of the Linear with the eval-mode `bn2` folded in (float64)."""

@@ -281,8 +281,7 @@ class ReDimNet(nn.Module):
 
     def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """The embedding layer alone: `[B, pool_out_dim]` -> `[B, embed_dim]`."""
-        out = self.linear(self.bn(pooled))
-        return self.bn2(out) if self.bn2 is not None else out
+        return embedding_layer(self.bn, self.linear, self.bn2, pooled)
 
     def forward(self, wave: torch.Tensor):
         if self.config.return_all_outputs:
@@ -304,3 +303,10 @@ class ReDimNet(nn.Module):
         if keep_stage_outputs:
             result["stage_outputs"] = stage_outputs
         return result
+
+
+def embedding_layer(bn: nn.Module, linear: nn.Linear, bn2: nn.Module | None, pooled: torch.Tensor) -> torch.Tensor:
+    """ReDimNet's embedding layer, `pooled [B, P]` -> `[B, E]`: BatchNorm -> Linear (-> BatchNorm
+    with `emb_bn`). Shared by `ReDimNet.embed_pooled` and the MRL model's native head."""
+    out = linear(bn(pooled))
+    return bn2(out) if bn2 is not None else out
