@@ -24,7 +24,7 @@ import yaml
 HeadInit = Literal["pretrained", "pca", "random"]
 HeadType = Literal["rotation", "linear"]
 ClassInit = Literal["mean", "random"]
-Mode = Literal["mrl", "classifier", "distill"]
+ModeName = Literal["mrl", "classifier", "distill"]  # the classes are in train/modes.py
 MixedPrecision = Literal["no", "fp16", "bf16"]
 OptimizerName = Literal["adamw", "sgd"]
 Decay = Literal["cosine", "exponential", "none"]
@@ -109,7 +109,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainingConfig:
-    mode: Mode = "mrl"
+    mode: ModeName = "mrl"
     freeze_backbone: bool = True
     unfreeze_after_steps: int | None = None  # null: stay frozen for the whole run
     batch_size: int = 128  # per device

@@ -116,7 +116,7 @@ class Trainer:
             self.raw_optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
         self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
         self.autocast_dtype = autocast_dtype(tcfg.mixed_precision)
-        self.mode.attach(acc.device, self.autocast_dtype, self.rank)
+        self.mode.place_on_device(acc.device, self.autocast_dtype, self.rank)
         if self.resume_dir is not None:
             acc.load_state(str(self.resume_dir))
         # Per-rank randomness for spec augment and dropout, after the shared initialisation.
@@ -236,7 +236,7 @@ class Trainer:
             batch = next(batches)
             inputs = (batch["wave"] if "wave" in batch else batch["pooled"]).to(acc.device, non_blocking=True)
             label = batch["label"].to(acc.device, non_blocking=True)
-            extra = self.mode.extra_inputs(batch, inputs)
+            extra = self.mode.loss_inputs(batch, inputs)
             # accumulate: no gradient sync before the last micro-batch; the loss is divided by
             # grad_accum (DeepSpeed: by its engine, which also steps at the boundary).
             with acc.accumulate(self.module):
@@ -392,7 +392,7 @@ class Trainer:
         # torch format: safetensors refuses buffers that share storage (the mel window after a load)
         acc.save_state(str(temporary), safe_serialization=False)
         acc.wait_for_everyone()
-        self.mode.flush()
+        self.mode.save_caches()
         final = ckpt.step_dir(self.checkpoints, step)
         if acc.is_main_process:
             ckpt.write_trainer_state(temporary, self.state)

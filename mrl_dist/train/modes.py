@@ -212,14 +212,14 @@ class Mode:
         reached. True exactly once, on the call that changed the trainable set."""
         return False
 
-    def attach(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
+    def place_on_device(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         """Called once the module is on its device (distill: moves the teachers there)."""
 
-    def extra_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
+    def loss_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
         """Keyword inputs of the TrainModule beyond (wave, label)."""
         return {}
 
-    def flush(self) -> None:
+    def save_caches(self) -> None:
         """Persist what the mode keeps beside the run (distill: the teacher-embedding cache)."""
 
 
@@ -295,21 +295,21 @@ class DistillMode(MRLMode):
         return DistillTrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam),
                                   freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
-    def attach(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
+    def place_on_device(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         for teacher in self.teachers:
             teacher.model.to(device)
         self.autocast_dtype = autocast_dtype
         if self.fixed_crops:
             self.caches = open_teacher_caches(self.teachers, teacher_cache_dir(self.cfg.data.train), f"rank{rank}")
 
-    def extra_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
+    def loss_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
         if self.caches is None:
             return {"teacher_embeddings": teacher_embeddings(self.teachers, wave, self.autocast_dtype)}
         lengths = [wave.shape[1]] * wave.shape[0]
         return {"teacher_embeddings": cached_teacher_embeddings(
             self.teachers, self.caches, wave, batch["key"], batch["start"], lengths, self.autocast_dtype)}
 
-    def flush(self) -> None:
+    def save_caches(self) -> None:
         for cache in self.caches or []:
             cache.flush()
 

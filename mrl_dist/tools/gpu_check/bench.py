@@ -94,11 +94,11 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
     module = mode.build(None, resuming=False).to(device)
     module.train()
     optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
-    mode.attach(torch.device(device), AUTOCAST_DTYPES[precision], 0)
+    mode.place_on_device(torch.device(device), AUTOCAST_DTYPES[precision], 0)
     wave, label = synthetic_batch(batch_size, crop_seconds, VOXCELEB2_SPEAKERS, device)
 
     def step() -> torch.Tensor:
-        extra = mode.extra_inputs({}, wave)  # the teachers' forward, under their own autocast
+        extra = mode.loss_inputs({}, wave)  # the teachers' forward, under their own autocast
         with autocast_for(device, precision):
             loss, _ = module(wave, label, **extra)
         loss.backward()
