@@ -77,6 +77,13 @@ def all_outputs(model: nn.Module, wave: torch.Tensor) -> dict[str, torch.Tensor]
     return outputs
 
 
+def assert_form_matches_eval(model: nn.Module, form: nn.Module, wave: torch.Tensor) -> None:
+    """Every output of the inference form (run in inference mode) equals the plain eval form's."""
+    with inference_context():
+        actual = all_outputs(form, wave)
+    assert_close(plain_outputs(model, wave), actual)
+
+
 def assert_close(expected: dict, actual: dict) -> None:
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -116,18 +123,14 @@ def test_inference_form_equals_eval_form_for_every_block_type(overrides):
     model = make_model("tiny", "redimnet", **overrides).eval()
     form = inference_form(model)
     wave = waves(2, 12345)
-    with inference_context():
-        actual = all_outputs(form, wave)
-    assert_close(plain_outputs(model, wave), actual)
+    assert_form_matches_eval(model, form, wave)
 
 
 def test_inference_form_without_channels_last_equals_eval_form():
     model = make_model("tiny", "mrl").eval()
     form = inference_form(model, channels_last=False)
     wave = waves(2, 16000)
-    with inference_context():
-        actual = all_outputs(form, wave)
-    assert_close(plain_outputs(model, wave), actual)
+    assert_form_matches_eval(model, form, wave)
 
 
 def test_inference_form_front_end_gives_the_same_log_mels():
@@ -235,6 +238,4 @@ def test_compiled_inference_form_equals_eval_form():
     model = make_model("tiny", "mrl").eval()
     form = inference_form(model, compile=True)
     wave = waves(2, 16000)
-    with inference_context():
-        actual = all_outputs(form, wave)
-    assert_close(plain_outputs(model, wave), actual)
+    assert_form_matches_eval(model, form, wave)

@@ -76,17 +76,13 @@ def synthetic_batch(batch_size: int, crop_seconds: float, num_classes: int = VOX
     return wave.to(device), label.to(device)
 
 
-def autocast_for(device: torch.device | str, precision: str):
-    """The autocast region Accelerate puts around `forward` for `mixed_precision`."""
-    return autocast(device, precision)
-
-
 def train_step(module: TrainModule, optimizer: torch.optim.Optimizer, wave: torch.Tensor, label: torch.Tensor,
-               precision: str = "no", grad_clip: float | None = 5.0) -> torch.Tensor:
+               precision: str = "no", grad_clip: float | None = 5.0, **loss_inputs) -> torch.Tensor:
     """Forward (under autocast), backward, clip, AdamW step, zero grads, as `Trainer._step` does on
-    one rank with grad_accum 1. Returns the detached loss."""
-    with autocast_for(wave.device, precision):
-        loss, _ = module(wave, label)
+    one rank with grad_accum 1; `loss_inputs` as the mode's `loss_inputs` gives them (distill: the
+    teacher embeddings). Returns the detached loss."""
+    with autocast(wave.device, precision):
+        loss, _ = module(wave, label, **loss_inputs)
     loss.backward()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)

@@ -44,7 +44,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..config import Config
-from .bench import VOXCELEB2_SPEAKERS, autocast_for, build_training_step, synthetic_batch
+from ..precision import autocast
+from .bench import VOXCELEB2_SPEAKERS, build_training_step, synthetic_batch
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def measure_step_memory(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, batc
         """(saved bytes, live bytes after each forward/backward op, AdamW step temporaries)."""
         with LiveStorageBytes(resident()) as tracker:
             wave, label = synthetic_batch(batch_size, cfg.data.crop_seconds, num_classes)
-            with SavedTensorBytes(resident()) as saved, autocast_for("cpu", precision):
+            with SavedTensorBytes(resident()) as saved, autocast("cpu", precision):
                 loss, _ = module(wave, label)
             loss.backward()
             del loss, wave, label
@@ -288,7 +289,7 @@ def measure_inference_bytes(cfg: Config, seconds: Sequence[float] = (2.0, 4.0), 
     ignore = _storage_keys([*model.parameters(), *model.buffers()])
     peaks = []
     for length in seconds:
-        with torch.no_grad(), LiveStorageBytes(ignore) as tracker, autocast_for("cpu", cfg.training.mixed_precision):
+        with torch.no_grad(), LiveStorageBytes(ignore) as tracker, autocast("cpu", cfg.training.mixed_precision):
             wave, _ = synthetic_batch(batch_size, length, 8)
             model(wave)
             del wave

@@ -79,9 +79,8 @@ def _check_plan(output: Path, fields: dict[str, Any]) -> None:
 
 @torch.inference_mode()
 def _shard_features(trunk: ReDimNet, url: str, cfg: Config, crops_per_utterance: int, batch_size: int,
-                    device: torch.device, dtype: torch.dtype | None, skips: SkipCounter):
-    augment = AugmentConfig.from_dict(dataclasses.asdict(cfg.data.augment), "data.augment") \
-        if cfg.data.augment.active else None
+                    augment: AugmentConfig | None, device: torch.device, dtype: torch.dtype | None,
+                    skips: SkipCounter):
     keys, labels, starts, augment_ids, pooled = [], [], [], [], []
     for batch in crop_batches(url, crops_per_utterance=crops_per_utterance,
                               crop_frames=round(cfg.data.crop_seconds * SAMPLE_RATE), seed=cfg.seed,
@@ -125,12 +124,13 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
     source = resolve_source(cfg.data.train)
     output = Path(output)
     fields = cache_fields(cfg, fingerprint, crops_per_utterance, trunk.pool_out_dim, source.num_speakers)
+    _check_plan(output, fields)  # on every rank, so that all of them stop, not rank 0 alone
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        _check_plan(output, fields)
         write_json_atomic(output / PLAN_FILE, {"format": FEATURES_FORMAT, **fields})
     accelerator.wait_for_everyone()
-    _check_plan(output, fields)
+    augment = (AugmentConfig.from_dict(dataclasses.asdict(cfg.data.augment), "data.augment")
+               if cfg.data.augment.active else None)
 
     start = time.perf_counter()
     skips = SkipCounter(f"feature cache rank {rank}")
@@ -141,7 +141,7 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
         if path.is_file():
             continue  # written by an earlier (interrupted) run
         keys, labels, starts, augment_ids, pooled = _shard_features(
-            trunk, url, cfg, crops_per_utterance, batch_size or cfg.validation.batch_size * 4, device,
+            trunk, url, cfg, crops_per_utterance, batch_size or cfg.validation.batch_size * 4, augment, device,
             dtype, skips)
         write_feature_file(path, url, keys, labels, starts, augment_ids, pooled)
     accelerator.wait_for_everyone()

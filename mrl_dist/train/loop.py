@@ -103,7 +103,7 @@ class Trainer:
             check_cache_fits(self.features, trunk_fingerprint(module.model, module.model.model_config),
                              cfg.data.crop_seconds)
             module.from_features = True
-        fitted = self.mode.head_fitted_on_main(module)
+        fitted = self.mode.head_fitted_on_main(module, resuming=self.resume_dir is not None)
         if fitted is not None:  # rank 0 fitted it alone; every rank starts from rank 0's
             self.collectives.broadcast_from_main([*fitted.parameters(), *fitted.buffers()],
                                                  "receiving the PCA head from rank 0")

@@ -193,7 +193,7 @@ class Mode:
     def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         raise NotImplementedError
 
-    def head_fitted_on_main(self, module: TrainModule) -> nn.Module | None:
+    def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
         """The part `build` fitted from data on rank 0 only (the PCA head), to broadcast; None if none."""
         return None
 
@@ -228,12 +228,13 @@ class MRLMode(Mode):
 
     def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         model = build_mrl_model(self.cfg, pca_features, resuming)
-        self._pca_fitted = self.cfg.model.head_init == "pca" and not resuming and backbone_is_pretrained(self.cfg)
         return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes),
                            freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
-    def head_fitted_on_main(self, module: TrainModule) -> nn.Module | None:
-        return module.model.head if getattr(self, "_pca_fitted", False) else None
+    def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
+        # build_mrl_model fits the PCA head on rank 0 exactly then.
+        fitted = self.cfg.model.head_init == "pca" and not resuming and backbone_is_pretrained(self.cfg)
+        return module.model.head if fitted else None
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
@@ -288,7 +289,6 @@ class DistillMode(MRLMode):
 
     def build(self, pca_features: PooledFeatures | None, resuming: bool) -> DistillTrainModule:
         student = build_mrl_model(self.cfg, pca_features, resuming)
-        self._pca_fitted = self.cfg.model.head_init == "pca" and not resuming and backbone_is_pretrained(self.cfg)
         self.teachers = load_teachers(self.cfg.distill.teachers)
         weights = self.cfg.distill.losses
         aam = make_loss(self.cfg, student.dims, self.num_classes) if weights.aam > 0 else None

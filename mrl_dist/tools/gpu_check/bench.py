@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ...precision import AUTOCAST_DTYPES
+from ...precision import AUTOCAST_DTYPES, autocast
 from .check import Check, _free_device_memory, _synchronize
 from .flops import count_flops, model_flops_utilisation
 from .plan import BenchSize, bench_sizes_from_configs, shipped_gpu_configs
@@ -22,7 +22,7 @@ def _flops_per_crop_of_bench_mode(preset: str, mode: str, batch_size: int, crop_
                                   precision: str) -> float:
     """One forward + backward of the trainer's TrainModule, counted. FLOPs per crop do not depend
     on the batch (every counted op is linear in it), so a small batch keeps this cheap."""
-    from ...tools.bench import VOXCELEB2_SPEAKERS, autocast_for, bench_config, build_training_step, synthetic_batch
+    from ...tools.bench import VOXCELEB2_SPEAKERS, bench_config, build_training_step, synthetic_batch
 
     count_batch = min(batch_size, 8)
     cfg = bench_config(preset, mode, count_batch, crop_seconds, precision)
@@ -30,7 +30,7 @@ def _flops_per_crop_of_bench_mode(preset: str, mode: str, batch_size: int, crop_
     wave, label = synthetic_batch(count_batch, crop_seconds, VOXCELEB2_SPEAKERS, device)
 
     def forward_backward() -> None:
-        with autocast_for(device, precision):
+        with autocast(device, precision):
             loss, _ = module(wave, label)
         loss.backward()
 
@@ -71,10 +71,9 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
                                work_dir: Path) -> dict[str, Any]:
     """The trainer's distill mode (DistillMode: student ReDimNetMRL, DistillationLoss with adapters,
     similarity and AAM terms, teachers run live under autocast) timed on a synthetic batch, the way
-    `measure_throughput` times the other modes. bench.train_step passes no teacher embeddings, so the
-    step is written out here; it does what Trainer._step does on one rank with grad_accum 1."""
+    `measure_throughput` times the other modes: `bench.train_step` with the mode's loss inputs."""
     from ...config import config_from_dict
-    from ...tools.bench import VOXCELEB2_SPEAKERS, autocast_for, synthetic_batch
+    from ...tools.bench import VOXCELEB2_SPEAKERS, synthetic_batch, train_step
     from ...train.loop import make_optimizer
     from ...train.modes import describe_parameters, make_mode
 
@@ -98,14 +97,9 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
     wave, label = synthetic_batch(batch_size, crop_seconds, VOXCELEB2_SPEAKERS, device)
 
     def step() -> torch.Tensor:
-        extra = mode.loss_inputs({}, wave)  # the teachers' forward, under their own autocast
-        with autocast_for(device, precision):
-            loss, _ = module(wave, label, **extra)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.training.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        # The teachers' forward runs in loss_inputs, under their own autocast.
+        return train_step(module, optimizer, wave, label, precision, cfg.training.grad_clip,
+                          **mode.loss_inputs({}, wave))
 
     flops = count_flops(step)  # the first warm-up step, counted
     for _ in range(max(0, warmup - 1)):
