@@ -243,7 +243,9 @@ class FeatureLoader:
             raise ValueError(f"data.crops_per_speaker {crops_per_speaker} does not divide training.batch_size "
                              f"{batch_size}")
         self.crops_per_speaker = crops_per_speaker
-        self._table: dict | None = None  # every row of this rank's files, for speaker-balanced batches
+        # Speaker-balanced batches: every row of this rank's files, and each speaker's row indices.
+        self._table: dict | None = None
+        self._rows_of: dict[int, np.ndarray] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -268,7 +270,8 @@ class FeatureLoader:
         """Endless batches of `batch_size / crops_per_speaker` speakers x `crops_per_speaker` crops
         (crops of a speaker's other utterances and sessions whenever it has them)."""
         if self._table is None:
-            parts = [read_feature_file(path) for path in self.files]  # memory-mapped
+            # Read once and held in memory (this rank's share: features x 2 bytes x P per crop).
+            parts = [read_feature_file(path) for path in self.files]
             self._table = {"pooled": torch.cat([p["pooled"] for p in parts]),
                            "label": torch.cat([p["labels"] for p in parts]),
                            "start": torch.cat([p["starts"] for p in parts]),
