@@ -6,12 +6,7 @@
     python launch/train.py --config configs/cpu-demo.yaml --set data.features=features/demo
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
-
-from mrl_dist.train.cli import cache_features_main  # noqa: E402
+from mrl_dist.train.cli import cache_features_main
 
 if __name__ == "__main__":
-    sys.exit(cache_features_main())
+    raise SystemExit(cache_features_main())

@@ -4,14 +4,7 @@
     python launch/evaluate.py --checkpoint RUN/best.pt --data shards/val.manifest.json [--json]
 """
 
-import sys
-from pathlib import Path
-
-if __package__ is None and str(Path(__file__).resolve().parents[1]) not in sys.path:
-    # `python launch/evaluate.py` from a checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mrl_dist.eval.cli import main  # noqa: E402
+from mrl_dist.eval.cli import evaluate_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(evaluate_main())

@@ -5,12 +5,7 @@
     python launch/gpu_check.py --device cpu --quick      # CPU self-test
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
-
-from mrl_dist.tools.gpu_check import main  # noqa: E402
+from mrl_dist.tools.cli import gpu_check_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(gpu_check_main())

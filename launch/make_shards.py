@@ -10,51 +10,7 @@ Parallel, resumable, deterministic whatever --workers is; bad files are skipped 
 the manifest with their reason. How: see mrl_dist/data/packing.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
-
-from mrl_dist.data.packing import PackError, pack_split, summary  # noqa: E402
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", action="append", required=True, type=Path,
-                        help="folder of <speaker>/<video>/<utt>.<ext>; repeat to merge several")
-    parser.add_argument("--output", required=True, type=Path, help="folder for shards + manifest")
-    parser.add_argument("--split", required=True, help="split name: NAME-000000.tar, ...")
-    parser.add_argument("--trials", type=Path, help="VoxCeleb trial list to copy and check")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard MiB")
-    parser.add_argument("--min-seconds", type=float, default=0.5,
-                        help="skip utterances shorter than this")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be >= 1")
-    if args.shard_size_mb <= 0:
-        parser.error("--shard-size-mb must be > 0")
-    if "/" in args.split or not args.split:
-        parser.error("--split must be a plain name such as train")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        manifest = pack_split(args.input, args.output, args.split, trials=args.trials,
-                              workers=args.workers, shard_size_mb=args.shard_size_mb,
-                              min_seconds=args.min_seconds, progress=not args.no_progress)
-    except (PackError, FileNotFoundError) as error:
-        print(f"make_shards: error: {error}", file=sys.stderr)
-        return 2
-    print(summary(manifest, args.output.absolute()), file=sys.stderr)
-    return 0
-
+from mrl_dist.data.cli import make_shards_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(make_shards_main())

@@ -5,12 +5,7 @@
     accelerate launch --cpu --num_processes 2 launch/train.py --config configs/cpu-demo.yaml --resume latest
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mrl_dist, installed or not
-
-from mrl_dist.train.cli import main  # noqa: E402
+from mrl_dist.train.cli import train_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(train_main())

@@ -7,6 +7,7 @@ with the skip reason `make_shards.py` must report for it.
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ import soundfile as sf
 from mrl_dist.tools.m4a import write_m4a
 
 REPO = Path(__file__).resolve().parents[1]
+# Commands the tests start (launch/*.py, accelerate launch) import this checkout's mrl_dist,
+# whichever checkout pip installed in editable mode.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 SPEAKERS = ["id00001", "id00002", "id00003", "id00004"]
 
 

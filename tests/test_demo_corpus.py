@@ -6,7 +6,6 @@ determinism tests make a few more of the same size.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from itertools import combinations
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mrl_dist.demo.cli import make_demo_data_main
 from mrl_dist.demo.corpus import make_demo_corpus
 from mrl_dist.data.trials import (
     Trial,
@@ -253,18 +253,9 @@ def test_trial_keys_are_sorted_unique_paths_without_extension():
 # --- command line ----------------------------------------------------------------------------
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location(
-        "make_demo_data", REPO / "launch" / "make_demo_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_writes_the_corpus_and_says_what_it_wrote(tmp_path, capsys):
-    code = load_cli().main(["--output", str(tmp_path), "--speakers", "3", "--utterances", "2",
-                            "--quiet"])
+    code = make_demo_data_main(["--output", str(tmp_path), "--speakers", "3", "--utterances", "2",
+                                 "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert "wrote 6 utterances" in out and "trials.txt" in out and " h)" in out
@@ -272,6 +263,6 @@ def test_cli_writes_the_corpus_and_says_what_it_wrote(tmp_path, capsys):
 
 
 def test_cli_reports_bad_arguments_without_a_traceback(tmp_path, capsys):
-    code = load_cli().main(["--output", str(tmp_path), "--speakers", "2", "--quiet"])
+    code = make_demo_data_main(["--output", str(tmp_path), "--speakers", "2", "--quiet"])
     assert code == 2
     assert "speakers=2" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("mrl_dist.data.pipeline", reason="make_eval_loader (mrl_dist/data/pipeline.py) is not available")
 
 from mrl_dist.demo.corpus import make_demo_corpus  # noqa: E402
-from mrl_dist.eval.cli import main  # noqa: E402
+from mrl_dist.eval.cli import evaluate_main as main  # noqa: E402
 from mrl_dist.models import ReDimNetMRL, build_preset  # noqa: E402
 from mrl_dist.models.loading import save_official_checkpoint  # noqa: E402
 

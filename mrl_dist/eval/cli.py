@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from mrl_dist.data.pipeline import make_eval_loader, resolve_source
 from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_model
@@ -164,7 +162,8 @@ def run_evaluation(args: argparse.Namespace) -> dict:
             "det_plot": str(det_path) if det_path else None}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """`launch/evaluate.py`: the report on stdout, the DET plot's path on stderr; 2 on a bad input."""
     args = parse_args(argv)
     try:
         result = run_evaluation(args)

@@ -1,4 +1,5 @@
-"""Command line of `launch/train.py`: config file, `--set` overrides, `--resume`."""
+"""Command lines of `launch/train.py` (config file, `--set` overrides, `--resume`) and
+`launch/cache_features.py` (a frozen trunk's pooled features, cached once)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def train_main(argv: list[str] | None = None) -> int:
+    """`launch/train.py`: train as the config says; 2 when the config cannot be read."""
     args = parse_args(argv)
     cfg = start_job(args)
     if cfg is None:
@@ -68,6 +70,7 @@ def parse_cache_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cache_features_main(argv: list[str] | None = None) -> int:
+    """`launch/cache_features.py`: build (or continue) the pooled-feature cache of a frozen-trunk config."""
     args = parse_cache_args(argv)
     cfg = start_job(args)
     if cfg is None:

@@ -1,0 +1,256 @@
+"""Command lines of the benchmarks and the GPU check: `launch/bench_train.py`, `bench_loader.py`,
+`bench_inference.py`, `bench_distill.py`, `bench_features.py` and `gpu_check.py`.
+
+Arguments and printing live here; what is measured lives beside it (bench.py, bench_loader.py,
+bench_inference.py, bench_distill.py, bench_features.py, memory.py, gpu_check/), imported by the
+command that needs it so that one command's --help does not import every benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ..models import PRESETS
+from .bench import BENCH_MODES, VOXCELEB2_SPEAKERS, ThroughputResult, measure_throughput
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: commands are printed relative to it
+
+
+# --- bench_train ------------------------------------------------------------------------------
+
+
+def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Training-step throughput of one preset and mode, or the memory estimate of the shipped configs.")
+    parser.add_argument("--preset", default="tiny", choices=PRESETS)
+    parser.add_argument("--mode", default="classifier", choices=BENCH_MODES)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--crop-seconds", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=1, help="timed blocks; best and median are printed")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--num-classes", type=int, default=VOXCELEB2_SPEAKERS)
+    parser.add_argument("--estimate-memory", nargs="+", metavar="CONFIG",
+                        help="print the estimated peak memory of these configs (those with a known card) and exit")
+    return parser.parse_args(argv)
+
+
+def train_machine_line() -> str:
+    """`# date host CPU, CPUs, CUDA device, torch, load average`: the bench_train header."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    return (f"# {datetime.date.today()} {platform.node()} {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs, {device}, torch {torch.__version__}, load average {load}")
+
+
+def bench_train_main(argv: list[str] | None = None) -> int:
+    """`launch/bench_train.py`: a Markdown throughput row (mrl_dist/tools/bench.py), or with
+    --estimate-memory the memory tables of configs (mrl_dist/tools/memory.py); 2 without CUDA."""
+    args = parse_bench_train_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(train_machine_line())
+    print(f"# python {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    if args.estimate_memory:
+        from .memory import config_memory_tables
+
+        training, validation = config_memory_tables(args.estimate_memory)
+        print("\nTraining step, estimated peak memory per device (CPU-measured, see mrl_dist/tools/memory.py):\n")
+        print(training)
+        print("\nValidation on rank 0, estimated peak memory (batch of utterances padded to the length shown):\n")
+        print(validation)
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    result = measure_throughput(args.preset, args.mode, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
+                                steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=args.device,
+                                precision=args.precision, num_classes=args.num_classes)
+    print(ThroughputResult.MARKDOWN_HEADER)
+    print(result.markdown_row())
+    print("# crops/s per repeat: " + ", ".join(f"{rate:.1f}" for rate in result.crops_per_second))
+    return 0
+
+
+# --- bench_loader -----------------------------------------------------------------------------
+
+
+def parse_bench_loader_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit.")
+    parser.add_argument("--utterances", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=8.0, help="utterance length")
+    parser.add_argument("--crop-seconds", type=float, default=2.0)
+    parser.add_argument("--crops", type=int, default=3000, help="crops timed per loader")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved runs")
+    parser.add_argument("--no-m4a", action="store_true", help="skip the naive m4a row")
+    return parser.parse_args(argv)
+
+
+def bench_loader_main(argv: list[str] | None = None) -> int:
+    """`launch/bench_loader.py`: a Markdown table of the loaders of mrl_dist/tools/bench_loader.py."""
+    args = parse_bench_loader_args(argv)
+    torch.set_num_threads(1)  # one loader worker is one core
+    from .bench_loader import measure_loaders
+
+    whole, best = measure_loaders(args.utterances, args.seconds, args.crop_seconds, args.crops, args.batch_size,
+                                  args.repeats, m4a=not args.no_m4a)
+    pipeline, raw = best["(a) shard pipeline"], best["(c) raw limit"]
+    naive = best["(b) naive per-file FLAC"]
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{args.utterances} x {args.seconds:g} s utterances, {args.crop_seconds:g} s crops, "
+          f"batch {args.batch_size}, one worker, best of {args.repeats}")
+    print("| loader | crops/s (best 4-batch window) | crops/s (whole run) | time per crop vs raw |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in best:
+        print(f"| {name} | {best[name]:,.0f} | {whole[name]:,.0f} | {raw / best[name]:.2f}x |")
+    print(f"\npipeline: {raw / pipeline:.2f}x the raw limit's time per crop (target <= 1.5x), "
+          f"{pipeline / naive:.2f}x the naive FLAC loader's crops/s (target >= 2x)")
+    return 0
+
+
+# --- bench_inference --------------------------------------------------------------------------
+
+
+def parse_bench_inference_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Trunk inference speed: plain eval form vs `inference_form` (mrl_dist/models/inference.py).")
+    parser.add_argument("--preset", default="b2", choices=PRESETS)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=4.0, help="utterance length")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each form")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each form first")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--mrl", action="store_true", help="ReDimNetMRL (dims 32/64/192) instead of ReDimNet")
+    parser.add_argument("--no-channels-last", action="store_true", help="inference_form(channels_last=False)")
+    parser.add_argument("--compile", action="store_true", help="inference_form(compile=True)")
+    return parser.parse_args(argv)
+
+
+def inference_machine_line() -> str:
+    """`# date CPU model, CPUs, torch, threads, load average; command`: the bench_inference footer."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    return (f"# {datetime.date.today()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load}; {command}")
+
+
+def bench_inference_main(argv: list[str] | None = None) -> int:
+    """`launch/bench_inference.py`: the largest output difference, a Markdown row (best and median
+    ms/batch of each form, speed-up of the bests) and a machine line (mrl_dist/tools/bench_inference.py)."""
+    args = parse_bench_inference_args(argv)
+    torch.set_num_threads(args.threads)
+    from .bench_inference import measure_inference
+
+    timing = measure_inference(args.preset, args.batch_size, args.seconds, args.repeats, args.warmup,
+                               mrl=args.mrl, channels_last=not args.no_channels_last, compile=args.compile)
+    best, median = timing.best, timing.median
+    kind = "ReDimNetMRL" if args.mrl else "ReDimNet"
+    print(f"max |plain - form| = {timing.difference:.2e}; inference_form built in {timing.build_s:.2f} s")
+    print("| preset | model | batch | seconds | plain ms/batch (best / median) | "
+          "inference form ms/batch (best / median) | speed-up (best) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| {args.preset} | {kind} | {args.batch_size} | {args.seconds:g} | "
+          f"{best['plain']:.1f} / {median['plain']:.1f} | {best['form']:.1f} / {median['form']:.1f} | "
+          f"**{best['plain'] / best['form']:.2f}x** |")
+    print(inference_machine_line())
+    return 0
+
+
+# --- bench_distill ----------------------------------------------------------------------------
+
+
+def parse_bench_distill_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Distillation step speed with teachers run live vs read from the teacher-embedding cache.")
+    parser.add_argument("--teachers", nargs="+", default=["b0", "b2"], help="teacher presets (random weights)")
+    parser.add_argument("--student", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--crop-seconds", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def bench_distill_main(argv: list[str] | None = None) -> int:
+    """`launch/bench_distill.py`: a Markdown row of mrl_dist/tools/bench_distill.py's comparison."""
+    args = parse_bench_distill_args(argv)
+    torch.set_num_threads(args.threads)
+    from .bench_distill import measure_teacher_cache
+
+    result = measure_teacher_cache(args.teachers, args.student, batch_size=args.batch_size,
+                                   crop_seconds=args.crop_seconds, steps=args.steps)
+    print("| teachers | student | batch | teachers ms/batch | live crops/s | cached crops/s | speed-up |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| {'+'.join(args.teachers)} | {args.student} | {args.batch_size} | {result.teacher_ms_per_batch:.0f} | "
+          f"{result.live_crops_per_second:.1f} | {result.cached_crops_per_second:.1f} | {result.speedup:.2f}x |")
+    return 0
+
+
+# --- bench_features ---------------------------------------------------------------------------
+
+
+def parse_bench_features_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Head training from cached trunk features vs recomputing the frozen trunk, and the cache's cost.")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "b2"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--crop-seconds", type=float, default=2.0)
+    parser.add_argument("--crops-per-utterance", type=int, default=4, help="K of the cache")
+    parser.add_argument("--recompute-steps", type=int, default=3)
+    parser.add_argument("--cached-steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def bench_features_main(argv: list[str] | None = None) -> int:
+    """`launch/bench_features.py`: a Markdown row per preset (mrl_dist/tools/bench_features.py)."""
+    args = parse_bench_features_args(argv)
+    from .bench_features import build_rate, cached_step_rate
+
+    torch.set_num_threads(args.threads)
+    print(f"# {datetime.date.today()} {platform.node()} {platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads; python {' '.join(sys.argv)}")
+    print("| preset | P | recompute crops/s | cached crops/s | speed-up | cache build crops/s "
+          f"| build per 1,000 utt. (K={args.crops_per_utterance}) | size per 1,000 utt. |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for preset in args.presets:
+        recompute = measure_throughput(preset, "mrl-frozen", batch_size=args.batch_size,
+                                       crop_seconds=args.crop_seconds, steps=args.recompute_steps, warmup=1).best
+        cached, pooled_dim = cached_step_rate(preset, args.batch_size, args.cached_steps)
+        build = build_rate(preset, min(args.batch_size, 32), args.crop_seconds, repeats=2)
+        crops = 1000 * args.crops_per_utterance
+        size_mb = crops * (2 * pooled_dim + 3 * 8 + 40) / 1e6  # fp16 features + label/start/id + key
+        print(f"| {preset} | {pooled_dim} | {recompute:,.1f} | {cached:,.0f} | {cached / recompute:,.0f}x "
+              f"| {build:,.1f} | {crops / build:,.0f} s | {size_mb:,.1f} MB |")
+    return 0
+
+
+# --- gpu_check --------------------------------------------------------------------------------
+
+
+def gpu_check_main(argv: list[str] | None = None) -> int:
+    """`launch/gpu_check.py`: the GPU checks; arguments and sections are mrl_dist/tools/gpu_check/'s."""
+    from .gpu_check import main
+
+    return main(argv)
