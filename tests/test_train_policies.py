@@ -81,7 +81,7 @@ def _bn_snapshot(layers):
 
 
 def _one_step(trainer: Trainer) -> None:
-    trainer._step(trainer._batches())
+    trainer.training_step(trainer.module, trainer._batches(), trainer._agree)
 
 
 @pytest.mark.parametrize("case", ["mrl-frozen-pretrained", "mrl-unfrozen-pretrained",

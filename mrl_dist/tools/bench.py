@@ -1,8 +1,8 @@
-"""One training step of the real `TrainModule`, timed on synthetic waves (no data loader).
+"""The trainer's own training step (train/step.py), timed on synthetic waves (no data loader).
 
     synthetic wave [B, T] float32 16 kHz, label [B] int64 (VoxCeleb2's 5,994 classes)
-      -> TrainModule (the trainer's own mode build: ReDimNet or ReDimNetMRL + Matryoshka AAM)
-      -> backward -> clip_grad_norm_ -> AdamW step (the trainer's `make_optimizer`)
+      -> TrainingStep: the mode's TrainModule (ReDimNet or ReDimNetMRL + Matryoshka AAM) under
+         autocast -> backward -> clip -> AdamW + schedule, as in training on one rank
 
 Bench modes map to trainer settings:
     classifier     training.mode=classifier  (every parameter trains)
@@ -15,6 +15,7 @@ their values, and nothing is downloaded. Used by `launch/bench_train.py` and `me
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,10 +24,11 @@ from typing import Sequence
 import torch
 
 from ..config import Config, config_from_dict
-from ..precision import autocast
 from ..data.audio import SAMPLE_RATE
-from ..train.loop import make_optimizer
-from ..train.modes import TrainModule, describe_parameters, make_mode
+from ..precision import autocast_dtype
+from ..train.modes import Mode, TrainModule, describe_parameters, make_mode
+from ..train.setup import make_optimizer, make_scheduler
+from ..train.step import SingleDevice, TrainingStep
 
 BENCH_MODES = ("classifier", "mrl-frozen", "mrl-unfrozen")
 VOXCELEB2_SPEAKERS = 5994
@@ -58,37 +60,44 @@ def with_random_weights(cfg: Config) -> Config:
     return config_from_dict(data, source=f"{cfg.run_dir} (random weights)")
 
 
+@dataclass
+class BenchStep:
+    """The trainer's module, mode and `TrainingStep` for one config, on one device and process."""
+
+    module: TrainModule
+    mode: Mode
+    step: TrainingStep
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        """One optimizer step on `batch` (grad_accum micro-batches of it); returns the detached loss."""
+        _, stats = self.step(self.module, itertools.repeat(batch))
+        return stats["loss"]
+
+
 def build_training_step(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS,
-                        device: str | torch.device = "cpu") -> tuple[TrainModule, torch.optim.Optimizer]:
-    """The trainer's module and optimizer for `cfg`, on `device`, in training mode."""
-    mode = make_mode(cfg, num_classes)
-    module = mode.build(None, resuming=False).to(device)
+                        device: str | torch.device = "cpu") -> BenchStep:
+    """What the trainer builds for `cfg` (mode, module, optimizer, schedule, the train/eval policy)
+    on `device`, stepped by `SingleDevice` instead of an Accelerator."""
+    device = torch.device(device)
+    tcfg = cfg.training
+    mode = make_mode(cfg)
+    module = mode.build(num_classes, None, resuming=False).to(device)
     module.train()
-    return module, make_optimizer(cfg, module, mode.trunk_parameters(module))
+    optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
+    engine = SingleDevice(device, tcfg.mixed_precision, tcfg.grad_accum)
+    engine.prepare(module)
+    mode.place_on_device(device, autocast_dtype(tcfg.mixed_precision), rank=0)
+    step = TrainingStep(engine, optimizer, make_scheduler(cfg, optimizer), mode, tcfg, device)
+    return BenchStep(module, mode, step)
 
 
 def synthetic_batch(batch_size: int, crop_seconds: float, num_classes: int = VOXCELEB2_SPEAKERS,
-                    device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`wave [B, T]` float32 16 kHz (quiet noise) and `label [B]` int64."""
+                    device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """`{"wave": [B, T] float32 16 kHz (quiet noise), "label": [B] int64}`."""
     generator = torch.Generator().manual_seed(seed)
     wave = 0.1 * torch.randn(batch_size, round(crop_seconds * SAMPLE_RATE), generator=generator)
     label = torch.randint(0, num_classes, (batch_size,), generator=generator)
-    return wave.to(device), label.to(device)
-
-
-def train_step(module: TrainModule, optimizer: torch.optim.Optimizer, wave: torch.Tensor, label: torch.Tensor,
-               precision: str = "no", grad_clip: float | None = 5.0, **loss_inputs) -> torch.Tensor:
-    """Forward (under autocast), backward, clip, AdamW step, zero grads, as `Trainer._step` does on
-    one rank with grad_accum 1; `loss_inputs` as the mode's `loss_inputs` gives them (distill: the
-    teacher embeddings). Returns the detached loss."""
-    with autocast(wave.device, precision):
-        loss, _ = module(wave, label, **loss_inputs)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return {"wave": wave.to(device), "label": label.to(device)}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -143,10 +152,10 @@ def measure_throughput(preset: str, mode: str, batch_size: int = 32, crop_second
     torch.manual_seed(seed)
     target = torch.device(device)
     cfg = bench_config(preset, mode, batch_size, crop_seconds, precision)
-    module, optimizer = build_training_step(cfg, num_classes, target)
-    wave, label = synthetic_batch(batch_size, crop_seconds, num_classes, target, seed)
+    step = build_training_step(cfg, num_classes, target)
+    batch = synthetic_batch(batch_size, crop_seconds, num_classes, target, seed)
     for _ in range(warmup):  # allocator, autotuning and AdamW state settle here
-        train_step(module, optimizer, wave, label, precision, cfg.training.grad_clip)
+        step(batch)
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
     rates = []
@@ -154,11 +163,11 @@ def measure_throughput(preset: str, mode: str, batch_size: int = 32, crop_second
         _synchronize(target)
         start = time.perf_counter()
         for _ in range(steps):
-            loss = train_step(module, optimizer, wave, label, precision, cfg.training.grad_clip)
+            loss = step(batch)
         float(loss)  # waits for the device
         _synchronize(target)
         rates.append(steps * batch_size / (time.perf_counter() - start))
-    sizes = describe_parameters(module)
+    sizes = describe_parameters(step.module)
     peak_allocated = peak_reserved = None
     if target.type == "cuda":
         peak_allocated = torch.cuda.max_memory_allocated(target)

@@ -183,27 +183,25 @@ def measure_step_memory(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, batc
     small, large = batch_sizes
     precision = cfg.training.mixed_precision
     torch.manual_seed(cfg.seed)
-    module, optimizer = build_training_step(cfg, num_classes, "cpu")
-    clip = cfg.training.grad_clip
+    bench = build_training_step(cfg, num_classes, "cpu")
+    module, optimizer = bench.module, bench.step.optimizer
 
     def resident() -> set[int]:
         state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         return _storage_keys([*module.parameters(), *module.buffers(), *state])
 
     def one_step(batch_size: int) -> tuple[int, list[int], int]:
-        """(saved bytes, live bytes after each forward/backward op, AdamW step temporaries)."""
+        """(saved bytes, live bytes after each forward/backward op, AdamW step temporaries), of
+        the trainer's step in its two halves: the micro-batch, then clip + optimizer step."""
         with LiveStorageBytes(resident()) as tracker:
-            wave, label = synthetic_batch(batch_size, cfg.data.crop_seconds, num_classes)
-            with SavedTensorBytes(resident()) as saved, autocast("cpu", precision):
-                loss, _ = module(wave, label)
-            loss.backward()
-            del loss, wave, label
+            batch = synthetic_batch(batch_size, cfg.data.crop_seconds, num_classes)
+            with SavedTensorBytes(resident()) as saved:  # backward saves nothing more
+                loss, _ = bench.step.micro_batch(module, batch)
+            finite = torch.isfinite(loss)
+            del loss, batch
         grads = _storage_keys(p.grad for p in module.parameters() if p.grad is not None)
         with LiveStorageBytes(resident() | grads) as step_tracker:
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            bench.step.apply(module, finite, {})
         return saved.total, tracker.timeline, step_tracker.peak
 
     one_step(small)  # the steady state: AdamW state exists from here on, grads are None
@@ -284,13 +282,12 @@ def measure_inference_bytes(cfg: Config, seconds: Sequence[float] = (2.0, 4.0), 
     """Bytes per second of audio per utterance at the peak of an eval-mode, no_grad forward under
     the config's autocast (what validation runs on rank 0): the slope between two lengths."""
     torch.manual_seed(cfg.seed)
-    module, _ = build_training_step(cfg, 8, "cpu")
-    model = module.model.eval()
+    model = build_training_step(cfg, 8, "cpu").module.model.eval()
     ignore = _storage_keys([*model.parameters(), *model.buffers()])
     peaks = []
     for length in seconds:
         with torch.no_grad(), LiveStorageBytes(ignore) as tracker, autocast("cpu", cfg.training.mixed_precision):
-            wave, _ = synthetic_batch(batch_size, length, 8)
+            wave = synthetic_batch(batch_size, length, 8)["wave"]
             model(wave)
             del wave
         peaks.append(tracker.peak)

@@ -17,9 +17,7 @@ stream (see mrl_dist.data.pipeline), and an epoch has the same number of steps e
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -45,8 +43,9 @@ from .class_init import class_mean_embeddings, set_class_weights
 from .collectives import Collectives
 from .feature_cache import build_feature_cache
 from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
-from .schedule import lr_multiplier, margin_at
-from .setup import BadStepError, StopRequest, flatten_stats, make_accelerator, make_optimizer, rewrap_ddp
+from .schedule import margin_at
+from .setup import BadStepError, StopRequest, make_accelerator, make_optimizer, make_scheduler, rewrap_ddp
+from .step import TrainingStep
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class Trainer:
 
         tcfg = cfg.training
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
-        self.mode: Mode = make_mode(cfg, 0)  # what it needs from the data, before building the loader
+        self.mode: Mode = make_mode(cfg)  # what it needs from the data, before building the loader
         self.features = self._open_features()
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
         self.partial_epoch_loader = None  # the rest of a resumed epoch, see _batches
@@ -95,10 +94,9 @@ class Trainer:
             raise ValueError(f"data.train: {cfg.data.train} carries no speaker labels (a manifest gives them); "
                              f"training.mode {tcfg.mode} needs them"
                              + (" (set distill.losses.aam: 0 to distil without labels)" if tcfg.mode == "distill" else ""))
-        self.mode.num_classes = self.num_classes
 
         set_seed(cfg.seed)  # identical initial weights on every rank
-        module = self.mode.build(self._pca_features, resuming=self.resume_dir is not None)
+        module = self.mode.build(self.num_classes, self._pca_features, resuming=self.resume_dir is not None)
         if self.features is not None:
             check_cache_fits(self.features, trunk_fingerprint(module.model, module.model.model_config),
                              cfg.data.crop_seconds)
@@ -112,9 +110,9 @@ class Trainer:
         self.mode.unfreeze_if_due(module, self.state["step"])  # a resume past the unfreeze step
         module.train()  # the train/eval policy (TrainModule); a pretrained start arrives in eval mode
         self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
-        self.raw_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.raw_optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
+        self.raw_scheduler = make_scheduler(cfg, self.raw_optimizer)
         self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
+        self.training_step = TrainingStep(acc, self.optimizer, self.scheduler, self.mode, tcfg, acc.device)
         self.autocast_dtype = autocast_dtype(tcfg.mixed_precision)
         self.mode.place_on_device(acc.device, self.autocast_dtype, self.rank)
         if self.resume_dir is not None:
@@ -135,7 +133,7 @@ class Trainer:
                                  steps_per_epoch=batches or self.batches_per_epoch, seed=cfg.seed + seed_offset,
                                  rank=self.rank, world_size=self.world_size, epoch=epoch,
                                  crops_per_speaker=cfg.data.crops_per_speaker)
-        augment = dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None
+        augment = cfg.data.augment if cfg.data.augment.active else None
         return make_train_loader(
             cfg.data.train, batch_size=cfg.training.batch_size, crop_seconds=cfg.data.crop_seconds,
             num_workers=cfg.data.num_workers, seed=cfg.seed + seed_offset, rank=self.rank,
@@ -226,46 +224,14 @@ class Trainer:
         return self.state["skipped_samples"]
 
     # ------------------------------------------------------------------ one step
-    def _step(self, batches: Iterator[dict]) -> tuple[bool, dict[str, torch.Tensor]]:
-        """One optimizer step over `grad_accum` micro-batches. Returns (applied, stats)."""
-        acc, tcfg = self.accelerator, self.cfg.training
-        # Finiteness stays a device tensor until the one all-reduce below: one GPU sync per step.
-        finite = torch.ones((), dtype=torch.bool, device=acc.device)
-        stats: dict[str, torch.Tensor] = {}
-        for _ in range(tcfg.grad_accum):
-            batch = next(batches)
-            inputs = (batch["wave"] if "wave" in batch else batch["pooled"]).to(acc.device, non_blocking=True)
-            label = batch["label"].to(acc.device, non_blocking=True)
-            extra = self.mode.loss_inputs(batch, inputs)
-            # accumulate: no gradient sync before the last micro-batch; the loss is divided by
-            # grad_accum (DeepSpeed: by its engine, which also steps at the boundary).
-            with acc.accumulate(self.module):
-                loss, parts = self.module(inputs, label, **extra)
-                acc.backward(loss)
-            finite &= torch.isfinite(loss.detach())
-            for key, value in {"loss": loss.detach(), **flatten_stats(parts)}.items():
-                stats[key] = stats.get(key, 0) + value / tcfg.grad_accum
-        max_norm = tcfg.grad_clip if tcfg.grad_clip is not None else math.inf
-        grad_norm = acc.clip_grad_norm_(self.module.parameters(), max_norm)
-        # fp16's scaler skips overflowing steps itself; elsewhere an inf gradient is a bad step.
-        if tcfg.mixed_precision != "fp16" and grad_norm is not None:
-            finite &= torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
-        # One all-reduce decides for every rank together: skip, stop, or go on.
-        stop = torch.tensor(float(self.stop.requested), device=acc.device)
+    def _agree(self, finite: torch.Tensor) -> bool:
+        """One all-reduce decides for every rank together: skip, stop, or go on."""
+        stop = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
         decision = self.collectives.sum(torch.stack([(~finite).float(), stop]),
                                         f"step {self.state['step'] + 1}: all-reduce of the skip/stop decision")
         bad_ranks, stop_ranks = decision.tolist()
         self.stop.requested = stop_ranks > 0
-        if bad_ranks > 0:  # under DeepSpeed the engine has applied it already: counted, not skipped
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            return False, stats
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm
-            stats["grad_norm"] = torch.as_tensor(grad_norm).detach()
-        return not getattr(self.optimizer, "step_was_skipped", False), stats
+        return bad_ranks == 0
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -293,7 +259,7 @@ class Trainer:
                 self._rewrap_after_unfreeze()
                 self.tracker.write_line(f"step {step}: backbone unfrozen")
             raw.set_margin(margin_at(step, cfg.loss))
-            applied, stats = self._step(batches)
+            applied, stats = self.training_step(self.module, batches, self._agree)
             self.state["step"] = step = step + 1
             if applied:
                 bad_in_row = 0

@@ -1,5 +1,5 @@
-"""What the trainer is built from: the Accelerator, the optimizer, the stop flag, and the DDP
-wrapper rebuilt after unfreezing. Kept apart from the loop (loop.py) so that file reads as the loop."""
+"""What the trainer is built from: the Accelerator, the optimizer and its schedule, the stop flag,
+and the DDP wrapper rebuilt after unfreezing. Kept apart from the loop (loop.py) so that file reads as the loop."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, Ini
 from ..config import Config
 from . import ds_config
 from .modes import TrainModule
+from .schedule import lr_multiplier
 
 
 class StopRequest:
@@ -33,17 +34,6 @@ class StopRequest:
 
 class BadStepError(RuntimeError):
     pass
-
-
-def flatten_stats(parts: dict) -> dict[str, torch.Tensor]:
-    """Loss statistics for logging: `{"accuracy": {64: t}}` -> `{"accuracy@64": t}`; flat keys stay."""
-    flat = {}
-    for key, value in parts.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}@{dim}": v for dim, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -81,6 +71,12 @@ def make_optimizer(cfg: Config, module: TrainModule, trunk_ids: set[int]) -> tor
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
     return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """training.schedule over training.max_steps optimizer steps (schedule.py)."""
+    tcfg = cfg.training
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, tcfg.schedule, tcfg.max_steps))
 
 
 def rewrap_ddp(accelerator: Accelerator, wrapped: torch.nn.Module) -> torch.nn.Module:

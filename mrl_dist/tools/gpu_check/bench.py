@@ -1,8 +1,9 @@
 """Section bench: the model step alone (mrl_dist/tools/bench.py) per mode and size, with FLOPs per
-crop and MFU; the distill mode's step, which bench.train_step does not cover, is timed here."""
+crop and MFU; the distill mode's step (random teacher files) is timed here."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ...precision import AUTOCAST_DTYPES, autocast
 from .check import Check, _free_device_memory, _synchronize
 from .flops import count_flops, model_flops_utilisation
 from .plan import BenchSize, bench_sizes_from_configs, shipped_gpu_configs
@@ -26,17 +26,10 @@ def _flops_per_crop_of_bench_mode(preset: str, mode: str, batch_size: int, crop_
 
     count_batch = min(batch_size, 8)
     cfg = bench_config(preset, mode, count_batch, crop_seconds, precision)
-    module, _ = build_training_step(cfg, VOXCELEB2_SPEAKERS, device)
-    wave, label = synthetic_batch(count_batch, crop_seconds, VOXCELEB2_SPEAKERS, device)
-
-    def forward_backward() -> None:
-        with autocast(device, precision):
-            loss, _ = module(wave, label)
-        loss.backward()
-
-    flops = count_flops(forward_backward)
-    del module, wave, label
-    _free_device_memory(device)
+    bench = build_training_step(cfg, VOXCELEB2_SPEAKERS, device)
+    batch = synthetic_batch(count_batch, crop_seconds, VOXCELEB2_SPEAKERS, device)
+    flops = count_flops(lambda: bench.step.micro_batch(bench.module, batch))  # forward + backward
+    bench.step.optimizer.zero_grad(set_to_none=True)
     return flops / count_batch
 
 
@@ -71,11 +64,10 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
                                work_dir: Path) -> dict[str, Any]:
     """The trainer's distill mode (DistillMode: student ReDimNetMRL, DistillationLoss with adapters,
     similarity and AAM terms, teachers run live under autocast) timed on a synthetic batch, the way
-    `measure_throughput` times the other modes: `bench.train_step` with the mode's loss inputs."""
+    `measure_throughput` times the other modes: the trainer's TrainingStep (bench.build_training_step)."""
     from ...config import config_from_dict
-    from ...tools.bench import VOXCELEB2_SPEAKERS, synthetic_batch, train_step
-    from ...train.loop import make_optimizer
-    from ...train.modes import describe_parameters, make_mode
+    from ...tools.bench import VOXCELEB2_SPEAKERS, build_training_step, synthetic_batch
+    from ...train.modes import describe_parameters
 
     dims = [64, 128, 192, 256]
     files = _random_teacher_files(teachers, work_dir / "teachers")
@@ -89,18 +81,10 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
                     "losses": {"embedding": 1.0, "similarity": 1.0, "aam": 0.5}},
     }, source=f"gpu-check distill {'+'.join(teachers)} -> {student}")
     torch.manual_seed(0)
-    mode = make_mode(cfg, VOXCELEB2_SPEAKERS)
-    module = mode.build(None, resuming=False).to(device)
-    module.train()
-    optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
-    mode.place_on_device(torch.device(device), AUTOCAST_DTYPES[precision], 0)
-    wave, label = synthetic_batch(batch_size, crop_seconds, VOXCELEB2_SPEAKERS, device)
+    bench = build_training_step(cfg, VOXCELEB2_SPEAKERS, device)  # the teachers run in the mode's loss_inputs
+    batch = synthetic_batch(batch_size, crop_seconds, VOXCELEB2_SPEAKERS, device)
 
-    def step() -> torch.Tensor:
-        # The teachers' forward runs in loss_inputs, under their own autocast.
-        return train_step(module, optimizer, wave, label, precision, cfg.training.grad_clip,
-                          **mode.loss_inputs({}, wave))
-
+    step = functools.partial(bench, batch)
     flops = count_flops(step)  # the first warm-up step, counted
     for _ in range(max(0, warmup - 1)):
         step()
@@ -115,10 +99,8 @@ def measure_distill_throughput(teachers: Sequence[str], student: str, batch_size
         float(loss)
         _synchronize(device)
         rates.append(steps * batch_size / (time.perf_counter() - began))
-    sizes = describe_parameters(module)
+    sizes = describe_parameters(bench.module)
     peak = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()) if device == "cuda" else (None, None)
-    del module, optimizer, mode, wave, label
-    _free_device_memory(device)
     return {"crops_per_s": rates, "flops_per_crop": flops / batch_size, "peak_allocated_bytes": peak[0],
             "peak_reserved_bytes": peak[1], "parameters": sizes["parameters"], "trainable": sizes["trainable"]}
 
@@ -134,11 +116,13 @@ def bench_case(check: Check, kind: str, size: BenchSize) -> dict[str, Any]:
         measured = measure_distill_throughput(plan.teachers, plan.preset, size.batch_size, size.crop_seconds,
                                               plan.bench_steps, plan.bench_warmup, plan.bench_repeats, device,
                                               precision, check.work_dir)
+        _free_device_memory(device)  # the function's models are gone once it returns
     else:
         from ...tools.bench import measure_throughput
 
         flops = _flops_per_crop_of_bench_mode(plan.preset, kind, size.batch_size, size.crop_seconds, device,
                                               precision)
+        _free_device_memory(device)  # before measure_throughput resets the peak statistics
         result = measure_throughput(plan.preset, kind, batch_size=size.batch_size, crop_seconds=size.crop_seconds,
                                     steps=plan.bench_steps, warmup=plan.bench_warmup, repeats=plan.bench_repeats,
                                     device=device, precision=precision)
