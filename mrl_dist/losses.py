@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dims import dim_weights_problem, require
+
 # Cosines are kept this far from +-1: d/dx sqrt(1 - x^2) is infinite at the ends.
 _COS_EPS = 1e-6
 
@@ -84,10 +86,7 @@ class MatryoshkaAAMLoss(nn.Module):
         self.dims = [int(d) for d in dims]
         if dim_weights is None:
             dim_weights = [1.0] * len(self.dims)
-        if len(dim_weights) != len(self.dims):
-            raise ValueError(f"loss.dim_weights has {len(dim_weights)} entries for {len(self.dims)} dims {self.dims}")
-        if any(w < 0 for w in dim_weights) or sum(dim_weights) <= 0:
-            raise ValueError(f"loss.dim_weights must be non-negative with a positive sum, got {list(dim_weights)}")
+        require(dim_weights_problem(dim_weights, self.dims), "loss.dim_weights")
         self.register_buffer("dim_weights", torch.tensor([float(w) for w in dim_weights]), persistent=False)
         self.margin, self.scale, self.subcenters, self.tied = margin, scale, subcenters, tied
         self.num_classes = num_classes

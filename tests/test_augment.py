@@ -11,11 +11,12 @@ import soundfile as sf
 
 from conftest import write_wav
 from mrl_dist.data.augment import (
-    AugmentConfig, NoiseCategory, ShardNoise, add_noise, add_reverb, mix_at_snr, num_classes,
+    NoiseCategory, augment_from_dict, check_augment_sources, noise_categories, ShardNoise, add_noise, add_reverb, mix_at_snr, num_classes,
     reverberate, speed_perturb,
 )
 from mrl_dist.data.manifest import SkipCounter, read_manifest
-from mrl_dist.data.pipeline import decode_crop, make_train_loader
+from mrl_dist.data.pipeline import make_train_loader
+from mrl_dist.data.stages import decode_crop
 
 
 def speech_like(frames: int, seed: int = 0) -> np.ndarray:
@@ -147,13 +148,13 @@ def test_speed_perturbed_crop_plays_faster_at_the_crop_length():
 
 
 def test_noise_dir_categories_follow_the_musan_layout(musan):
-    config = AugmentConfig.from_dict({"noise_dir": str(musan), "noise_prob": 0.5})
-    categories = config.noise_categories()
+    config = augment_from_dict({"noise_dir": str(musan), "noise_prob": 0.5})
+    categories = noise_categories(config)
     assert sorted(categories) == ["noise", "speech"]  # no music/ folder here
     assert categories["speech"] == NoiseCategory(str(musan / "speech"), (13.0, 20.0), (3, 7))
-    flat = AugmentConfig.from_dict({"noise_dir": str(musan / "noise"),
+    flat = augment_from_dict({"noise_dir": str(musan / "noise"),
                                     "noise_snr": {"noise": [2, 4]}})
-    assert flat.noise_categories() == {"noise": NoiseCategory(str(musan / "noise"), (2.0, 4.0))}
+    assert noise_categories(flat) == {"noise": NoiseCategory(str(musan / "noise"), (2.0, 4.0))}
 
 
 def test_train_loader_applies_the_training_config_augment_block(packed, musan, rir_folder):
@@ -173,9 +174,9 @@ def test_train_loader_applies_the_training_config_augment_block(packed, musan, r
 
 
 def test_augment_config_errors_name_the_key_and_the_file(tmp_path):
-    with pytest.raises(ValueError, match=r"train.yaml: unknown key\(s\) \['reverb_probability'\]"):
-        AugmentConfig.from_dict({"reverb_probability": 0.3}, where="train.yaml")
-    with pytest.raises(ValueError, match=r"noise_snr.music: expected \[low, high\]"):
-        AugmentConfig.from_dict({"noise_snr": {"music": [15, 5]}})
-    with pytest.raises(FileNotFoundError, match="rir_dir .*absent is not a folder"):
-        AugmentConfig.from_dict({"rir_dir": str(tmp_path / "absent")})
+    with pytest.raises(ValueError, match=r"train.yaml: data.augment.reverb_probability: unknown key"):
+        augment_from_dict({"reverb_probability": 0.3}, where="train.yaml")
+    with pytest.raises(ValueError, match=r"noise_snr.music: must be \[low, high\]"):
+        augment_from_dict({"noise_snr": {"music": [15, 5]}})
+    with pytest.raises(FileNotFoundError, match="rir_dir: .*absent is not a folder"):
+        check_augment_sources(augment_from_dict({"rir_dir": str(tmp_path / "absent"), "reverb_prob": 0.5}))

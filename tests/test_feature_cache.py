@@ -4,7 +4,6 @@ it as from the audio (launch/cache_features.py, data.features)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

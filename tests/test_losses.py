@@ -72,7 +72,7 @@ def test_matryoshka_untied_loss_has_one_class_matrix_per_dim():
 
 
 def test_dim_weights_must_match_dims():
-    with pytest.raises(ValueError, match="dim_weights has 1 entries for 2 dims"):
+    with pytest.raises(ValueError, match="dim_weights: has 1 weights but model.mrl_dims has 2 dims"):
         MatryoshkaAAMLoss([4, 8], num_classes=3, dim_weights=[1.0])
 
 

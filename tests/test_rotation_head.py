@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from fixtures_path import redimnet_fixture
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import ReDimNetMRL, collect_pooled, load_pretrained
-from mrl_dist.models.mrl import MatryoshkaHead
-from mrl_dist.models.rotation_head import RotationHead
+from mrl_dist.models.heads import MatryoshkaHead
 from mrl_dist.train.class_init import class_mean_embeddings, set_class_weights
 
 torch.manual_seed(0)

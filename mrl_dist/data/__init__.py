@@ -1,25 +1,19 @@
 """Data: packing VoxCeleb into tar shards, and streaming training/evaluation batches from them.
 
-Names are imported lazily so that `launch/make_shards.py` (numpy, soundfile, PyAV) does not pull
-in torch, which only the loaders need.
+Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py), so
+that packing shards (numpy, soundfile, PyAV) never pulls in torch, which only the loaders need.
 """
 
-from __future__ import annotations
-
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "make_train_loader": "pipeline", "make_eval_loader": "pipeline", "resolve_source": "pipeline",
     "TrainLoader": "pipeline", "EvalLoader": "pipeline",
-    "AugmentConfig": "augment", "NoiseCategory": "augment", "num_classes": "augment",
+    "augment_from_dict": "augment", "NoiseCategory": "augment", "noise_categories": "augment",
+    "num_classes": "augment",
     "Manifest": "manifest", "ManifestError": "manifest", "read_manifest": "manifest",
     "decode_file": "audio", "SAMPLE_RATE": "audio",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

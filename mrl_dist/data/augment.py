@@ -5,7 +5,8 @@ waveform in numpy, each with its own numpy Generator so that turning one on does
 random draws of the others. Order, as in WeSpeaker: speed (chosen before the crop, which then
 reads `crop * speed` samples) -> crop -> reverb -> noise.
 
-Config: the `data.augment` block of the training YAML (mrl_dist.config.AugmentConfig), e.g.
+Config: the `data.augment` block of the training YAML (`mrl_dist.config.AugmentConfig`, checked
+by the config's rules), e.g.
 
     speed_perturb: true          # 0.9/1.0/1.1; perturbed copies are new speaker classes
     rir_dir: /data/RIRS_NOISES/simulated_rirs
@@ -13,6 +14,7 @@ Config: the `data.augment` block of the training YAML (mrl_dist.config.AugmentCo
     noise_dir: /data/musan       # MUSAN layout: one subfolder per category
     noise_prob: 0.5
     noise_snr: {noise: [0, 15], speech: [13, 20], music: [5, 15]}
+    noise_count: {noise: [1, 1], speech: [3, 7], music: [1, 1]}
 
 Each `noise_snr` category with a subfolder in `noise_dir` is used (one category picked uniformly
 per noisy sample); a `noise_dir` without such subfolders is the one category `noise`. Babble
@@ -24,13 +26,14 @@ with `.flac` members); that is the one category `noise`. Noise files: wav/flac/o
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import soundfile as sf
 
+from mrl_dist.config import AugmentConfig, config_from_dict
 from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, repeat_to_length, to_mono_16k
 from mrl_dist.data.manifest import SkipCounter, expand_urls, iter_tar_samples, read_manifest, resampled_shards
 
@@ -50,67 +53,37 @@ class NoiseCategory:
     count: tuple[int, int] = (1, 1)  # clips mixed at once, e.g. several babble speakers
 
 
-DEFAULT_NOISE_SNR = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
-DEFAULT_NOISE_COUNT = {"speech": (3, 7)}
+def augment_from_dict(payload: dict, where: str = "data.augment") -> AugmentConfig:
+    """A `data.augment` block given as a plain mapping, converted and checked by the run
+    config's own rules (errors name `where` and the key)."""
+    return config_from_dict({"data": {"augment": payload}}, source=where).data.augment
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    speed_perturb: bool = False
-    rir_dir: str | None = None
-    reverb_prob: float = 0.0
-    noise_dir: str | None = None
-    noise_prob: float = 0.0
-    noise_snr: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_NOISE_SNR))
-    noise_count: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_NOISE_COUNT))
-
-    @classmethod
-    def from_dict(cls, payload: dict, where: str = "augment config") -> "AugmentConfig":
-        """Builds a config from YAML data; unknown keys are errors naming the key and `where`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(payload) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        values = dict(payload)
-        snr = values.get("noise_snr") or DEFAULT_NOISE_SNR
-        count = values.get("noise_count", DEFAULT_NOISE_COUNT) or {}
-        values["noise_snr"] = {name: _pair(pair, float, f"{where}: noise_snr.{name}")
-                               for name, pair in snr.items()}
-        values["noise_count"] = {name: _pair(pair, int, f"{where}: noise_count.{name}")
-                                 for name, pair in count.items()}
-        config = cls(**values)
-        for name in ("reverb_prob", "noise_prob"):
-            if not 0.0 <= getattr(config, name) <= 1.0:
-                raise ValueError(f"{where}: {name} must be in [0, 1], got {getattr(config, name)}")
-        for name in ("rir_dir", "noise_dir"):
-            folder = getattr(config, name)
-            if folder and not _is_shard_source(folder) and not Path(folder).is_dir():
-                raise FileNotFoundError(f"{where}: {name} {folder} is not a folder")
-        return config
-
-    def noise_categories(self) -> dict[str, "NoiseCategory"]:
-        """The categories `noise_dir` holds (see the module docstring)."""
-        if not self.noise_dir:
-            return {}
-        snr = {name: tuple(pair) for name, pair in self.noise_snr.items()}
-        count = {name: tuple(pair) for name, pair in self.noise_count.items()}
-        found = {} if _is_shard_source(self.noise_dir) else {
-            name: NoiseCategory(str(Path(self.noise_dir) / name), snr[name], count.get(name, (1, 1)))
-            for name in sorted(snr) if (Path(self.noise_dir) / name).is_dir()}
-        return found or {"noise": NoiseCategory(self.noise_dir,
-                                                snr.get("noise", DEFAULT_NOISE_SNR["noise"]))}
-
-
-def _is_shard_source(source: str) -> bool:
+def is_shard_source(source: str) -> bool:
+    """Whether a noise source names shards (a manifest, tars, a `pipe:` command), not a folder."""
     return source.endswith(".manifest.json") or ".tar" in source or source.startswith("pipe:")
 
 
-def _pair(value, kind, where: str) -> tuple:
-    if isinstance(value, (int, float)):
-        value = (value, value)
-    if len(value) != 2 or value[0] > value[1]:
-        raise ValueError(f"{where}: expected [low, high] with low <= high, got {value!r}")
-    return kind(value[0]), kind(value[1])
+def check_augment_sources(config: AugmentConfig) -> None:
+    """The folders the active stages read exist (checked once, in the main process, before any
+    loader worker starts)."""
+    for name, prob in (("rir_dir", config.reverb_prob), ("noise_dir", config.noise_prob)):
+        folder = getattr(config, name)
+        if folder and prob > 0 and not is_shard_source(folder) and not Path(folder).is_dir():
+            raise FileNotFoundError(f"data.augment.{name}: {folder} is not a folder")
+
+
+def noise_categories(config: AugmentConfig) -> dict[str, NoiseCategory]:
+    """The categories `noise_dir` holds (see the module docstring)."""
+    if not config.noise_dir:
+        return {}
+    names = [f.name for f in fields(config.noise_snr)]
+    snr = {name: tuple(getattr(config.noise_snr, name)) for name in names}
+    count = {name: tuple(getattr(config.noise_count, name)) for name in names}
+    found = {} if is_shard_source(config.noise_dir) else {
+        name: NoiseCategory(str(Path(config.noise_dir) / name), snr[name], count[name])
+        for name in sorted(names) if (Path(config.noise_dir) / name).is_dir()}
+    return found or {"noise": NoiseCategory(config.noise_dir, snr["noise"], count["noise"])}
 
 
 def speed_perturb(samples: Iterable[dict], num_speakers: int, rng: np.random.Generator):
@@ -261,7 +234,7 @@ def augment_stages(config: AugmentConfig, rng: np.random.Generator, skips: SkipC
     stages = []
     if config.rir_dir and config.reverb_prob > 0:
         stages.append(lambda s: add_reverb(s, config.rir_dir, config.reverb_prob, reverb_rng))
-    categories = config.noise_categories()
+    categories = noise_categories(config)
     if categories and config.noise_prob > 0:
         stages.append(lambda s: add_noise(s, categories, config.noise_prob, noise_rng, skips))
     return stages

@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from mrl_dist.data.audio import AudioError, read_flac_window, repeat_to_length
-from mrl_dist.data.augment import AugmentConfig, augment_stages
+from mrl_dist.config import AugmentConfig
+from mrl_dist.data.augment import augment_stages
 from mrl_dist.data.manifest import SkipCounter, iter_tar_samples, write_json_atomic
-from mrl_dist.data.pipeline import parse_meta
+from mrl_dist.data.stages import parse_meta
 
 FEATURES_FORMAT = "mrl-dist-features/1"
 FEATURES_MANIFEST = "features.manifest.json"

@@ -13,34 +13,31 @@ Only the crop's FLAC frames are decoded.
 Evaluation (`make_eval_loader`): each shard once, the trial-list utterances only, whole
 (optionally capped) utterances sorted by length into padded batches.
 
-Library code stays rank-agnostic: the trainer passes rank and world_size in.
+The stages themselves: stages.py (and augment.py). Library code stays rank-agnostic: the
+trainer passes rank and world_size in.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-import numpy as np
-import soxr
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
-from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, read_flac_window, repeat_to_length
-from mrl_dist.data.augment import AugmentConfig, augment_stages, num_classes, speed_perturb
+from mrl_dist.data.audio import SAMPLE_RATE
+from mrl_dist.config import AugmentConfig
+from mrl_dist.data.augment import (
+    augment_from_dict, augment_stages, check_augment_sources, num_classes, speed_perturb,
+)
 from mrl_dist.data.manifest import (
     MANIFEST_SUFFIX, SkipCounter, expand_urls, iter_tar_samples, read_manifest, resampled_shards,
 )
+from mrl_dist.data.stages import (
+    batch_crops, decode_crop, decode_whole, length_sorted_batches, parse_meta, shuffle_samples, worker_index, worker_rng,
+)
 from mrl_dist.data.trials import read_trials, trial_keys
-
-# An endless stream of undecodable samples would otherwise spin forever without a batch.
-MAX_FAILURES_IN_ROW = 1000
-
 
 @dataclass(frozen=True)
 class ShardSource:
@@ -64,110 +61,6 @@ def resolve_source(source: str | Path | Sequence[str]) -> ShardSource:
     return ShardSource(urls)
 
 
-def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:
-    """The one generator a loader worker derives all its randomness from."""
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker]))
-
-
-def _worker() -> tuple[int, int]:
-    info = get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def shuffle_samples(samples: Iterable[dict], buffer_size: int, rng: np.random.Generator):
-    """Stage: yields samples in random order through a buffer of `buffer_size` (any dict)."""
-    buffer: list[dict] = []
-    for sample in samples:
-        if len(buffer) < buffer_size:
-            buffer.append(sample)
-            continue
-        slot = int(rng.integers(buffer_size))
-        buffer[slot], sample = sample, buffer[slot]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def parse_meta(samples: Iterable[dict], skips: SkipCounter):
-    """Stage: reads the `.json` member.
-
-    Before: {"key", "url", "flac": bytes, "json": bytes}. After: {"key", "url", "flac", "label":
-    int}. A sample whose JSON is broken is skipped and counted; one without a "label" (audio
-    packed without speaker labels, usable for label-free distillation) gets label -1.
-    """
-    for sample in samples:
-        try:
-            label = int(json.loads(sample["json"]).get("label", -1))
-        except (ValueError, AttributeError, TypeError) as error:
-            skips.skip("bad-json", sample["url"], sample["key"], f"{type(error).__name__}: {error}")
-            continue
-        yield {"key": sample["key"], "url": sample["url"], "flac": sample["flac"], "label": label}
-
-
-def fixed_crop_start(key: str, total_frames: int, crop_frames: int) -> int:
-    """The same start for a key in every epoch and on every rank (cached teacher embeddings)."""
-    return zlib.crc32(key.encode()) % max(1, total_frames - crop_frames + 1)
-
-
-def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Generator,
-                skips: SkipCounter, fixed: bool = False):
-    """Stage: decodes a random crop, seeking into the FLAC so only the crop's frames are decoded.
-
-    Before: {"key", "url", "flac", "label"[, "speed"]}. After: {"key", "label", "wave":
-    [crop_frames] float32 16 kHz, "start": int (-1 for random crops)}. Utterances shorter than
-    the crop are repeated to length. With "speed" s, `crop_frames * s` source frames are read
-    and resampled to `crop_frames`. `fixed`: the crop start depends on the key alone.
-    """
-    failures_in_row = 0
-    for sample in samples:
-        if failures_in_row >= MAX_FAILURES_IN_ROW:
-            raise RuntimeError(f"{failures_in_row} samples in a row could not be decoded (last: "
-                               f"{sample['key']} in {sample['url']}); skipped: {skips.by_reason}")
-        speed = sample.get("speed", 1.0)
-        wanted = crop_frames if speed == 1.0 else math.ceil(crop_frames * speed) + 8
-        if fixed:
-            def choose(total: int, key: str = sample["key"]) -> int:
-                return fixed_crop_start(key, total, wanted)
-        else:
-            def choose(total: int) -> int:
-                return int(rng.integers(0, total - wanted + 1))
-        try:
-            wave, start = read_flac_window(sample["flac"], wanted, choose)
-        except AudioError as error:
-            skips.skip(error.reason, sample["url"], sample["key"], error.detail)
-            failures_in_row += 1
-            continue
-        if len(wave) == 0:
-            skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
-            failures_in_row += 1
-            continue
-        failures_in_row = 0
-        if speed != 1.0:
-            # Treating the audio as recorded at 16 kHz * speed makes it play `speed` times faster.
-            wave = soxr.resample(wave, SAMPLE_RATE * speed, SAMPLE_RATE)
-        wave = repeat_to_length(wave, crop_frames) if len(wave) < crop_frames else wave[:crop_frames]
-        yield {"key": sample["key"], "label": sample["label"], "wave": wave, "start": start if fixed else -1}
-
-
-def batch_crops(samples: Iterable[dict], batch_size: int, skips: SkipCounter):
-    """Stage: stacks crops into batches.
-
-    Before: {"key", "label", "wave": [T], "start"}. After: {"wave": [B, T] float32, "label": [B]
-    int64 (-1: unlabelled), "key": list of B str, "start": [B] int64 crop starts (-1: random),
-    "skipped": int (samples this worker skipped since its previous batch)}.
-    """
-    batch: list[dict] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == batch_size:
-            yield {"wave": torch.from_numpy(np.stack([s["wave"] for s in batch])),
-                   "label": torch.tensor([s["label"] for s in batch], dtype=torch.int64),
-                   "key": [s["key"] for s in batch],
-                   "start": torch.tensor([s.get("start", -1) for s in batch], dtype=torch.int64),
-                   "skipped": skips.take()}
-            batch = []
-
-
 def batches_for_worker(steps: int, worker: int, num_workers: int) -> int:
     """This worker's share of `steps` batches; the shares add up to exactly `steps`."""
     return steps // num_workers + (1 if worker < steps % num_workers else 0)
@@ -187,7 +80,7 @@ class TrainStream(IterableDataset):
         self.augment, self.num_speakers = augment, num_speakers
 
     def __iter__(self) -> Iterator[dict]:
-        worker, num_workers = _worker()
+        worker, num_workers = worker_index()
         rng = worker_rng(self.seed, self.epoch, self.rank, worker)
         # Separate child generators: enabling one stage does not shift the draws of another.
         shard_rng, shuffle_rng, speed_rng, crop_rng, augment_rng = rng.spawn(5)
@@ -258,7 +151,9 @@ def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_worke
     """
     shards = resolve_source(source)
     if isinstance(augment, dict):
-        augment = AugmentConfig.from_dict(augment)
+        augment = augment_from_dict(augment)
+    if augment is not None:
+        check_augment_sources(augment)
     num_speakers = num_speakers or shards.num_speakers
     if steps_per_epoch is None:
         if shards.total_samples is None:
@@ -279,51 +174,6 @@ def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_worke
     return TrainLoader(stream, num_workers, classes, pin_memory)
 
 
-def decode_whole(samples: Iterable[dict], max_frames: int | None, skips: SkipCounter):
-    """Stage: whole utterances, capped to their first `max_frames` samples.
-
-    Before: {"key", "url", "flac"}. After: {"key", "wave": [T] float32 16 kHz}, T <= max_frames.
-    """
-    for sample in samples:
-        try:
-            wave = read_flac_crop(sample["flac"], 0, max_frames)
-        except AudioError as error:
-            skips.skip(error.reason, sample["url"], sample["key"], error.detail)
-            continue
-        if len(wave) == 0:
-            skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
-            continue
-        yield {"key": sample["key"], "wave": wave}
-
-
-def length_sorted_batches(samples: Iterable[dict], batch_size: int, sort_buffer: int,
-                          skips: SkipCounter):
-    """Stage: sorts each `sort_buffer` utterances by length (longest first) into padded batches.
-
-    Before: {"key", "wave": [T]}. After: {"wave": [B, T_max] float32 zero-padded, "lengths": [B]
-    int64, "key": list of B str, "skipped": int}. With a buffer larger than the set, the order
-    is global; padding then costs little.
-    """
-    def flush(buffer):
-        buffer.sort(key=lambda s: (-len(s["wave"]), s["key"]))
-        for start in range(0, len(buffer), batch_size):
-            chunk = buffer[start:start + batch_size]
-            lengths = [len(s["wave"]) for s in chunk]
-            wave = np.zeros((len(chunk), max(lengths)), dtype=np.float32)
-            for row, s in enumerate(chunk):
-                wave[row, :len(s["wave"])] = s["wave"]
-            yield {"wave": torch.from_numpy(wave), "lengths": torch.tensor(lengths),
-                   "key": [s["key"] for s in chunk], "skipped": skips.take()}
-
-    buffer: list[dict] = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= sort_buffer:
-            yield from flush(buffer)
-            buffer = []
-    yield from flush(buffer)
-
-
 class EvalStream(IterableDataset):
     """Each shard once, split over ranks and loader workers; only `keys` (None: all) decoded."""
 
@@ -335,7 +185,7 @@ class EvalStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[dict]:
-        worker, num_workers = _worker()
+        worker, num_workers = worker_index()
         part = self.rank * num_workers + worker
         urls = self.urls[part::self.world_size * num_workers]
         skips = SkipCounter(f"eval loader rank {self.rank} worker {worker}")

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from mrl_dist.demo.synthetic_voice import Session, SpeakerVoice, sample_session, sample_speaker, synthesize_utterance
+from mrl_dist.demo.synthetic_voice import synthesize_utterance
+from mrl_dist.demo.voices import Session, SpeakerVoice, sample_session, sample_speaker
 from mrl_dist.data.trials import balanced_trials, write_trials
 
 MANIFEST_NAME = "demo_corpus.json"

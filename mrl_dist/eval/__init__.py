@@ -5,10 +5,11 @@
 * `det_plot` - DET curves to PNG (matplotlib, optional)
 * `cli`      - `launch/evaluate.py`
 
-Names are imported on first use, so `mrl_dist.eval.metrics` stays free of torch.
+Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py),
+so `mrl_dist.eval.metrics` stays free of torch.
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "MissingEmbeddingError": "extract",
@@ -26,9 +27,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mrl_dist.eval' has no attribute {name!r}")
-    return getattr(import_module(f"mrl_dist.eval.{_EXPORTS[name]}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,24 +1,42 @@
-"""Models: the ReDimNet family (official-compatible) and the Matryoshka ReDimNetMRL."""
+"""Models: the ReDimNet family (official-compatible) and the Matryoshka ReDimNetMRL.
 
-from .frontend import MelFrontend
-from .inference import inference_context, inference_form, is_inference_form, unfolded_batchnorms
-from .loading import (
-    CheckpointError,
-    load_official_checkpoint,
-    load_pretrained,
-    official_payload,
-    read_checkpoint,
-    resolve_checkpoint,
-    save_official_checkpoint,
-)
-from .mrl import HEAD_INITS, MatryoshkaHead, ReDimNetMRL, collect_pooled, pca_rotation
-from .presets import OFFICIAL_PRESETS, PRESETS, build_preset, preset_config
-from .redimnet import ReDimNet, ReDimNetConfig
+* `frontend`, `layers`, `pooling`, `redimnet` - ReDimNet as the official code builds it
+* `presets`   - the b0-b6 / M configurations; `loading` - official files, names, downloads
+* `heads`, `rotation_head`, `mrl` - the Matryoshka heads and ReDimNetMRL
+* `inference` - the faster inference form (equal outputs); `ensemble` - teacher routing
 
-__all__ = [
-    "CheckpointError", "HEAD_INITS", "MatryoshkaHead", "MelFrontend", "OFFICIAL_PRESETS", "PRESETS",
-    "ReDimNet", "ReDimNetConfig", "ReDimNetMRL", "build_preset", "collect_pooled", "load_official_checkpoint",
-    "load_pretrained", "official_payload", "pca_rotation", "preset_config", "read_checkpoint",
-    "resolve_checkpoint", "save_official_checkpoint", "inference_context", "inference_form", "is_inference_form",
-    "unfolded_batchnorms",
-]
+Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py).
+"""
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "MelFrontend": "frontend",
+    "inference_context": "inference",
+    "inference_form": "inference",
+    "is_inference_form": "inference",
+    "unfolded_batchnorms": "inference",
+    "CheckpointError": "loading",
+    "load_official_checkpoint": "loading",
+    "load_pretrained": "loading",
+    "load_model_source": "loading",
+    "names_a_file": "loading",
+    "official_payload": "loading",
+    "read_checkpoint": "loading",
+    "resolve_checkpoint": "loading",
+    "save_official_checkpoint": "loading",
+    "MatryoshkaHead": "heads",
+    "NativeHead": "heads",
+    "ReDimNetMRL": "mrl",
+    "collect_pooled": "mrl",
+    "pca_rotation": "mrl",
+    "OFFICIAL_PRESETS": "presets",
+    "PRESETS": "presets",
+    "build_preset": "presets",
+    "preset_config": "presets",
+    "ReDimNet": "redimnet",
+    "ReDimNetConfig": "redimnet",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

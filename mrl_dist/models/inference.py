@@ -77,7 +77,8 @@ from .layers import (
     ToImage,
     WeightedLayerSum,
 )
-from .mrl import NativeHead, ReDimNetMRL
+from .heads import NativeHead
+from .mrl import ReDimNetMRL
 from .pooling import AttentiveStatsPooling
 from .redimnet import ReDimNet, TimeContextBlock
 

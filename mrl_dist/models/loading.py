@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .presets import OFFICIAL_PRESETS, PRESETS
+from .presets import OFFICIAL_PRESETS, PRESETS, build_preset
 from .redimnet import ReDimNet
 
 CHECKPOINT_URL = "https://github.com/IDRnD/ReDimNet/releases/download/latest/{file}"
@@ -163,6 +163,14 @@ def resolve_checkpoint(name: str, *, dataset: str = "vox2", train_type: str = "f
     return target
 
 
+def names_a_file(source: str | os.PathLike) -> bool:
+    """Whether a model source (`model.backbone`, `distill.teachers[i].source`) is a checkpoint
+    path rather than a preset name: an existing file is; so is a missing one that looks like a
+    path (a `.pt` suffix or a folder in it), which is then reported as a missing file."""
+    text = os.fspath(source)
+    return Path(text).exists() or Path(text).suffix == ".pt" or os.sep in text
+
+
 def load_pretrained(source: str | os.PathLike, *, train_type: str = "ft_lm", dataset: str = "vox2") -> ReDimNet:
     """An official ReDimNet in eval mode: `model(wave [B, T] float32 16 kHz) -> [B, embed_dim]`.
 
@@ -172,12 +180,22 @@ def load_pretrained(source: str | os.PathLike, *, train_type: str = "ft_lm", dat
     $MRL_DIST_OFFLINE=1).
     """
     text = os.fspath(source)
-    if text in PRESETS and not Path(text).exists():
-        if text not in OFFICIAL_PRESETS:
-            raise CheckpointError(f"preset {text!r} has no official pretrained weights; "
-                                  f"pretrained presets: {', '.join(OFFICIAL_PRESETS)}")
-        return load_official_checkpoint(resolve_checkpoint(text, dataset=dataset, train_type=train_type))
-    if not Path(text).exists():
-        raise CheckpointError(f"{text}: neither an existing checkpoint file nor a preset name "
-                              f"({', '.join(OFFICIAL_PRESETS)})")
-    return load_official_checkpoint(text)
+    if names_a_file(text):
+        return load_official_checkpoint(text)
+    if text not in OFFICIAL_PRESETS:
+        known = f"pretrained presets: {', '.join(OFFICIAL_PRESETS)}"
+        raise CheckpointError(f"preset {text!r} has no official pretrained weights; {known}" if text in PRESETS
+                              else f"{text}: neither an existing checkpoint file nor a preset name ({known})")
+    return load_official_checkpoint(resolve_checkpoint(text, dataset=dataset, train_type=train_type))
+
+
+def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | None) -> ReDimNet:
+    """The ReDimNet a config names: a checkpoint file, a preset with the official weights of
+    `pretrained = (train_type, dataset)`, or (`pretrained` None) a preset with random weights."""
+    if pretrained is None and not names_a_file(source):
+        if os.fspath(source) not in PRESETS:
+            raise FileNotFoundError(f"{os.fspath(source)!r} is neither an existing checkpoint file nor a preset "
+                                    f"({', '.join(PRESETS)})")
+        return build_preset(os.fspath(source))
+    train_type, dataset = pretrained or ("ft_lm", "vox2")
+    return load_pretrained(source, train_type=train_type, dataset=dataset)

@@ -28,53 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import HEAD_INITS, HEAD_TYPES
+from .heads import MatryoshkaHead, NativeHead
 from .loading import atomic_save, official_state_dict, official_to_local, read_checkpoint
-from .redimnet import ReDimNet, embedding_layer
+from .redimnet import ReDimNet
 from .rotation_head import RotationHead
-
-HEAD_INITS = ("pretrained", "pca", "random")
-HEAD_TYPES = ("linear", "rotation")  # see rotation_head.py for why "rotation" exists
-
-
-def validate_dims(dims: Sequence[int]) -> list[int]:
-    dims = [int(d) for d in dims]
-    if not dims or any(d <= 0 for d in dims) or any(b <= a for a, b in zip(dims, dims[1:])):
-        raise ValueError(f"mrl dims must be a non-empty, strictly increasing list of positive ints, got {dims}")
-    return dims
-
-
-class NativeHead(nn.Module):
-    """The pretrained embedding layer: BatchNorm -> Linear (-> BatchNorm when `emb_bn`)."""
-
-    def __init__(self, redimnet: ReDimNet):
-        super().__init__()
-        self.bn, self.linear, self.bn2 = redimnet.bn, redimnet.linear, redimnet.bn2
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return embedding_layer(self.bn, self.linear, self.bn2, pooled)
-
-    def folded_linear(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W [E, P], b [E]) of the Linear with the eval-mode `bn2` folded in (float64)."""
-        weight = self.linear.weight.detach().double()
-        bias = self.linear.bias.detach().double()
-        if self.bn2 is not None:
-            scale = self.bn2.weight.detach().double() / torch.sqrt(self.bn2.running_var.double() + self.bn2.eps)
-            weight = weight * scale[:, None]
-            bias = (bias - self.bn2.running_mean.double()) * scale + self.bn2.bias.detach().double()
-        return weight, bias
-
-
-class MatryoshkaHead(nn.Module):
-    """`pooled [B, P]` -> `[B, max_dim]`; every prefix of the output is an embedding."""
-
-    def __init__(self, in_dim: int, dims: Sequence[int]):
-        super().__init__()
-        self.dims = validate_dims(dims)
-        self.bn = nn.BatchNorm1d(in_dim)
-        self.linear = nn.Linear(in_dim, self.dims[-1])
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.bn(pooled))
 
 
 class ReDimNetMRL(nn.Module):
@@ -111,12 +69,16 @@ class ReDimNetMRL(nn.Module):
     def from_redimnet(cls, redimnet: ReDimNet, dims: Sequence[int] = (64, 128, 192, 256),
                       head_init: str = "pca", pooled_features: torch.Tensor | None = None,
                       keep_native: bool = True, pca_center: bool = False, seed: int = 0,
-                      head_type: str = "linear", train_extra_dims: bool = False) -> "ReDimNetMRL":
+                      head_type: str = "linear", train_extra_dims: bool = False,
+                      weights_arrive_later: bool = False) -> "ReDimNetMRL":
         """Wrap a (pretrained) ReDimNet; `pooled_features [N, P]` are needed for `head_init="pca"`.
 
         `head_type`: "linear" (BatchNorm + Linear, every weight trained) or "rotation" (the native
         embedding rotated by a trained orthogonal matrix, plus trained extra dims; needs a
-        pretrained start, head_init "pca" or "pretrained")."""
+        pretrained start, head_init "pca" or "pretrained").
+        `weights_arrive_later`: the head's weights are about to be overwritten (a checkpoint, or
+        rank 0's PCA head broadcast): build its structure without fitting it; `head_init` is
+        still what the model records."""
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init: unknown value {head_init!r}; expected one of {HEAD_INITS}")
         if head_type not in HEAD_TYPES:
@@ -128,15 +90,18 @@ class ReDimNetMRL(nn.Module):
         trunk = {k: v for k, v in redimnet.state_dict().items() if not k.startswith("cls_head.")}
         model.load_state_dict(_trunk_to_mrl_keys(trunk, keep_native), strict=False)
         generator = torch.Generator().manual_seed(seed)
-        if head_init == "pretrained":
+        fit = head_init
+        if weights_arrive_later:  # the rotation head's structure needs the native layer, no data
+            fit = "pretrained" if head_type == "rotation" else "random"
+        if fit == "pretrained":
             model._init_head_from_native(redimnet, rotation=None, generator=generator)
-        elif head_init == "pca":
+        elif fit == "pca":
             if pooled_features is None:
                 raise ValueError("head_init='pca' needs pooled_features [N, P] from a few training batches")
             rotation, mean = pca_rotation(NativeHead(redimnet), pooled_features, center=pca_center)
             model._init_head_from_native(redimnet, rotation=rotation, mean=mean, generator=generator)
         if head_type == "rotation":
-            model.head = model._rotation_head(redimnet, rotation if head_init == "pca" else None, generator,
+            model.head = model._rotation_head(redimnet, rotation if fit == "pca" else None, generator,
                                               train_extra_dims)
         return model.train(redimnet.training)
 

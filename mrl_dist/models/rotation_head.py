@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import MatryoshkaHead
+
 
 class RotationHead(nn.Module):
     """`pooled [B, P]` -> `[B, max_dim]`; prefixes up to the native dim E are rotations of native."""
@@ -86,7 +88,6 @@ class RotationHead(nn.Module):
     @torch.no_grad()
     def materialise(self):
         """The equal `MatryoshkaHead` (BatchNorm1d + Linear) with this head's current weights."""
-        from .mrl import MatryoshkaHead
 
         head = MatryoshkaHead(self.base_weight.shape[1], self.dims)
         head.bn.running_mean.copy_(self.bn_running_mean)

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrl_dist.config import DistillLossesConfig, TeacherConfig
+from mrl_dist.dims import require, teacher_dims_problem, weight_problem
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import CheckpointError, inference_form, load_pretrained
-from mrl_dist.models.loading import atomic_save
+from mrl_dist.models.loading import atomic_save, names_a_file
 
 UNLABELLED = -1  # label of a sample from an unlabelled shard
 
@@ -75,9 +76,7 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
 def teacher_name(cfg: TeacherConfig) -> str:
     """`b2-vox2-ft_lm` for a preset; the file stem for a checkpoint path (its name says it all)."""
     source = os.fspath(cfg.source)
-    if Path(source).suffix == ".pt" or os.sep in source:
-        return Path(source).stem
-    return f"{source}-{cfg.dataset}-{cfg.train_type}"
+    return Path(source).stem if names_a_file(source) else f"{source}-{cfg.dataset}-{cfg.train_type}"
 
 
 def load_teachers(configs: Sequence[TeacherConfig], device: torch.device | str = "cpu") -> list[Teacher]:
@@ -189,12 +188,8 @@ class DistillationLoss(nn.Module):
         self.teachers_spec = [(int(e), [int(d) for d in dims], float(w)) for e, dims, w in teachers_spec]
         self.weights = weights
         for index, (_, dims, weight) in enumerate(self.teachers_spec):
-            missing = [d for d in dims if d not in self.student_dims]
-            if missing:
-                raise ValueError(f"distill.teachers[{index}].dims: {missing} not in the student's dims "
-                                 f"{self.student_dims} (model.mrl_dims)")
-            if weight < 0:
-                raise ValueError(f"distill.teachers[{index}].weight must be >= 0, got {weight}")
+            require(teacher_dims_problem(dims, self.student_dims), f"distill.teachers[{index}].dims")
+            require(weight_problem(weight), f"distill.teachers[{index}].weight")
         self.adapters = (DistillationAdapters([(e, dims) for e, dims, _ in self.teachers_spec])
                          if weights.embedding > 0 else None)
         if weights.aam > 0:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from ..config import Config, ConfigError
 from ..data.audio import SAMPLE_RATE
-from ..data.augment import AugmentConfig
+from ..config import AugmentConfig
+from ..data.augment import check_augment_sources
 from ..data.features import (
     FEATURES_FORMAT, FEATURES_MANIFEST, crop_batches, feature_file_name, read_feature_file, trunk_fingerprint,
     write_feature_file, write_manifest,
@@ -129,8 +130,9 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
         output.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output / PLAN_FILE, {"format": FEATURES_FORMAT, **fields})
     accelerator.wait_for_everyone()
-    augment = (AugmentConfig.from_dict(dataclasses.asdict(cfg.data.augment), "data.augment")
-               if cfg.data.augment.active else None)
+    augment = cfg.data.augment if cfg.data.augment.active else None
+    if augment is not None:
+        check_augment_sources(augment)
 
     start = time.perf_counter()
     skips = SkipCounter(f"feature cache rank {rank}")

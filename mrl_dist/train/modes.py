@@ -22,7 +22,6 @@ from torch import nn
 from ..config import Config
 from ..losses import MatryoshkaAAMLoss
 from .distill import (
-    DistillationLoss,
     Teacher,
     TeacherEmbeddingCache,
     build_distillation_loss,
@@ -32,14 +31,8 @@ from .distill import (
     teacher_cache_dir,
     teacher_embeddings,
 )
-from ..models import (
-    PRESETS,
-    ReDimNet,
-    ReDimNetMRL,
-    build_preset,
-    load_pretrained,
-    save_official_checkpoint,
-)
+from ..models import ReDimNet, ReDimNetMRL, save_official_checkpoint
+from ..models.loading import load_model_source, names_a_file
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +65,11 @@ class TrainModule(nn.Module):
         # data.features: inputs are the frozen trunk's cached pooled features [B, P], not waves.
         self.from_features = False
 
-    def forward(self, inputs: torch.Tensor, label: torch.Tensor):
-        """`inputs`: wave [B, T] float32 16 kHz, or pooled features [B, P] with `from_features`."""
+    def forward(self, inputs: torch.Tensor, label: torch.Tensor, **loss_inputs):
+        """`inputs`: wave [B, T] float32 16 kHz, or pooled features [B, P] with `from_features`;
+        `loss_inputs`: what the mode adds for its loss (distill: `teacher_embeddings`)."""
         embedding = self.model.head(inputs) if self.from_features else self.model(inputs)
-        return self.loss(embedding, label)
+        return self.loss(embedding, labels=label, **loss_inputs)
 
     def train(self, mode: bool = True) -> "TrainModule":
         super().train(mode)
@@ -97,19 +91,16 @@ class TrainModule(nn.Module):
 
 def load_backbone(cfg: Config) -> ReDimNet:
     """The ReDimNet named by `model.backbone`: a checkpoint path, a pretrained preset, or random."""
-    source, pretrained = cfg.model.backbone, cfg.model.pretrained
-    if Path(source).exists():
-        return load_pretrained(source)
-    if source not in PRESETS:
-        raise FileNotFoundError(f"model.backbone: {source!r} is neither an existing checkpoint file nor a preset "
-                                f"({', '.join(PRESETS)})")
-    if pretrained is None:
-        return build_preset(source)
-    return load_pretrained(source, train_type=pretrained.train_type, dataset=pretrained.dataset)
+    pretrained = cfg.model.pretrained
+    try:
+        return load_model_source(cfg.model.backbone,
+                                 None if pretrained is None else (pretrained.train_type, pretrained.dataset))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"model.backbone: {err}") from None
 
 
 def backbone_is_pretrained(cfg: Config) -> bool:
-    return Path(cfg.model.backbone).exists() or cfg.model.pretrained is not None
+    return names_a_file(cfg.model.backbone) or cfg.model.pretrained is not None
 
 
 def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLoss:
@@ -143,26 +134,22 @@ def build_mrl_model(cfg: Config, pca_features: PooledFeatures | None, resuming: 
     if head_init != "random" and not backbone_is_pretrained(cfg):
         log.warning("model.head_init=%s on a randomly initialised backbone: using 'random'", head_init)
         head_init = "random"
-    pooled = None
+    # The head's weights come later when resuming (the checkpoint) or, for PCA, on every rank
+    # but rank 0 (its broadcast): build the structure and record the configured init.
+    pooled, weights_arrive_later = None, resuming
     if head_init == "pca" and not resuming:
         if pca_features is None:
             raise ValueError("model.head_init: pca needs training batches for its pooled features")
         pooled = pca_features(redimnet)
-        if pooled is None:
-            head_init = "pretrained"  # placeholder until rank 0's PCA head arrives
-        else:
+        weights_arrive_later = pooled is None
+        if pooled is not None:
             log.info("PCA head from %d pooled vectors", len(pooled))
-    elif head_init == "pca":
-        head_init, pooled = "random", None  # weights are about to be overwritten by the checkpoint
     # A random backbone's "native" embedding means nothing: keep it only when pretrained.
-    head_type = resolved_head_type(cfg)
-    if resuming and head_type == "rotation":
-        head_init = "pretrained"  # the same structure; the weights come from the checkpoint
     model = ReDimNetMRL.from_redimnet(redimnet, dims=cfg.model.mrl_dims, head_init=head_init,
                                       pooled_features=pooled, seed=cfg.seed,
-                                      keep_native=backbone_is_pretrained(cfg), head_type=head_type,
-                                      train_extra_dims=cfg.model.train_extra_dims)
-    model.head_init = cfg.model.head_init
+                                      keep_native=backbone_is_pretrained(cfg), head_type=resolved_head_type(cfg),
+                                      train_extra_dims=cfg.model.train_extra_dims,
+                                      weights_arrive_later=weights_arrive_later)
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
     elif model.native is not None:
@@ -172,13 +159,6 @@ def build_mrl_model(cfg: Config, pca_features: PooledFeatures | None, resuming: 
     return model
 
 
-class DistillTrainModule(TrainModule):
-    """`(wave, label, teacher_embeddings) -> (loss, stats)`: student + adapters + AAM weights."""
-
-    def forward(self, wave: torch.Tensor, label: torch.Tensor, teacher_embeddings: list[torch.Tensor]):
-        return self.loss(self.model(wave), teacher_embeddings, label)
-
-
 class Mode:
     """What a training mode builds and exports. Subclasses fill in the model-specific parts."""
 
@@ -186,11 +166,11 @@ class Mode:
     needs_labels = True
     fixed_crops = False
 
-    def __init__(self, cfg: Config, num_classes: int):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.num_classes = num_classes
 
-    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
+    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
+        """The TrainModule for `num_classes` training speakers (from the train manifest)."""
         raise NotImplementedError
 
     def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
@@ -226,9 +206,9 @@ class Mode:
 class MRLMode(Mode):
     name = "mrl"
 
-    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
+    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         model = build_mrl_model(self.cfg, pca_features, resuming)
-        return TrainModule(model, make_loss(self.cfg, model.dims, self.num_classes),
+        return TrainModule(model, make_loss(self.cfg, model.dims, num_classes),
                            freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
     def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
@@ -258,9 +238,9 @@ class MRLMode(Mode):
 class ClassifierMode(Mode):
     name = "classifier"
 
-    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
+    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         model = load_backbone(self.cfg)
-        return TrainModule(model, make_loss(self.cfg, [model.embed_dim], self.num_classes),
+        return TrainModule(model, make_loss(self.cfg, [model.embed_dim], num_classes),
                            freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
@@ -275,8 +255,8 @@ class DistillMode(MRLMode):
 
     name = "distill"
 
-    def __init__(self, cfg: Config, num_classes: int):
-        super().__init__(cfg, num_classes)
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
         self.needs_labels = cfg.distill.losses.aam > 0
         self.fixed_crops = cfg.distill.cache_teacher_embeddings
         self.teachers: list[Teacher] = []
@@ -287,13 +267,14 @@ class DistillMode(MRLMode):
                              "crop; turn data.augment off (noise_prob, reverb_prob 0, speed_perturb false) or "
                              "the cache off")
 
-    def build(self, pca_features: PooledFeatures | None, resuming: bool) -> DistillTrainModule:
+    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         student = build_mrl_model(self.cfg, pca_features, resuming)
         self.teachers = load_teachers(self.cfg.distill.teachers)
         weights = self.cfg.distill.losses
-        aam = make_loss(self.cfg, student.dims, self.num_classes) if weights.aam > 0 else None
-        return DistillTrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam),
-                                  freeze_bn_stats=self.cfg.training.freeze_bn_stats)
+        aam = make_loss(self.cfg, student.dims, num_classes) if weights.aam > 0 else None
+        # The TrainModule holds student, adapters and AAM weights; the teachers stay outside.
+        return TrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam),
+                           freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
     def place_on_device(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         for teacher in self.teachers:
@@ -317,10 +298,10 @@ class DistillMode(MRLMode):
 MODES: dict[str, type[Mode]] = {"mrl": MRLMode, "classifier": ClassifierMode, "distill": DistillMode}
 
 
-def make_mode(cfg: Config, num_classes: int) -> Mode:
+def make_mode(cfg: Config) -> Mode:
     if cfg.training.mode not in MODES:
         raise ValueError(f"training.mode: {cfg.training.mode!r} is not available here; modes: {sorted(MODES)}")
-    return MODES[cfg.training.mode](cfg, num_classes)
+    return MODES[cfg.training.mode](cfg)
 
 
 def describe_parameters(module: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Value rules of the run configuration: ranges, cross-field consistency. `validate` raises a
+`ConfigError` naming the key; the rules on Matryoshka dims are mrl_dist/dims.py's."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..dims import dim_weights_problem, dims_problem, teacher_dims_problem, weight_problem
+from .convert import ConfigError
+from .schema import Config
+
+
+_POSITIVE = (
+    "model.pca_batches", "data.crop_seconds", "data.feature_crops_per_utterance", "data.crops_per_speaker", "training.batch_size", "training.grad_accum",
+    "training.max_steps", "training.steps_per_epoch", "training.grad_clip", "training.max_bad_steps",
+    "training.optimizer.lr", "training.optimizer.backbone_lr_ratio", "training.schedule.gamma", "loss.scale", "loss.subcenters",
+    "validation.every_steps", "validation.max_seconds", "validation.batch_size",
+    "checkpoint.every_steps", "checkpoint.keep_last", "logging.every_steps",
+    "training.collective_timeout_minutes", "validation.timeout_minutes", "loss.class_init_batches",
+)
+_NON_NEGATIVE = (
+    "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",
+    "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin",
+    "distill.losses.embedding", "distill.losses.similarity", "distill.losses.aam",
+    "loss.margin_warmup_start", "loss.margin_warmup_steps",
+)
+_UNIT_INTERVAL = (
+    "data.augment.reverb_prob", "data.augment.noise_prob", "training.optimizer.momentum",
+    "training.schedule.min_lr_ratio",
+)
+_BEST_METRIC = re.compile(r"mean_eer|eer@(\d+)")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check(problem: str | None, key: str) -> None:
+    if problem:
+        raise ConfigError(key, problem)
+
+
+def validate(cfg: Config) -> None:
+    """Check values and cross-field consistency; raises ConfigError naming the key."""
+    for keys, ok, rule in (
+        (_POSITIVE, lambda v: v > 0, "must be > 0"),
+        (_NON_NEGATIVE, lambda v: v >= 0, "must be >= 0"),
+        (_UNIT_INTERVAL, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ):
+        for key in keys:
+            value = _get(cfg, key)
+            if value is not None and not ok(value):
+                raise ConfigError(key, f"{rule}, got {value!r}")
+
+    dims = cfg.model.mrl_dims
+    _check(dims_problem(dims), "model.mrl_dims")
+    if cfg.loss.dim_weights is not None:
+        _check(dim_weights_problem(cfg.loss.dim_weights, dims), "loss.dim_weights")
+    augment = cfg.data.augment
+    for name in ("noise", "speech", "music"):
+        snr = getattr(augment.noise_snr, name)
+        if len(snr) != 2 or snr[0] > snr[1]:
+            raise ConfigError(f"data.augment.noise_snr.{name}", f"must be [low, high] dB, low <= high; got {snr}")
+        count = getattr(augment.noise_count, name)
+        if len(count) != 2 or count[0] < 1 or count[0] > count[1]:
+            raise ConfigError(f"data.augment.noise_count.{name}", f"must be [low, high] clips, 1 <= low <= high; "
+                                                                 f"got {count}")
+    for prob, folder in (("noise_prob", "noise_dir"), ("reverb_prob", "rir_dir")):
+        if getattr(augment, prob) > 0 and getattr(augment, folder) is None:
+            raise ConfigError(
+                f"data.augment.{prob}", f"is > 0 but data.augment.{folder} is null; set the folder or the probability to 0"
+            )
+
+    training = cfg.training
+    if cfg.data.features is not None and (training.mode != "mrl" or not training.freeze_backbone
+                                          or training.unfreeze_after_steps is not None):
+        raise ConfigError("data.features", "cached trunk features need training.mode: mrl with a trunk frozen for "
+                                           "the whole run (freeze_backbone: true, unfreeze_after_steps: null)")
+    if training.unfreeze_after_steps is not None and not training.freeze_backbone:
+        raise ConfigError(
+            "training.unfreeze_after_steps", "is set but training.freeze_backbone is false; nothing to unfreeze"
+        )
+
+    match = _BEST_METRIC.fullmatch(cfg.checkpoint.best_metric)
+    if match is None:
+        raise ConfigError("checkpoint.best_metric", f"must be mean_eer or eer@<dim>; got {cfg.checkpoint.best_metric!r}")
+    if match.group(1) is not None and int(match.group(1)) not in dims:
+        raise ConfigError("checkpoint.best_metric", f"dim {match.group(1)} is not in model.mrl_dims {dims}")
+
+    for i, teacher in enumerate(cfg.distill.teachers):
+        key = f"distill.teachers[{i}]"
+        _check(teacher_dims_problem(teacher.dims, dims), f"{key}.dims")
+        _check(weight_problem(teacher.weight), f"{key}.weight")
+    if training.mode == "distill" and not cfg.distill.teachers:
+        raise ConfigError("training.mode", "is 'distill' but distill.teachers is empty")
