@@ -21,8 +21,8 @@ Decay = Literal["cosine", "exponential", "none"]
 @dataclass
 class PretrainedConfig:
     """Which official ReDimNet weights to start from."""
-    train_type: str = "ft_lm"
-    dataset: str = "vox2"
+    train_type: str | None = None  # null: the family's default (ReDimNet ft_lm, ReDimNet2 lm)
+    dataset: str | None = None  # null: vox2
 
 @dataclass
 class ModelConfig:
@@ -172,8 +172,8 @@ class LoggingConfig:
 class TeacherConfig:
     source: str  # preset name or checkpoint path
     dims: list[int]  # student dims (from model.mrl_dims) this teacher supervises
-    train_type: str = "ft_lm"
-    dataset: str = "vox2"
+    train_type: str | None = None  # null: the family's default (ReDimNet ft_lm, ReDimNet2 lm)
+    dataset: str | None = None  # null: vox2
     weight: float = 1.0
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The trunk's inference form: a frozen, eval-only copy of ReDimNet / ReDimNetMRL that runs faster.
+"""The trunk's inference form: a frozen, eval-only copy of ReDimNet / ReDimNet2 / ReDimNetMRL
+that runs faster (ReDimNet2 gets the same rewrites; its GroupNorms, upsampling and TF-style
+front-end stay as they are).
 
 Everything that only reads the trunk (validation, pooled-feature caching, evaluation, teachers in
 distillation, embedding extraction) can run `inference_form(model)` instead of `model.eval()`:
@@ -79,6 +81,7 @@ from .layers import (
 )
 from .heads import NativeHead
 from .mrl import ReDimNetMRL
+from .redimnet2 import ReDimNet2
 from .pooling import AttentiveStatsPooling
 from .redimnet import ReDimNet, TimeContextBlock
 
@@ -104,8 +107,8 @@ def inference_form(model: nn.Module, *, channels_last: bool = True, compile: boo
     `channels_last=False` keeps the plain layouts (folding and the other rewrites still apply);
     `compile=True` wraps the backbone and the pooling in `torch.compile`.
     """
-    if not isinstance(model, (ReDimNet, ReDimNetMRL)):
-        raise TypeError(f"inference_form: expected a ReDimNet or ReDimNetMRL, got {type(model).__name__}")
+    if not isinstance(model, (ReDimNet, ReDimNet2, ReDimNetMRL)):
+        raise TypeError(f"inference_form: expected a ReDimNet, ReDimNet2 or ReDimNetMRL, got {type(model).__name__}")
     form = copy.deepcopy(model)
     form.eval()
     for param in form.parameters():
@@ -191,7 +194,7 @@ def _fold_batchnorms(model: nn.Module) -> None:
                 if isinstance(first, _CONVS) and isinstance(second, _BATCHNORMS):
                     _fold_into(first, *_bn_affine(second))
                     module._modules[name] = nn.Identity()
-        elif isinstance(module, (ReDimNet, NativeHead)) and isinstance(module.bn2, nn.BatchNorm1d):
+        elif isinstance(module, (ReDimNet, ReDimNet2, NativeHead)) and isinstance(module.bn2, nn.BatchNorm1d):
             _fold_into(module.linear, *_bn_affine(module.bn2))
             module.bn2 = nn.Identity()
 
@@ -389,8 +392,9 @@ def _to_fast_layouts(form: nn.Module) -> None:
                     parent._modules[name] = _PointwiseConv1d(child, time_major=True)
                 elif _zero_padded(child):
                     parent._modules[name] = _ChannelsLastConv1d(child)
-    # Pooling and mfa: 1x1 convolutions as matrix products, contiguous output.
-    for parent in [form.pool, form.backbone.mfa, *form.backbone.mfa.modules()]:
+    # Pooling and ReDimNet's mfa: 1x1 convolutions as matrix products, contiguous output.
+    mfa = getattr(form.backbone, "mfa", nn.Identity())
+    for parent in [form.pool, mfa, *mfa.modules()]:
         for name, child in list(parent._modules.items()):
             if _pointwise(child):
                 parent._modules[name] = _PointwiseConv1d(child, time_major=False)

@@ -1,7 +1,8 @@
-"""Official-format ReDimNet checkpoints: safe reading, key mapping, lookup and download.
+"""Official-format ReDimNet and ReDimNet2 checkpoints: safe reading, key mapping, lookup, download.
 
-An official file is a dict `{"model_config": {...ReDimNetWrap kwargs...}, "state_dict": {...}}`,
-named `{model}-{dataset}-{train_type}.pt` (e.g. `b2-vox2-ft_lm.pt`). Files are only ever read
+An official file is a dict `{"model_config": {...ReDimNetWrap or ReDimNet2Wrap kwargs...},
+"state_dict": {...}}`, named `{model}-{dataset}-{train_type}.pt` (e.g. `b2-vox2-ft_lm.pt`,
+ReDimNet2's `b6-vb2+vox2_v0-lm.pt`); `model_family` tells the two apart by the config. Files are only ever read
 with `torch.load(..., weights_only=True)`: a checkpoint is data, never code.
 
 Module names here equal the official ones except the front-end's constant buffers, which the
@@ -19,12 +20,19 @@ from typing import Any, Mapping
 
 import torch
 
-from .presets import OFFICIAL_PRESETS, PRESETS, build_preset
+from .presets import OFFICIAL_PRESETS, PRESETS, REDIMNET2_PRETRAINED, build_preset
 from .redimnet import ReDimNet
+from .redimnet2 import REDIMNET2_ONLY_KEYS, ReDimNet2
 
 CHECKPOINT_URL = "https://github.com/IDRnD/ReDimNet/releases/download/latest/{file}"
+REDIMNET2_CHECKPOINT_URL = "https://github.com/PalabraAI/redimnet2/releases/download/v1.0.0/{file}"
 CHECKPOINT_DIR_ENV = "MRL_DIST_CHECKPOINTS"
-CHECKPOINT_URL_ENV = "MRL_DIST_CHECKPOINT_URL"  # override the URL template (mirrors, tests)
+CHECKPOINT_URL_ENV = "MRL_DIST_CHECKPOINT_URL"  # override the ReDimNet URL template (mirrors, tests)
+REDIMNET2_CHECKPOINT_URL_ENV = "MRL_DIST_REDIMNET2_URL"  # the same for ReDimNet2
+REDIMNET2_PREFIX = "redimnet2-"
+# Default (train_type, dataset) of a name: ReDimNet's best files are fine-tuned large-margin ones,
+# ReDimNet2 releases "lm" (large margin) and "ptn" (pre-training).
+DEFAULT_WEIGHTS = {"redimnet": ("ft_lm", "vox2"), "redimnet2": ("lm", "vox2")}
 OFFLINE_ENV = "MRL_DIST_OFFLINE"  # "1": never try a download
 
 OFFICIAL_TO_LOCAL = {
@@ -32,6 +40,10 @@ OFFICIAL_TO_LOCAL = {
     "spec.torchfbank.2.spectrogram.window": "spec.window",
     "spec.torchfbank.2.mel_scale.fb": "spec.mel_filterbank",
     "spec.spec_norm.": "spec.spec_norm_bn.",  # prefix: the optional BatchNorm spec_norm
+    # ReDimNet2's TF-style front-end (frontend_tf.py)
+    "spec.torchfbank.2.real_kernel_pt": "spec.dft_real",
+    "spec.torchfbank.2.image_kernel_pt": "spec.dft_imag",
+    "spec.torchfbank.2.melbanks_pt": "spec.mel_weights",
 }
 LOCAL_TO_OFFICIAL = {local: official for official, local in OFFICIAL_TO_LOCAL.items()}
 
@@ -85,11 +97,28 @@ def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
     return payload
 
 
-def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet:
-    """Build the ReDimNet of an official-format file and load its weights exactly, in eval mode."""
+def model_family(model_config: Mapping[str, Any]) -> str:
+    """"redimnet2" or "redimnet": which official code a `model_config` belongs to. ReDimNet2's
+    carry keys ReDimNet's never do (`causal`, `dual_agg`, `agg_gnorm`, ...) and give each stage a
+    (frequency, time) stride pair where ReDimNet gives one number."""
+    stages = model_config.get("stages_setup") or [[None]]
+    if REDIMNET2_ONLY_KEYS & set(model_config) or isinstance(stages[0][0], (list, tuple)):
+        return "redimnet2"
+    return "redimnet"
+
+
+def build_model(model_config: Mapping[str, Any]) -> ReDimNet | ReDimNet2:
+    """The randomly initialised model of either family that `model_config` describes."""
+    family = ReDimNet2 if model_family(model_config) == "redimnet2" else ReDimNet
+    return family(**model_config)
+
+
+def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet | ReDimNet2:
+    """Build the model of an official-format file (ReDimNet or ReDimNet2, from its `model_config`)
+    and load its weights exactly, in eval mode."""
     payload = read_checkpoint(path)
     try:
-        model = ReDimNet(**payload["model_config"])
+        model = build_model(payload["model_config"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: {err}") from err
     result = model.load_state_dict(official_to_local(payload["state_dict"]), strict=False)
@@ -126,27 +155,43 @@ def save_official_checkpoint(model: ReDimNet, path: str | os.PathLike) -> Path:
 
 
 def checkpoint_filename(name: str, dataset: str = "vox2", train_type: str = "ft_lm") -> str:
-    return f"{name}-{dataset}-{train_type}.pt"
+    """`b2-vox2-ft_lm.pt`: the official file name (ReDimNet2's drop the `redimnet2-` prefix)."""
+    return f"{name.removeprefix(REDIMNET2_PREFIX)}-{dataset}-{train_type}.pt"
 
 
-def checkpoint_search_dirs() -> list[Path]:
-    """Folders searched for official files, in order: $MRL_DIST_CHECKPOINTS, torch hub's cache."""
+def checkpoint_search_dirs(family: str = "redimnet") -> list[Path]:
+    """Folders searched for official files, in order: $MRL_DIST_CHECKPOINTS, torch hub's cache.
+    ReDimNet2 files (whose names can equal ReDimNet's) are looked for in a `redimnet2/`
+    subfolder of each first, and downloaded into hub's `checkpoints/redimnet2/`."""
     dirs = [Path(p) for p in os.environ.get(CHECKPOINT_DIR_ENV, "").split(os.pathsep) if p]
-    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
-    return dirs
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if family == "redimnet2":
+        return [d for folder in dirs for d in (folder / "redimnet2", folder)] + [hub / "redimnet2"]
+    return dirs + [hub]
 
 
-def resolve_checkpoint(name: str, *, dataset: str = "vox2", train_type: str = "ft_lm",
+def default_weights(name: str, train_type: str | None = None, dataset: str | None = None) -> tuple[str, str]:
+    """(train_type, dataset) of a pretrained name, the family's defaults filling what is None."""
+    default_type, default_dataset = DEFAULT_WEIGHTS["redimnet2" if name.startswith(REDIMNET2_PREFIX) else "redimnet"]
+    return train_type or default_type, dataset or default_dataset
+
+
+def resolve_checkpoint(name: str, *, dataset: str | None = None, train_type: str | None = None,
                        download: bool | None = None) -> Path:
-    """Find `{name}-{dataset}-{train_type}.pt` locally, else download it into torch hub's cache."""
+    """Find `{name}-{dataset}-{train_type}.pt` locally, else download it into torch hub's cache.
+    `name` is a ReDimNet preset (`b2`) or a ReDimNet2 one (`redimnet2-b6`)."""
+    family = "redimnet2" if name.startswith(REDIMNET2_PREFIX) else "redimnet"
+    train_type, dataset = default_weights(name, train_type, dataset)
     filename = checkpoint_filename(name, dataset, train_type)
-    searched = checkpoint_search_dirs()
+    searched = checkpoint_search_dirs(family)
     for folder in searched:
         if (folder / filename).is_file():
             return folder / filename
     if download is None:
         download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
-    url = os.environ.get(CHECKPOINT_URL_ENV, CHECKPOINT_URL).format(file=filename)
+    template = (os.environ.get(REDIMNET2_CHECKPOINT_URL_ENV, REDIMNET2_CHECKPOINT_URL) if family == "redimnet2"
+                else os.environ.get(CHECKPOINT_URL_ENV, CHECKPOINT_URL))
+    url = template.format(file=filename)
     where = ", ".join(str(d) for d in searched)
     hint = (f"Put {filename} into one of those folders (or point ${CHECKPOINT_DIR_ENV} at its folder), "
             "or pass the file's path instead of a preset name.")
@@ -171,22 +216,31 @@ def names_a_file(source: str | os.PathLike) -> bool:
     return Path(text).exists() or Path(text).suffix == ".pt" or os.sep in text
 
 
-def load_pretrained(source: str | os.PathLike, *, train_type: str = "ft_lm", dataset: str = "vox2") -> ReDimNet:
-    """An official ReDimNet in eval mode: `model(wave [B, T] float32 16 kHz) -> [B, embed_dim]`.
+def load_pretrained(source: str | os.PathLike, *, train_type: str | None = None,
+                    dataset: str | None = None) -> ReDimNet | ReDimNet2:
+    """An official model in eval mode: `model(wave [B, T] float32 16 kHz) -> [B, embed_dim]`.
 
-    `source` is a path to an official-format file, or a preset name (`b0`..`b6`, `M`) resolved as
-    `{name}-{dataset}-{train_type}.pt` in $MRL_DIST_CHECKPOINTS, then torch hub's checkpoint
-    cache, then downloaded from the official release (progress bar; never when
-    $MRL_DIST_OFFLINE=1).
+    `source` is a path to an official-format file of either family (recognised from its
+    `model_config`, see `model_family`), a ReDimNet name (`b0`..`b6`, `M`; default weights
+    `ft_lm` on `vox2`) or a ReDimNet2 name (`redimnet2-b0`..`redimnet2-b6`; default `lm` on
+    `vox2`, e.g. `train_type="lm", dataset="vb2+vox2_v0"`). A name resolves as
+    `{model}-{dataset}-{train_type}.pt` in $MRL_DIST_CHECKPOINTS, then torch hub's checkpoint
+    cache, then the family's official release (progress bar; never when $MRL_DIST_OFFLINE=1).
     """
     text = os.fspath(source)
     if names_a_file(text):
         return load_official_checkpoint(text)
-    if text not in OFFICIAL_PRESETS:
-        known = f"pretrained presets: {', '.join(OFFICIAL_PRESETS)}"
+    if text not in OFFICIAL_PRESETS and text not in REDIMNET2_PRETRAINED:
+        known = f"pretrained names: {', '.join(OFFICIAL_PRESETS + REDIMNET2_PRETRAINED)}"
         raise CheckpointError(f"preset {text!r} has no official pretrained weights; {known}" if text in PRESETS
                               else f"{text}: neither an existing checkpoint file nor a preset name ({known})")
-    return load_official_checkpoint(resolve_checkpoint(text, dataset=dataset, train_type=train_type))
+    path = resolve_checkpoint(text, dataset=dataset, train_type=train_type)
+    model = load_official_checkpoint(path)
+    wanted = "redimnet2" if text in REDIMNET2_PRETRAINED else "redimnet"
+    if model_family(model.model_config) != wanted:
+        raise CheckpointError(f"{path}: asked for {text!r} but the file holds a {model_family(model.model_config)} "
+                              f"model; move it out of the way or pass the intended file's path")
+    return model
 
 
 def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | None) -> ReDimNet:
@@ -197,5 +251,5 @@ def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | N
             raise FileNotFoundError(f"{os.fspath(source)!r} is neither an existing checkpoint file nor a preset "
                                     f"({', '.join(PRESETS)})")
         return build_preset(os.fspath(source))
-    train_type, dataset = pretrained or ("ft_lm", "vox2")
+    train_type, dataset = pretrained or (None, None)
     return load_pretrained(source, train_type=train_type, dataset=dataset)

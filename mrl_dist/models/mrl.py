@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import HEAD_INITS, HEAD_TYPES
 from .heads import MatryoshkaHead, NativeHead
-from .loading import atomic_save, official_state_dict, official_to_local, read_checkpoint
+from .loading import atomic_save, build_model, official_state_dict, official_to_local, read_checkpoint
 from .redimnet import ReDimNet
 from .rotation_head import RotationHead
 
@@ -40,7 +40,7 @@ class ReDimNetMRL(nn.Module):
                  keep_native: bool = True, head_init: str = "random"):
         """Architecture only (random weights); use `from_redimnet` / `from_checkpoint` to fill it."""
         super().__init__()
-        redimnet = ReDimNet(**model_config)
+        redimnet = build_model(model_config)  # ReDimNet or ReDimNet2, from the config
         self.model_config = redimnet.model_config
         self.embed_dim = redimnet.embed_dim
         self.spec, self.backbone, self.pool = redimnet.spec, redimnet.backbone, redimnet.pool
@@ -159,9 +159,8 @@ class ReDimNetMRL(nn.Module):
 
     # ------------------------------------------------------------------ freezing
     def trunk_module_names(self) -> list[str]:
-        names = ["backbone.stem", *[f"backbone.{s}" for s in self.backbone.stage_names()],
-                 "backbone.fin_wght1d", "backbone.mfa", "pool"]
-        if self.spec.spec_norm_bn is not None:
+        names = [*[f"backbone.{part}" for part in self.backbone.part_names()], "pool"]
+        if getattr(self.spec, "spec_norm_bn", None) is not None:
             names.insert(0, "spec.spec_norm_bn")
         if self.native is not None:
             names.append("native")
@@ -225,7 +224,8 @@ class ReDimNetMRL(nn.Module):
     def pooled(self, wave: torch.Tensor) -> torch.Tensor:
         """`wave [B, T]` -> `[B, P]`; without autograd when the whole trunk is frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
-            return self.pool(self.backbone(self.spec(wave).unsqueeze(1)))
+            mel = self.spec(self.backbone.pad_wave(wave))
+            return self.pool(self.backbone.pool_input(self.backbone(mel.unsqueeze(1))))
 
     def forward(self, wave: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         """`wave [B, T]` float32 16 kHz -> `[B, dim or max_dim]`."""

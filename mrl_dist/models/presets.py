@@ -1,8 +1,10 @@
-"""Model configurations: the official ReDimNet family (b0-b6, M) and a `tiny` CPU model.
+"""Model configurations: the official ReDimNet family (b0-b6, M), ReDimNet2's public B3 and B6,
+and a `tiny` CPU model of each family.
 
-The official configurations are WeSpeaker's public ReDimNet presets; an official checkpoint
-carries its own `model_config`, which always wins over these. Parameter counts are pinned in
-tests against the official state-dict shapes.
+The ReDimNet configurations are WeSpeaker's public presets; ReDimNet2's are its official
+VoxCeleb2 recipes (B3, B6). An official checkpoint carries its own `model_config`, which always
+wins over these; ReDimNet2's other sizes (b0-b2, b4, b5) come from their files alone. Parameter
+counts are pinned in tests against the official state-dict shapes.
 """
 
 from __future__ import annotations
@@ -63,19 +65,49 @@ _FAMILY = {
                  stages_setup=_stages((1, 1, 1, 8), (2, 1, 1, 8), (2, 1, 1, 4))),
 }
 
+def _v2_stages(*rows: tuple) -> list:
+    """Rows `((freq_stride, time_stride), num_blocks, conv_exp, att_reduction)`, 3x3 2D kernels."""
+    return [[list(stride), blocks, expansion, [[3, 3]], reduction] for stride, blocks, expansion, reduction in rows]
+
+
+_V2_COMMON = {
+    "F": 72, "causal": "none", "spec_in_channels": 1, "block_1d_type": "conv+att", "block_2d_type": "basic_resnet",
+    "compress_tconvs": True, "return_2d_output": True, "fm_weigthing_type": "NC", "group_divisor": 1,
+    "agg_gnorm": True, "embed_dim": 192, "hop_length": 160, "pooling_func": "ASTP", "feat_type": "tf",
+    "global_context_att": True, "emb_bn": False,
+    "spec_params": {"do_preemph": True, "do_spec_aug": False, "norm_signal": True},
+}
+
+_V2_FAMILY = {
+    # The recipes' B3 (the wrapper's default stages) and B6 (vox2/recipes/redimnet2/b6/lm.yaml).
+    "redimnet2-b3": dict(C=24, stages_setup=_v2_stages(((1, 1), 2, 4, 24), ((2, 1), 3, 3, 24), ((1, 2), 4, 2, 24),
+                                                       ((2, 1), 5, 1, 24), ((1, 2), 4, 1, 24), ((2, 1), 3, 1, 24))),
+    "redimnet2-b6": dict(C=64, out_channels=224,
+                         stages_setup=_v2_stages(((1, 1), 3, 3, 64), ((2, 1), 4, 2, 64), ((1, 2), 5, 2, 48),
+                                                 ((2, 1), 5, 1, 48), ((1, 2), 4, 0.75, 32), ((2, 1), 3, 0.5, 24))),
+    # CPU demos and tests: 32 mel bins, 8 channels, three stages, the TF-style (exportable) front-end.
+    "redimnet2-tiny": dict(F=32, C=8, stages_setup=_v2_stages(((1, 1), 1, 2, 8), ((2, 1), 1, 1, 8), ((1, 2), 1, 1, 4))),
+}
+
 OFFICIAL_PRESETS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "M")
-PRESETS = OFFICIAL_PRESETS + ("tiny",)
+# ReDimNet2 names with official weights (load_pretrained resolves each; configs come from the files).
+REDIMNET2_PRETRAINED = tuple(f"redimnet2-b{i}" for i in range(7))
+REDIMNET2_PRESETS = tuple(_V2_FAMILY)
+PRESETS = OFFICIAL_PRESETS + ("tiny",) + REDIMNET2_PRESETS
 
 
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The `model_config` dict of a preset (official keyword arguments), with optional overrides."""
+    if name in _V2_FAMILY:
+        return copy.deepcopy({**_V2_COMMON, **_V2_FAMILY[name], **overrides})
     if name not in _FAMILY:
-        raise ValueError(f"unknown ReDimNet preset {name!r}; presets: {', '.join(PRESETS)}")
+        hint = " (its configuration comes from the official file: load_pretrained)" if name in REDIMNET2_PRETRAINED else ""
+        raise ValueError(f"unknown preset {name!r}{hint}; presets: {', '.join(PRESETS)}")
     return copy.deepcopy({**_COMMON, **_FAMILY[name], **overrides})
 
 
 def build_preset(name: str, **overrides: Any):
-    """A randomly initialised ReDimNet of a preset, in training mode."""
-    from .redimnet import ReDimNet
+    """A randomly initialised model (ReDimNet or ReDimNet2) of a preset, in training mode."""
+    from .loading import build_model
 
-    return ReDimNet(**preset_config(name, **overrides))
+    return build_model(preset_config(name, **overrides))

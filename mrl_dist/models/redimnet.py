@@ -222,6 +222,17 @@ class ReDimNetBackbone(nn.Module):
     def stage_names(self) -> list[str]:
         return [f"stage{i}" for i in range(self.num_stages)]
 
+    def part_names(self) -> list[str]:
+        """Every part with weights, in order: what can be frozen or unfrozen by name."""
+        return ["stem", *self.stage_names(), "fin_wght1d", "mfa"]
+
+    # The wrapper's steps around the backbone (ReDimNet2's are not identities; see redimnet2.py).
+    def pad_wave(self, wave: torch.Tensor) -> torch.Tensor:
+        return wave
+
+    def pool_input(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
     def forward(self, mel: torch.Tensor, return_all_outputs: bool = False):
         outputs = [self.stem(mel)]
         for name in self.stage_names():

@@ -36,7 +36,7 @@ from mrl_dist.config import DistillLossesConfig, TeacherConfig
 from mrl_dist.dims import require, teacher_dims_problem, weight_problem
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import CheckpointError, inference_form, load_pretrained
-from mrl_dist.models.loading import atomic_save, names_a_file
+from mrl_dist.models.loading import atomic_save, default_weights, names_a_file
 
 UNLABELLED = -1  # label of a sample from an unlabelled shard
 
@@ -76,7 +76,10 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
 def teacher_name(cfg: TeacherConfig) -> str:
     """`b2-vox2-ft_lm` for a preset; the file stem for a checkpoint path (its name says it all)."""
     source = os.fspath(cfg.source)
-    return Path(source).stem if names_a_file(source) else f"{source}-{cfg.dataset}-{cfg.train_type}"
+    if names_a_file(source):
+        return Path(source).stem
+    train_type, dataset = default_weights(source, cfg.train_type, cfg.dataset)
+    return f"{source}-{dataset}-{train_type}"
 
 
 def load_teachers(configs: Sequence[TeacherConfig], device: torch.device | str = "cpu") -> list[Teacher]:
