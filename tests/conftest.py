@@ -137,3 +137,17 @@ def packed(corpus, make_shards, tmp_path_factory) -> Path:
     make_shards.pack_split([corpus.root], output, "train", trials=corpus.trials, workers=1,
                            shard_size_mb=0.1, progress=False)
     return output / "train.manifest.json"
+
+
+@pytest.fixture
+def isolated_hub(tmp_path, monkeypatch):
+    """Empty torch hub cache, no $MRL_DIST_CHECKPOINTS and no URL overrides, so checkpoint lookups
+    only see what a test puts there. Yields hub's `checkpoints` folder."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for env in ("MRL_DIST_CHECKPOINTS", "MRL_DIST_CHECKPOINT_URL", "MRL_DIST_REDIMNET2_URL", "MRL_DIST_OFFLINE"):
+        monkeypatch.delenv(env, raising=False)
+    torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
+    yield tmp_path / "torch_home" / "hub" / "checkpoints"
+    torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))

@@ -1,6 +1,5 @@
 """Checkpoint files are found, downloaded, and read safely; failures say what and where."""
 
-import os
 
 import pytest
 import torch
@@ -12,18 +11,6 @@ from mrl_dist.models.loading import save_official_checkpoint
 
 class NotAWeight:
     """Pickling an instance of this class makes a file that needs code to load."""
-
-
-@pytest.fixture
-def isolated_hub(tmp_path, monkeypatch):
-    """Empty torch hub cache and no $MRL_DIST_CHECKPOINTS, so lookups only see what a test puts there."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("MRL_DIST_CHECKPOINTS", raising=False)
-    monkeypatch.delenv("MRL_DIST_CHECKPOINT_URL", raising=False)
-    monkeypatch.delenv("MRL_DIST_OFFLINE", raising=False)
-    torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
-    yield tmp_path / "torch_home" / "hub" / "checkpoints"
-    torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
 
 
 def test_pickle_that_needs_code_is_refused(tmp_path):
