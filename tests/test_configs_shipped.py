@@ -10,6 +10,7 @@ import yaml
 
 from mrl_dist.config import load_config
 from mrl_dist.models import PRESETS
+from mrl_dist.models.presets import REDIMNET2_PRETRAINED
 from mrl_dist.tools.bench import bench_config, measure_throughput
 from mrl_dist.tools.memory import (
     GPU_TARGETS,
@@ -32,8 +33,9 @@ def test_every_gpu_target_has_its_config_file():
 
 
 def is_known_model(source: str) -> bool:
-    """A preset, or the checkpoint an earlier run writes (the CPU demo's runs/demo/classifier/best.pt)."""
-    return source in PRESETS or (source.startswith("runs/") and source.endswith(".pt"))
+    """A preset, a ReDimNet2 name with official weights, or the checkpoint an earlier run writes
+    (the CPU demo's runs/demo/classifier/best.pt)."""
+    return source in PRESETS or source in REDIMNET2_PRETRAINED or (source.startswith("runs/") and source.endswith(".pt"))
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)

@@ -1,6 +1,5 @@
 """Checkpoint files are found, downloaded, and read safely; failures say what and where."""
 
-
 import pytest
 import torch
 

@@ -211,9 +211,10 @@ def resolve_checkpoint(name: str, *, dataset: str | None = None, train_type: str
 def names_a_file(source: str | os.PathLike) -> bool:
     """Whether a model source (`model.backbone`, `distill.teachers[i].source`) is a checkpoint
     path rather than a preset name: an existing file is; so is a missing one that looks like a
-    path (a `.pt` suffix or a folder in it), which is then reported as a missing file."""
+    path (a `.pt` suffix or a folder in it), which is then reported as a missing file. A folder
+    that happens to carry a preset's name (say a run folder `tiny/`) does not."""
     text = os.fspath(source)
-    return Path(text).exists() or Path(text).suffix == ".pt" or os.sep in text
+    return Path(text).is_file() or Path(text).suffix == ".pt" or os.sep in text
 
 
 def load_pretrained(source: str | os.PathLike, *, train_type: str | None = None,
