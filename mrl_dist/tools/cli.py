@@ -133,7 +133,7 @@ def parse_bench_inference_args(argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each form")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each form first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--mrl", action="store_true", help="ReDimNetMRL (dims 32/64/192) instead of ReDimNet")
+    parser.add_argument("--mrl", action="store_true", help="ReDimNetMRL (dims 32/64/192) instead of the plain model")
     parser.add_argument("--no-channels-last", action="store_true", help="inference_form(channels_last=False)")
     parser.add_argument("--compile", action="store_true", help="inference_form(compile=True)")
     return parser.parse_args(argv)
@@ -165,7 +165,8 @@ def bench_inference_main(argv: list[str] | None = None) -> int:
     timing = measure_inference(args.preset, args.batch_size, args.seconds, args.repeats, args.warmup,
                                mrl=args.mrl, channels_last=not args.no_channels_last, compile=args.compile)
     best, median = timing.best, timing.median
-    kind = "ReDimNetMRL" if args.mrl else "ReDimNet"
+    family = "ReDimNet2" if args.preset.startswith("redimnet2") else "ReDimNet"
+    kind = f"ReDimNetMRL ({family})" if args.mrl else family
     print(f"max |plain - form| = {timing.difference:.2e}; inference_form built in {timing.build_s:.2f} s")
     print("| preset | model | batch | seconds | plain ms/batch (best / median) | "
           "inference form ms/batch (best / median) | speed-up (best) |")
