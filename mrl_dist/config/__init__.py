@@ -14,6 +14,8 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "PretrainedConfig": "schema",
     "ModelConfig": "schema",
+    "FusionConfig": "schema",
+    "PTMFusionConfig": "schema",
     "NoiseSnrConfig": "schema",
     "AugmentConfig": "schema",
     "DataConfig": "schema",

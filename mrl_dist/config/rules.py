@@ -18,12 +18,13 @@ _POSITIVE = (
     "validation.every_steps", "validation.max_seconds", "validation.batch_size",
     "checkpoint.every_steps", "checkpoint.keep_last", "logging.every_steps",
     "training.collective_timeout_minutes", "validation.timeout_minutes", "loss.class_init_batches",
+    "model.fusion.inject_stages", "model.fusion.group_size", "model.fusion.proj_kernel",
 )
 _NON_NEGATIVE = (
     "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",
     "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin",
     "distill.losses.embedding", "distill.losses.similarity", "distill.losses.aam",
-    "loss.margin_warmup_start", "loss.margin_warmup_steps",
+    "loss.margin_warmup_start", "loss.margin_warmup_steps", "model.fusion.distill_weight",
 )
 _UNIT_INTERVAL = (
     "data.augment.reverb_prob", "data.augment.noise_prob", "training.optimizer.momentum",
@@ -33,8 +34,11 @@ _BEST_METRIC = re.compile(r"mean_eer|eer@(\d+)")
 
 
 def _get(cfg: Config, key: str) -> Any:
+    """The value at a dotted key; None inside a section that is null (model.fusion)."""
     value = cfg
     for part in key.split("."):
+        if value is None:
+            return None
         value = getattr(value, part)
     return value
 
@@ -74,6 +78,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"data.augment.{prob}", f"is > 0 but data.augment.{folder} is null; set the folder or the probability to 0"
             )
+
+    fusion = cfg.model.fusion
+    if fusion is not None and fusion.proj_kernel is not None and fusion.proj_kernel % 2 == 0:
+        raise ConfigError("model.fusion.proj_kernel", f"must be odd (same padding), got {fusion.proj_kernel}")
 
     training = cfg.training
     if cfg.data.features is not None and (training.mode != "mrl" or not training.freeze_backbone

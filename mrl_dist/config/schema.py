@@ -25,6 +25,25 @@ class PretrainedConfig:
     dataset: str | None = None  # null: vox2
 
 @dataclass
+class PTMFusionConfig:
+    """SSRFNet's pretrained speech model; null keys keep the preset's."""
+    source: str | None = None  # a Hugging Face id (microsoft/wavlm-large) or a local folder
+    freeze: bool | None = None  # false: the PTM trains (only with student: none)
+
+@dataclass
+class FusionConfig:
+    """SSRFNet's fusion settings (models/ssrfnet.py); every key null keeps the preset's value."""
+    ptm: PTMFusionConfig | None = None
+    student: Literal["svmixer", "none"] | None = None  # none: the frozen PTM's states feed the backend
+    inject_stages: int | None = None  # the first N stages each take one merged layer group
+    group_size: int | None = None  # K layers per group
+    proj_kernel: int | None = None  # the PFM's Conv1d kernel
+    time_align: Literal["stride2_stem", "interpolate"] | None = None
+    distill_layers: list[int] | None = None  # teacher states the student learns to predict
+    distill_weight: float | None = None  # weight of that loss beside the speaker loss; 0: off
+    backend_checkpoint: str | None = None  # an official ReDimNet file for the backend (interpolate only)
+
+@dataclass
 class ModelConfig:
     backbone: str = "b2"  # preset name (b0..b6, ...) or path to an official-format checkpoint
     pretrained: PretrainedConfig | None = field(default_factory=PretrainedConfig)  # null: random init
@@ -40,6 +59,7 @@ class ModelConfig:
     # like the native embedding). Off by default: trained on the backbone's own speakers they add
     # noise on unseen ones (docs/benchmarks.md); worth trying on speakers the backbone never saw.
     train_extra_dims: bool = False
+    fusion: FusionConfig | None = None  # SSRFNet backbones only (model.backbone: ssrfnet, ssrfnet-tiny)
 
 @dataclass
 class NoiseSnrConfig:

@@ -3,6 +3,8 @@
 * `frontend`, `layers`, `pooling`, `redimnet` - ReDimNet as the official code builds it
 * `presets`   - the b0-b6 / M configurations; `loading` - official files, names, downloads
 * `heads`, `rotation_head`, `mrl` - the Matryoshka heads and ReDimNetMRL
+* `redimnet2`, `frontend_tf` - ReDimNet2 as its official code builds it, its TF-style front-end
+* `ssrfnet`, `ptm`, `svmixer` - SSRFNet: a pretrained speech model fused into ReDimNet
 * `inference` - the faster inference form (equal outputs); `ensemble` - teacher routing
 
 Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py).
@@ -35,6 +37,12 @@ _EXPORTS = {
     "build_preset": "presets",
     "preset_config": "presets",
     "ReDimNet": "redimnet",
+    "ReDimNet2": "redimnet2",
+    "ReDimNet2Config": "redimnet2",
+    "SSRFNet": "ssrfnet",
+    "SSRFNetConfig": "ssrfnet",
+    "build_model": "loading",
+    "model_family": "loading",
     "ReDimNetConfig": "redimnet",
 }
 

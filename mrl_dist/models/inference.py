@@ -82,6 +82,7 @@ from .layers import (
 from .heads import NativeHead
 from .mrl import ReDimNetMRL
 from .redimnet2 import ReDimNet2
+from .ssrfnet import SSRFNet, SSRFNetTrunk
 from .pooling import AttentiveStatsPooling
 from .redimnet import ReDimNet, TimeContextBlock
 
@@ -107,8 +108,9 @@ def inference_form(model: nn.Module, *, channels_last: bool = True, compile: boo
     `channels_last=False` keeps the plain layouts (folding and the other rewrites still apply);
     `compile=True` wraps the backbone and the pooling in `torch.compile`.
     """
-    if not isinstance(model, (ReDimNet, ReDimNet2, ReDimNetMRL)):
-        raise TypeError(f"inference_form: expected a ReDimNet, ReDimNet2 or ReDimNetMRL, got {type(model).__name__}")
+    if not isinstance(model, (ReDimNet, ReDimNet2, SSRFNet, ReDimNetMRL)):
+        raise TypeError(f"inference_form: expected a ReDimNet, ReDimNet2, SSRFNet or ReDimNetMRL, "
+                        f"got {type(model).__name__}")
     form = copy.deepcopy(model)
     form.eval()
     for param in form.parameters():
@@ -120,7 +122,7 @@ def inference_form(model: nn.Module, *, channels_last: bool = True, compile: boo
         _fold_batchnorms(form)
         _replace(form, WeightedLayerSum, _FixedWeightedSum)
         _replace(form, AttentiveStatsPooling, _SplitContextAttentiveStatsPooling)
-        if channels_last:
+        if channels_last and not isinstance(form.backbone, SSRFNetTrunk):  # SSRFNet: folding only
             _to_fast_layouts(form)
     form.requires_grad_(False)
     form.eval()

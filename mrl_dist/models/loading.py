@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .presets import OFFICIAL_PRESETS, PRESETS, REDIMNET2_PRETRAINED, build_preset
+from .presets import OFFICIAL_PRESETS, PRESETS, REDIMNET2_PRETRAINED, preset_config
 from .redimnet import ReDimNet
 from .redimnet2 import REDIMNET2_ONLY_KEYS, ReDimNet2
 
@@ -98,9 +98,12 @@ def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
 
 
 def model_family(model_config: Mapping[str, Any]) -> str:
-    """"redimnet2" or "redimnet": which official code a `model_config` belongs to. ReDimNet2's
+    """"ssrfnet", "redimnet2" or "redimnet": which model a `model_config` belongs to. SSRFNet's
+    say so (`family: ssrfnet`, this project's format). ReDimNet2's
     carry keys ReDimNet's never do (`causal`, `dual_agg`, `agg_gnorm`, ...) and give each stage a
     (frequency, time) stride pair where ReDimNet gives one number."""
+    if model_config.get("family") == "ssrfnet":
+        return "ssrfnet"
     stages = model_config.get("stages_setup") or [[None]]
     if REDIMNET2_ONLY_KEYS & set(model_config) or isinstance(stages[0][0], (list, tuple)):
         return "redimnet2"
@@ -108,9 +111,13 @@ def model_family(model_config: Mapping[str, Any]) -> str:
 
 
 def build_model(model_config: Mapping[str, Any]) -> ReDimNet | ReDimNet2:
-    """The randomly initialised model of either family that `model_config` describes."""
-    family = ReDimNet2 if model_family(model_config) == "redimnet2" else ReDimNet
-    return family(**model_config)
+    """The randomly initialised model of the family `model_config` describes."""
+    family = model_family(model_config)
+    if family == "ssrfnet":
+        from .ssrfnet import SSRFNet  # transformers is needed only when its PTM is built
+
+        return SSRFNet(**model_config)
+    return (ReDimNet2 if family == "redimnet2" else ReDimNet)(**model_config)
 
 
 def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet | ReDimNet2:
@@ -244,13 +251,28 @@ def load_pretrained(source: str | os.PathLike, *, train_type: str | None = None,
     return model
 
 
-def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | None) -> ReDimNet:
-    """The ReDimNet a config names: a checkpoint file, a preset with the official weights of
-    `pretrained = (train_type, dataset)`, or (`pretrained` None) a preset with random weights."""
+def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | None,
+                      fusion: dict | None = None) -> ReDimNet:
+    """The model a config names: a checkpoint file, a preset with the official weights of
+    `pretrained = (train_type, dataset)`, or (`pretrained` None) a preset with random weights.
+    `fusion`: overrides of an SSRFNet preset's fusion settings (`model.fusion`)."""
     if pretrained is None and not names_a_file(source):
         if os.fspath(source) not in PRESETS:
             raise FileNotFoundError(f"{os.fspath(source)!r} is neither an existing checkpoint file nor a preset "
                                     f"({', '.join(PRESETS)})")
-        return build_preset(os.fspath(source))
+        config = preset_config(os.fspath(source))
+        if fusion:
+            from .ssrfnet import apply_fusion_overrides
+
+            config = apply_fusion_overrides(config, fusion)
+        model = build_model(config)
+        if fusion and fusion.get("backend_checkpoint"):
+            from .ssrfnet import load_redimnet_weights
+
+            load_redimnet_weights(model, fusion["backend_checkpoint"])
+        return model
+    if fusion:
+        raise ValueError("model.fusion: applies to an SSRFNet preset built from scratch (model.pretrained: null), "
+                         f"not to {os.fspath(source)!r}")
     train_type, dataset = pretrained or (None, None)
     return load_pretrained(source, train_type=train_type, dataset=dataset)

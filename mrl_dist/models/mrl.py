@@ -224,8 +224,7 @@ class ReDimNetMRL(nn.Module):
     def pooled(self, wave: torch.Tensor) -> torch.Tensor:
         """`wave [B, T]` -> `[B, P]`; without autograd when the whole trunk is frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
-            mel = self.spec(self.backbone.pad_wave(wave))
-            return self.pool(self.backbone.pool_input(self.backbone(mel.unsqueeze(1))))
+            return self.pool(self.backbone.features(self.spec, wave))
 
     def forward(self, wave: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         """`wave [B, T]` float32 16 kHz -> `[B, dim or max_dim]`."""

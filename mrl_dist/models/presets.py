@@ -89,15 +89,36 @@ _V2_FAMILY = {
     "redimnet2-tiny": dict(F=32, C=8, stages_setup=_v2_stages(((1, 1), 1, 2, 8), ((2, 1), 1, 1, 8), ((1, 2), 1, 1, 4))),
 }
 
+# SSRFNet (models/ssrfnet.py): the public code's sizes (a WavLM-Large teacher) and a CPU model
+# whose PTM is a tiny random WavLM built from its config (no download).
+_TINY_WAVLM = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
+               "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
+               "num_buckets": 32, "max_bucket_distance": 100}
+_SSRFNET_FAMILY = {
+    "ssrfnet": {"family": "ssrfnet"},
+    "ssrfnet-tiny": {
+        "family": "ssrfnet", "F": 32, "C": 8, "mel_bins": 40, "group_divisor": 4,
+        "stages_setup": [[1, 1, 1, [[3, 3]], 8], [2, 1, 1, [[3, 3]], 8], [2, 1, 1, [[3, 3]], 4]],
+        "fusion": {"ptm": {"source": None, "config": _TINY_WAVLM, "seed": 0, "freeze": True},
+                   "student": "svmixer",
+                   "svmixer": {"num_layers": 4, "seq_len": 50, "group_dim": 16, "conv_dim": 32, "dropout": 0.1,
+                               "hidden_size": 32},
+                   "inject_stages": 2, "group_size": 2, "distill_layers": [2, 4]},
+    },
+}
+
 OFFICIAL_PRESETS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "M")
 # ReDimNet2 names with official weights (load_pretrained resolves each; configs come from the files).
 REDIMNET2_PRETRAINED = tuple(f"redimnet2-b{i}" for i in range(7))
 REDIMNET2_PRESETS = tuple(_V2_FAMILY)
-PRESETS = OFFICIAL_PRESETS + ("tiny",) + REDIMNET2_PRESETS
+SSRFNET_PRESETS = tuple(_SSRFNET_FAMILY)
+PRESETS = OFFICIAL_PRESETS + ("tiny",) + REDIMNET2_PRESETS + SSRFNET_PRESETS
 
 
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The `model_config` dict of a preset (official keyword arguments), with optional overrides."""
+    if name in _SSRFNET_FAMILY:
+        return copy.deepcopy({**_SSRFNET_FAMILY[name], **overrides})
     if name in _V2_FAMILY:
         return copy.deepcopy({**_V2_COMMON, **_V2_FAMILY[name], **overrides})
     if name not in _FAMILY:

@@ -172,6 +172,36 @@ class ConvBlock2d(nn.Module):
         return self.conv_block(x)
 
 
+def redimnet_stage(cfg: ReDimNetConfig, row: list, num_inputs: int, channels: int,
+                   freqs: int) -> tuple[nn.Sequential, int, int]:
+    """One ReDimNet stage on the mix of `num_inputs` earlier 1D outputs `[B, C*F, T]`, and the
+    (channels, freqs) after it. `row` is a `stages_setup` row. SSRFNet's fused backbone builds
+    its stages here too (its mixes only take more inputs)."""
+    stride, num_blocks, expansion, _kernels, att_reduction = row
+    width = cfg.C * cfg.F
+    layers: list[nn.Module] = [
+        WeightedLayerSum(num_inputs, width if num_inputs > 1 else 1, requires_grad=num_inputs > 1),
+        ToImage(freqs, channels),
+        nn.Conv2d(channels, stride * channels * expansion, kernel_size=(stride, 1), stride=(stride, 1)),
+    ]
+    channels, freqs = channels * stride, freqs // stride
+    layers += [ConvBlock2d(cfg.block_2d_type, channels * expansion, freqs, cfg.group_divisor)
+               for _ in range(num_blocks)]
+    if expansion != 1:  # squeeze expanded channels back so C*F stays constant
+        relu = "relu" in cfg.block_1d_type and "relu" in cfg.block_2d_type
+        groups = channels // cfg.group_divisor if cfg.group_divisor is not None else 1
+        layers.append(nn.Sequential(
+            nn.Conv2d(channels * expansion, channels, kernel_size=3, padding="same", groups=groups),
+            nn.BatchNorm2d(channels, eps=1e-6),
+            nn.ReLU() if relu else nn.GELU(),
+            nn.Conv2d(channels, channels, 1),
+        ))
+    layers.append(ToSequence())
+    if att_reduction is not None:
+        layers.append(TimeContextBlock(width, width // att_reduction, cfg.block_1d_type))
+    return nn.Sequential(*layers), channels, freqs
+
+
 class ReDimNetBackbone(nn.Module):
     """`mel [B, 1, F, T]` -> `features [B, C*F, T]` (or `[B, out_channels, T]`).
 
@@ -190,29 +220,9 @@ class ReDimNetBackbone(nn.Module):
             ToSequence(),
         )
         self.num_stages = len(cfg.stages_setup)
-        for index, (stride, num_blocks, expansion, _kernels, att_reduction) in enumerate(cfg.stages_setup):
-            num_inputs = index + 1
-            layers: list[nn.Module] = [
-                WeightedLayerSum(num_inputs, width if num_inputs > 1 else 1, requires_grad=num_inputs > 1),
-                ToImage(freqs, channels),
-                nn.Conv2d(channels, stride * channels * expansion, kernel_size=(stride, 1), stride=(stride, 1)),
-            ]
-            channels, freqs = channels * stride, freqs // stride
-            layers += [ConvBlock2d(cfg.block_2d_type, channels * expansion, freqs, cfg.group_divisor)
-                       for _ in range(num_blocks)]
-            if expansion != 1:  # squeeze expanded channels back so C*F stays constant
-                relu = "relu" in cfg.block_1d_type and "relu" in cfg.block_2d_type
-                groups = channels // cfg.group_divisor if cfg.group_divisor is not None else 1
-                layers.append(nn.Sequential(
-                    nn.Conv2d(channels * expansion, channels, kernel_size=3, padding="same", groups=groups),
-                    nn.BatchNorm2d(channels, eps=1e-6),
-                    nn.ReLU() if relu else nn.GELU(),
-                    nn.Conv2d(channels, channels, 1),
-                ))
-            layers.append(ToSequence())
-            if att_reduction is not None:
-                layers.append(TimeContextBlock(width, width // att_reduction, cfg.block_1d_type))
-            setattr(self, f"stage{index}", nn.Sequential(*layers))
+        for index, row in enumerate(cfg.stages_setup):
+            stage, channels, freqs = redimnet_stage(cfg, row, index + 1, channels, freqs)
+            setattr(self, f"stage{index}", stage)
         self.fin_wght1d = WeightedLayerSum(self.num_stages + 1, width, requires_grad=self.num_stages > 0)
         if cfg.out_channels is not None:
             self.mfa = nn.Sequential(nn.Conv1d(width, cfg.out_channels, 1), nn.BatchNorm1d(cfg.out_channels))
@@ -225,6 +235,10 @@ class ReDimNetBackbone(nn.Module):
     def part_names(self) -> list[str]:
         """Every part with weights, in order: what can be frozen or unfrozen by name."""
         return ["stem", *self.stage_names(), "fin_wght1d", "mfa"]
+
+    def features(self, spec: nn.Module, wave: torch.Tensor) -> torch.Tensor:
+        """The trunk contract of every family: `wave [B, T]` -> the pooling's input `[B, D, T']`."""
+        return self.pool_input(self(spec(self.pad_wave(wave)).unsqueeze(1)))
 
     # The wrapper's steps around the backbone (ReDimNet2's are not identities; see redimnet2.py).
     def pad_wave(self, wave: torch.Tensor) -> torch.Tensor:

@@ -258,6 +258,10 @@ class ReDimNet2Backbone(nn.Module):
         features = self.head(self.fin_to2d(fused))
         return (features, outputs) if return_all_outputs else features
 
+    def features(self, spec: nn.Module, wave: torch.Tensor) -> torch.Tensor:
+        """The trunk contract of every family: `wave [B, T]` -> the pooling's input `[B, D, T']`."""
+        return self.pool_input(self(spec(self.pad_wave(wave)).unsqueeze(1)))
+
     # What the official wrapper does around the backbone lives here, so that every model built
     # from the trunk's parts (ReDimNetMRL, the inference form) does the same.
     def pad_wave(self, wave: torch.Tensor) -> torch.Tensor:
@@ -301,8 +305,7 @@ class ReDimNet2(nn.Module):
 
     def pooled(self, wave: torch.Tensor) -> torch.Tensor:
         """`wave [B, T]` -> pooled statistics `[B, pool_out_dim]`."""
-        mel = self.spec(self.backbone.pad_wave(wave))
-        return self.pool(self.backbone.pool_input(self.backbone(mel.unsqueeze(1))))
+        return self.pool(self.backbone.features(self.spec, wave))
 
     def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         return embedding_layer(self.bn, self.linear, self.bn2, pooled)

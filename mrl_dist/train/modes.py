@@ -33,6 +33,7 @@ from .distill import (
 )
 from ..models import ReDimNet, ReDimNetMRL, save_official_checkpoint
 from ..models.loading import load_model_source, names_a_file
+from ..models.ssrfnet import fusion_overrides
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,20 @@ class TrainModule(nn.Module):
 
     def forward(self, inputs: torch.Tensor, label: torch.Tensor, **loss_inputs):
         """`inputs`: wave [B, T] float32 16 kHz, or pooled features [B, P] with `from_features`;
-        `loss_inputs`: what the mode adds for its loss (distill: `teacher_embeddings`)."""
-        embedding = self.model.head(inputs) if self.from_features else self.model(inputs)
-        return self.loss(embedding, labels=label, **loss_inputs)
+        `loss_inputs`: what the mode adds for its loss (distill: `teacher_embeddings`). A model
+        with losses of its own (`aux_losses`: SSRFNet's layer-prediction distillation) adds them."""
+        aux: dict[str, torch.Tensor] = {}
+        if self.from_features:
+            embedding = self.model.head(inputs)
+        elif hasattr(self.model, "aux_losses"):
+            embedding, aux = self.model.aux_losses(inputs)
+        else:
+            embedding = self.model(inputs)
+        loss, stats = self.loss(embedding, labels=label, **loss_inputs)
+        for name, value in aux.items():
+            loss = loss + value
+            stats[name] = value.detach()
+        return loss, stats
 
     def train(self, mode: bool = True) -> "TrainModule":
         super().train(mode)
@@ -94,7 +106,8 @@ def load_backbone(cfg: Config) -> ReDimNet:
     pretrained = cfg.model.pretrained
     try:
         return load_model_source(cfg.model.backbone,
-                                 None if pretrained is None else (pretrained.train_type, pretrained.dataset))
+                                 None if pretrained is None else (pretrained.train_type, pretrained.dataset),
+                                 fusion=fusion_overrides(cfg.model.fusion))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"model.backbone: {err}") from None
 
@@ -240,6 +253,8 @@ class ClassifierMode(Mode):
 
     def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         model = load_backbone(self.cfg)
+        if hasattr(model, "attach_ptm_teacher"):  # SSRFNet: its PTM teacher, found or refused before step 1
+            model.attach_ptm_teacher()
         return TrainModule(model, make_loss(self.cfg, [model.embed_dim], num_classes),
                            freeze_bn_stats=self.cfg.training.freeze_bn_stats)
 
