@@ -42,10 +42,10 @@ def test_a_non_positive_time_budget_is_refused():
 def test_the_full_pass_benches_each_shipped_gpu_batch_size_once():
     assert gc.make_plan(gc.parse_args([])).bench_sizes is None  # read by the bench section
     sizes = gc.bench_sizes_from_configs(gc.shipped_gpu_configs())
-    batches = [s.batch_size for s in sizes]
-    assert len(batches) == len(set(batches))
-    by_batch = {s.batch_size: s.configs for s in sizes}
-    assert "a100" in by_batch[256] and "distill-b0-b2-b6" in by_batch[128]
+    shapes = [(s.batch_size, s.crop_seconds) for s in sizes]  # (batch, crop): SSRFNet's crops are 3 s
+    assert len(shapes) == len(set(shapes))
+    by_shape = {(s.batch_size, s.crop_seconds): s.configs for s in sizes}
+    assert "a100" in by_shape[(256, 2.0)] and "distill-b0-b2-b6" in by_shape[(128, 2.0)]
     assert not any(name.startswith(("cpu-", "distill-cpu")) for s in sizes for name in s.configs)
 
 

@@ -213,7 +213,7 @@ def test_inference_form_keeps_trunk_frozen_of_the_model():
 
 
 def test_inference_form_of_anything_else_is_a_type_error():
-    with pytest.raises(TypeError, match="ReDimNet, ReDimNet2 or ReDimNetMRL"):
+    with pytest.raises(TypeError, match="ReDimNet, ReDimNet2, SSRFNet or ReDimNetMRL"):
         inference_form(nn.Linear(2, 2))
 
 
