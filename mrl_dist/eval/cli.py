@@ -1,7 +1,15 @@
-"""`launch/evaluate.py`: EER / minDCF per MRL dim of a checkpoint on a trial list, and a DET plot.
+"""`launch/evaluate.py`: EER / minDCF per MRL dim of checkpoints on a trial list, and a DET plot.
 
     python launch/evaluate.py --checkpoint runs/b2-mrl/best.pt --data shards/val.manifest.json
     python launch/evaluate.py --checkpoint b2-vox2-ft_lm.pt --data shards/val.manifest.json --json
+    python launch/evaluate.py --checkpoint runs/a --checkpoint runs/b --data shards/val.manifest.json \
+        --asnorm-cohort shards/train.manifest.json
+
+Several `--checkpoint`s (files, or run folders meaning RUN/best.pt) are scored on identical trials:
+one table with a column per checkpoint and a row per dim, and one DET plot with a curve per
+checkpoint and dim. `--asnorm-cohort TRAIN_MANIFEST` adds AS-norm rows (`asnorm@<dim>`) beside the
+raw ones: a cohort of one mean embedding per training speaker, the top `--asnorm-top` (300)
+cohort scores of each side (eval/score_norm.py).
 
 An MRL inference checkpoint (one with ``mrl_config``) reports a row per dim, plus "native" when
 it kept the pretrained embedding layer; an official ReDimNet checkpoint reports "native" only.
@@ -24,8 +32,10 @@ from typing import Any, Sequence
 
 from mrl_dist.data.pipeline import make_eval_loader, resolve_source
 from mrl_dist.eval.det_plot import plot_det
-from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_model
-from mrl_dist.eval.metrics import det_curve, format_table
+from mrl_dist.data.trials import read_trials
+from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, evaluate_model, extract_embeddings
+from mrl_dist.eval.metrics import det_curve, format_table, verification_report
+from mrl_dist.eval.score_norm import normalise_all
 from mrl_dist.config import load_config
 from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.inference import inference_form
@@ -34,12 +44,12 @@ from mrl_dist.models.loading import CheckpointError, load_pretrained, read_check
 from mrl_dist.models.mrl import ReDimNetMRL
 
 
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="evaluate.py", description="EER / minDCF per MRL dim of a checkpoint on a trial list, and a DET plot.")
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="MRL inference checkpoint (RUN/best.pt) or an official ReDimNet .pt")
+    parser.add_argument("--checkpoint", required=True, type=Path, action="append",
+                        help="MRL inference checkpoint (RUN/best.pt), an official ReDimNet/ReDimNet2 .pt, or a "
+                             "run folder (its best.pt); repeat to compare several on the same trials")
     parser.add_argument("--data", required=True,
                         help="evaluation shards: NAME.manifest.json, or a shard list / brace pattern")
     parser.add_argument("--trials", type=Path, help="VoxCeleb-format trial list (default: the manifest's)")
@@ -55,6 +65,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="run the network under autocast in this dtype (default none)")
     parser.add_argument("--ensemble-config", type=Path,
                         help="a distill config: also score its teachers as an EnsembleRouter baseline")
+    parser.add_argument("--asnorm-cohort",
+                        help="training shards (NAME.manifest.json) whose speakers form the AS-norm cohort")
+    parser.add_argument("--asnorm-top", type=int, default=300, help="top cohort scores per side (default 300)")
+    parser.add_argument("--asnorm-max-seconds", type=float, default=4.0,
+                        help="first N seconds of each cohort utterance (default 4; the cohort's cost)")
     parser.add_argument("--crop-tolerance", type=float, default=CROP_TOLERANCE,
                         help="share of its samples an utterance may lose to share a batch pass "
                              f"(default {CROP_TOLERANCE}; 0 = whole utterances)")
@@ -65,6 +80,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--max-seconds must be > 0")
     if not 0 <= args.crop_tolerance < 1:
         parser.error("--crop-tolerance must be in [0, 1)")
+    if args.asnorm_top < 1:
+        parser.error("--asnorm-top must be >= 1")
+    args.checkpoint = [path / "best.pt" if path.is_dir() else path for path in args.checkpoint]
     return args
 
 
@@ -133,33 +151,79 @@ def write_det_plot(scores: dict, labels, path: Path, title: str) -> Path | None:
         return None
 
 
-def run_evaluation(args: argparse.Namespace) -> dict:
-    """Load, evaluate and plot as `args` say; returns the report plus where things came from."""
-    model, description = load_eval_model(args.checkpoint)
+def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, trials: Path) -> tuple[dict, dict, Any]:
+    """(result, scores by row name, labels) of one checkpoint: raw rows, then `ensemble@` and
+    `asnorm@` rows when asked for."""
+    model, description = load_eval_model(checkpoint)
     check_dims(model, args.dims)
-    trials = resolve_trials(args.data, args.trials)
     model = inference_form(model).to(args.device)  # read-only: the faster, equal inference form
-    batches = make_eval_loader(args.data, trials, max_seconds=args.max_seconds,
-                               batch_size=args.batch_size, num_workers=args.num_workers)
-    report, scores, labels = evaluate_model(
-        model, batches, trials, args.dims, device=args.device,
-        autocast_dtype=AUTOCAST_DTYPES[args.autocast], crop_tolerance=args.crop_tolerance,
-        progress=sys.stderr.isatty())
+    options = dict(device=args.device, autocast_dtype=AUTOCAST_DTYPES[args.autocast],
+                   crop_tolerance=args.crop_tolerance)
+    loader = make_eval_loader(args.data, trials, max_seconds=args.max_seconds, batch_size=args.batch_size,
+                              num_workers=args.num_workers)
+    embeddings = extract_embeddings(model, loader, progress=sys.stderr.isatty(), **options)
+    report, scores, labels = evaluate_embeddings(model, embeddings, trials, args.dims)
+    if args.asnorm_cohort is not None:
+        cohort_loader = make_eval_loader(args.asnorm_cohort, None, max_seconds=args.asnorm_max_seconds,
+                                         batch_size=args.batch_size, num_workers=args.num_workers)
+        cohort = extract_embeddings(model, cohort_loader, progress=sys.stderr.isatty(), **options)
+        normed = normalise_all(scores, read_trials(trials), embeddings, cohort, args.asnorm_top)
+        report = merge_reports(report, verification_report(normed, labels), prefix="asnorm@")
+        scores.update({f"asnorm@{name}": values for name, values in normed.items()})
     if args.ensemble_config is not None:
         ensemble = load_ensemble(args.ensemble_config).to(args.device)
         batches = make_eval_loader(args.data, trials, max_seconds=args.max_seconds,
                                    batch_size=args.batch_size, num_workers=args.num_workers)
-        ensemble_report, ensemble_scores, _ = evaluate_model(
-            ensemble, batches, trials, device=args.device, autocast_dtype=AUTOCAST_DTYPES[args.autocast],
-            crop_tolerance=args.crop_tolerance)
+        ensemble_report, ensemble_scores, _ = evaluate_model(ensemble, batches, trials, **options)
         report = merge_reports(report, ensemble_report, prefix="ensemble@")
         scores.update({f"ensemble@{name}": values for name, values in ensemble_scores.items()})
+    return {**report, "checkpoint": str(checkpoint), "model": description, "trials": str(trials)}, scores, labels
+
+
+def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
+    """Short distinct names: the run folder for RUN/best.pt, else the file stem (made unique)."""
+    names = [path.parent.name if path.name in ("best.pt", "last.pt") and path.parent.name else path.stem
+             for path in paths]
+    return [name if names.count(name) == 1 else f"{name}#{i + 1}" for i, name in enumerate(names)]
+
+
+def comparison_table(labels: Sequence[str], results: Sequence[dict]) -> str:
+    """Markdown: a row per score name, a column pair (EER %, minDCF 0.01) per checkpoint; '-'
+    where a checkpoint has no such row (a plain model has no MRL dims)."""
+    names = list(dict.fromkeys(name for result in results for name in result["eer"]))
+    p_target = next(iter(results[0]["min_dcf"]))
+    header = ["dim"] + [f"{label} {what}" for label in labels for what in ("EER %", f"minDCF {p_target}")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name in names:
+        cells = [name]
+        for result in results:
+            eer = result["eer"].get(name)
+            cells += ["-", "-"] if eer is None else [f"{100 * eer:.3f}", f"{result['min_dcf'][p_target][name]:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_evaluation(args: argparse.Namespace) -> dict:
+    """Evaluate every checkpoint on the same trials and plot; returns the report(s) and paths."""
+    trials = resolve_trials(args.data, args.trials)
+    labels_by_checkpoint = checkpoint_labels(args.checkpoint)
+    results, all_scores, labels = [], {}, None
+    for label, checkpoint in zip(labels_by_checkpoint, args.checkpoint):
+        result, scores, labels = evaluate_checkpoint(args, checkpoint, trials)
+        results.append(result)
+        prefix = f"{label}:" if len(args.checkpoint) > 1 else ""
+        all_scores.update({prefix + name: values for name, values in scores.items()})
     det_path = None
     if not args.no_det:
-        target = args.det or args.checkpoint.with_name(f"{args.checkpoint.stem}.det.png")
-        det_path = write_det_plot(scores, labels, target, f"{args.checkpoint.name} on {trials.name}")
-    return {**report, "checkpoint": str(args.checkpoint), "model": description, "trials": str(trials),
-            "det_plot": str(det_path) if det_path else None}
+        first = args.checkpoint[0]
+        target = args.det or first.with_name(f"{first.stem}.det.png" if len(results) == 1 else "comparison.det.png")
+        det_path = write_det_plot(all_scores, labels, target, f"{' vs '.join(labels_by_checkpoint)} on {trials.name}")
+    det = str(det_path) if det_path else None
+    if len(results) == 1:
+        return {**results[0], "det_plot": det}
+    return {"checkpoints": [{**r, "label": lbl} for lbl, r in zip(labels_by_checkpoint, results)],
+            "trials": str(trials), "num_trials": results[0]["num_trials"], "num_targets": results[0]["num_targets"],
+            "table": comparison_table(labels_by_checkpoint, results), "det_plot": det}
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -172,6 +236,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
+    elif "checkpoints" in result:
+        for entry in result["checkpoints"]:
+            print(f"{entry['label']}: {entry['checkpoint']}: {entry['model']}")
+        print(f"{result['trials']}: {result['num_trials']} trials, {result['num_targets']} targets\n")
+        print(result["table"])
     else:
         print(f"{result['checkpoint']}: {result['model']}\n{result['trials']}: {result['num_trials']} trials, "
               f"{result['num_targets']} targets\n")
@@ -179,3 +248,48 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if result["det_plot"]:
         print(f"evaluate: DET curves written to {result['det_plot']}", file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------------------- launch/embed.py
+
+def parse_embed_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="embed.py", description="Embeddings of audio files: one L2-normalised dim-D vector per file.")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="MRL checkpoint (RUN/best.pt) or an official-format model file; a run folder: its best.pt")
+    parser.add_argument("--dim", type=int, help="embedding size: an MRL prefix (default: the largest) or, for a "
+                                                "plain model, a prefix of its native embedding")
+    parser.add_argument("--input", required=True, nargs="+", help="audio files or folders (searched recursively)")
+    parser.add_argument("--output", required=True, type=Path, help="OUT.npy; keys go to OUT.keys.txt")
+    parser.add_argument("--batch-size", type=int, default=16, help="files per batch (default 16)")
+    parser.add_argument("--max-seconds", type=float, help="use only the first N seconds of each file")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.checkpoint.is_dir():
+        args.checkpoint = args.checkpoint / "best.pt"
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    return args
+
+
+def embed_main(argv: list[str] | None = None) -> int:
+    """`launch/embed.py`: writes OUT.npy and OUT.keys.txt; 2 on a bad input, 1 if every file failed."""
+    from mrl_dist.eval.embed import audio_inputs, embed_files, write_embeddings
+
+    args = parse_embed_args(argv)
+    try:
+        model, description = load_eval_model(args.checkpoint)
+        limit = max(getattr(model, "dims", [model.embed_dim]))
+        if args.dim is not None and not 0 < args.dim <= limit:
+            raise ValueError(f"--dim {args.dim}: outside 1..{limit}, the size of this model's embedding")
+        files = audio_inputs(args.input)
+    except (CheckpointError, OSError, ValueError) as error:
+        print(f"embed: error: {error}", file=sys.stderr)
+        return 2
+    result = embed_files(inference_form(model), files, args.dim, batch_size=args.batch_size, device=args.device,
+                         max_seconds=args.max_seconds, progress=not args.no_progress)
+    keys_path = write_embeddings(result, args.output)
+    print(f"embed: {len(result.keys)} embeddings of {result.embeddings.shape[1]} dims ({description}) -> "
+          f"{args.output}, keys {keys_path}; {len(result.skipped)} of {len(files)} files skipped", file=sys.stderr)
+    return 1 if not result.keys else 0
