@@ -1,4 +1,5 @@
 """Shard sets: the manifest `make_shards.py` writes, shard URL lists, and reading samples out of tars.
+Manifests and shards may be local, on an HTTP(S) server or behind a `pipe:` command (remote.py).
 
 A split is `NAME-000000.tar ...` plus `NAME.manifest.json` (see `launch/make_shards.py`); each
 sample is two tar members, `<speaker>/<video>/<utt>.flac` (16 kHz mono 16-bit FLAC) and
@@ -8,12 +9,15 @@ original_sample_rate, original_channels).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+from .remote import fetch_bytes, is_url, open_stream, resolve
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +44,7 @@ class ShardInfo:
 class Manifest:
     """A packed split as described by `NAME.manifest.json`."""
 
-    path: Path
+    path: Path | str  # a local file, or the URL it was read from
     split: str
     shards: list[ShardInfo]
     speakers: dict[str, int]  # speaker id -> label, labels 0..num_speakers-1 in sorted order
@@ -68,16 +72,32 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
+def _remote_copy(url: str) -> Path:
+    """A local copy of a small remote file (a trial list), in $MRL_DIST_CACHE (default
+    ~/.cache/mrl-dist)/remote/, fetched once per URL."""
+    root = Path(os.environ.get("MRL_DIST_CACHE", Path.home() / ".cache" / "mrl-dist")) / "remote"
+    target = root / hashlib.sha256(url.encode()).hexdigest()[:16] / url.rsplit("/", 1)[-1]
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}")
+        temporary.write_bytes(fetch_bytes(url))
+        os.replace(temporary, target)
+    return target
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Reads `NAME.manifest.json`; shard URLs are resolved against the manifest's folder.
+    """Reads `NAME.manifest.json` (a path or an http(s) URL); shard URLs are resolved against the
+    manifest's folder, so shards served beside their manifest are read from the same server.
 
     Raises ManifestError naming the file when it is missing, not JSON, or lacks a field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest {path} not found: pack the split with launch/make_shards.py")
+    remote = is_url(path)
+    if not remote:
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"manifest {path} not found: pack the split with launch/make_shards.py")
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(fetch_bytes(str(path)) if remote else path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"manifest {path} is not readable JSON: {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT:
@@ -86,12 +106,13 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             "is this a shard manifest written by launch/make_shards.py?"
         )
     try:
-        folder = path.parent
-        shards = [
-            ShardInfo(s["name"], str(folder / s["name"]), int(s["samples"]), s.get("sha256"))
-            for s in payload["shards"]
-        ]
+        def beside(name: str) -> str:
+            return resolve(str(path), name) if remote else str(Path(path).parent / name)
+
+        shards = [ShardInfo(s["name"], beside(s["name"]), int(s["samples"]), s.get("sha256"))
+                  for s in payload["shards"]]
         trials = payload.get("trials")
+        trials_path = (_remote_copy(beside(trials)) if remote else Path(beside(trials))) if trials else None
         return Manifest(
             path=path,
             split=str(payload["split"]),
@@ -100,7 +121,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             speaker_counts={str(k): int(v) for k, v in payload.get("speaker_counts", {}).items()},
             total_samples=int(payload["total_samples"]),
             total_hours=float(payload["total_hours"]),
-            trials_path=folder / trials if trials else None,
+            trials_path=trials_path,
             skipped=list(payload.get("skipped", [])),
             version=str(payload.get("version", "")),
         )
@@ -158,9 +179,7 @@ def _split_member_name(name: str) -> tuple[str, str]:
 
 
 def _open_url(url: str):
-    from webdataset.gopen import gopen  # local paths, file:, pipe: and http(s) (through curl)
-
-    stream = gopen(url, "rb")
+    stream = open_stream(url)  # local paths, file:, pipe: and http(s) with retries (remote.py)
     if url.endswith((".tar.gz", ".tgz")):
         import gzip
 
