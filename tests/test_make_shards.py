@@ -523,3 +523,28 @@ def test_shard_record_of_another_input_does_not_keep_a_shard(corpus, make_shards
     make_shards.pack_split([source], tmp_path / "reference", "train", **arguments)
     assert_same_files(tmp_path / "out", tmp_path / "reference")
     assert stale != shard.read_bytes()  # keeping the shard would have been wrong
+
+
+def test_sealed_shards_free_their_cache_files_and_a_lost_one_is_decoded_again_on_resume(
+        corpus, packed, make_shards, tmp_path, monkeypatch):
+    from mrl_dist.data import shard_writer
+
+    arguments = dict(trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False)
+    interrupt_after_renaming(make_shards, monkeypatch, [corpus.root], tmp_path, 2, **arguments)
+    cache = tmp_path / ".train.tmp" / "cache"
+    sealed = {name: [info.name.split(".")[0] for info, _ in tar_members(tmp_path / name)
+                     if info.name.endswith(".flac")]
+              for name in ("train-000000.tar", "train-000001.tar")}
+    in_sealed = {key for keys in sealed.values() for key in keys}
+    assert {key for key in corpus.good if shard_writer.cache_path(cache, key).exists()} == (
+        corpus.good.keys() - in_sealed)
+    (tmp_path / "train-000001.tar").unlink()  # lost after sealing: its samples are nowhere now
+
+    decode, decoded = shard_writer.decode_file, []
+    monkeypatch.setattr(shard_writer, "decode_file",
+                        lambda path: decoded.append(path) or decode(path))
+    monkeypatch.setattr(make_shards, "decode_to_cache", must_not_decode)  # pass 1 keeps records
+    written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path, **arguments)
+    assert written[0] == "train-000001.tar" and "train-000000.tar" not in written
+    assert sorted(decoded) == sorted(str(corpus.good[key]) for key in sealed["train-000001.tar"])
+    assert_same_files(tmp_path, packed.parent)

@@ -14,13 +14,24 @@ sha256 in `NAME.manifest.partial.json`. Each writer first records its shard's sh
 of the shard's plan (run identity, shard name, its samples in order), in
 `OUTPUT/.NAME.tmp/shards/NAME-000000.tar.json` and only then renames the tar into place, so a shard
 that has its final name is never without a record, even when the run is killed before the main
-process notes it. A re-run after an interruption reuses the cache and keeps every shard whose file
-hashes to the sha256 of the manifest-in-progress (or a finished manifest of the same input) or of
-its record for the same plan; a missing, torn or corrupted shard, or one whose record is for
-another plan (other input or arguments), is written again. The result equals an uninterrupted run;
-the records go with the state folder at the end. Re-running a finished split whose files are intact
-only verifies their sha256. The manifest records only what determines the content (not --workers or
---output), so equal inputs give equal manifests.
+process notes it. A re-run after an interruption reuses the decode records and the cache and keeps
+every shard whose file hashes to the sha256 of the manifest-in-progress (or a finished manifest of
+the same input) or of its record for the same plan; a missing, torn or corrupted shard, or one
+whose record is for another plan (other input or arguments), is written again. The result equals
+an uninterrupted run; the records go with the state folder at the end. Re-running a finished split
+whose files are intact only verifies their sha256. The manifest records only what determines the
+content (not --workers or --output), so equal inputs give equal manifests.
+
+Disk: once a shard is sealed (recorded and renamed into place) its samples' cache files are
+deleted, so each sample is on disk once, in the cache or in its shard, except the samples of the
+shards being written: one per pass-2 process, of which there are at most MAX_SHARD_WRITERS (pass 2
+only moves bytes, ~180 MB/s per process, so a few fill a disk). The peak is the final size (the
+cache is its FLAC part) plus that many shards, 2 GiB at the default 256 MiB, instead of twice the
+final size; docs/benchmarks.md measures it. A re-run keeps the decode records of released files;
+a shard it must write again (damaged since it was sealed, or planned anew by other arguments)
+decodes the sources whose cache files are gone again (deterministic: same audio, same bytes). A
+re-run without the state folder decodes every file again, so its cache briefly holds the samples
+of the shards it keeps as well.
 
 Decoder processes that die (an FFmpeg crash, the OOM killer) cost only the file being decoded,
 which is skipped as `decoder-crashed`; every other bad file is skipped with its reason
@@ -33,20 +44,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Sequence
 
 from tqdm import tqdm
 
 from .. import __version__
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
 from .shard_writer import (
-    cache_path, decode_in_processes, decode_to_cache, fingerprint, list_sources, plan_digest,
-    plan_shards, read_shard_record, sha256_file, skip_entry, write_shard,
+    ShardPlan, SourceFile, cache_path, decode_in_processes, decode_to_cache, fingerprint,
+    list_sources, plan_digest, plan_shards, read_shard_record, release_cache, sha256_file,
+    skip_entry, write_shard,
 )
 from .trials import read_trials, trial_keys
+
+
+MAX_SHARD_WRITERS = 8  # pass-2 processes: each holds one shard's samples twice until it is sealed
 
 
 class PackError(RuntimeError):
@@ -57,21 +74,25 @@ def _pool(workers: int):
     return ProcessPoolExecutor(workers) if workers > 1 else None
 
 
-def _load_records(records_path: Path, cache_dir: Path) -> dict[str, dict]:
-    """Decode records of an interrupted run whose cache file is complete (last record per key wins)."""
+def _load_records(records_path: Path) -> dict[str, dict]:
+    """Decode records of an interrupted run (last record per key wins).
+
+    A record is logged only after its cache file is complete, and is kept when that file is gone:
+    a sealed shard released it, and a shard written again decodes the source again
+    (shard_writer.write_shard).
+    """
     records: dict[str, dict] = {}
     if not records_path.is_file():
         return records
-    for line in records_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written when the run was killed
-        if "reason" not in record:
-            cached = cache_path(cache_dir, record["key"])
-            if not cached.is_file() or cached.stat().st_size != record["bytes"]:
-                continue
-        records[record["key"]] = record
+    with open(records_path) as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the run was killed
+            # One copy of each field name, not one per record: halves the memory of a
+            # VoxCeleb2-sized log (1.1 GB -> 0.6 GB for 1.09 M records).
+            records[record["key"]] = {sys.intern(name): value for name, value in record.items()}
     return records
 
 
@@ -80,7 +101,7 @@ def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[d
     cache_dir = state_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     records_path = state_dir / "decoded.jsonl"
-    previous = _load_records(records_path, cache_dir)
+    previous = _load_records(records_path)
     done = {}
     todo = []
     for source in sources:
@@ -159,6 +180,64 @@ def _missing_trial_utterances(trials: Path, packed: set[str], skipped: list[dict
             for key in keys if key not in packed]
 
 
+def run_identity(inputs, split: str, trials, shard_size_mb: float, min_seconds: float,
+                 sources: Sequence[SourceFile], skipped: Sequence[dict]) -> dict:
+    """What determines a split's content: format, arguments, input fingerprint, version.
+
+    A resume reuses only the work of a run with an equal identity; the manifest starts with it.
+    """
+    return {
+        "format": MANIFEST_FORMAT,
+        "arguments": {"input": [str(Path(p).absolute()) for p in inputs], "split": split,
+                      "trials": str(Path(trials).absolute()) if trials else None,
+                      "shard_size_mb": shard_size_mb, "min_seconds": min_seconds},
+        "inputs_sha256": fingerprint(sources, skipped),
+        "version": __version__,
+    }
+
+
+def plan_split(identity: dict, records: Sequence[dict],
+               skipped: Sequence[dict]) -> tuple[list[ShardPlan], dict]:
+    """Pass 2's plan: (shard plans, manifest with every sha256 still None).
+
+    records: pass 1's decode records in source order (see decode_all); skipped: the listing's
+    skip entries. Bad and too-short records join the skipped ones. Raises PackError when no
+    record is valid.
+    """
+    arguments = identity["arguments"]
+    split, min_seconds = arguments["split"], arguments["min_seconds"]
+    skipped = list(skipped)
+    valid = []
+    for record in records:
+        if "reason" in record:
+            skipped.append(skip_entry(record["path"], record["reason"], record["detail"]))
+        elif record["seconds"] < min_seconds:
+            skipped.append(skip_entry(record["path"], "too-short",
+                                      f"{record['seconds']:.3f} s < --min-seconds {min_seconds}"))
+        else:
+            valid.append(record)
+    skipped.sort(key=lambda entry: entry["path"])
+    if not valid:
+        counts = dict(Counter(entry["reason"] for entry in skipped))
+        raise PackError(f"no valid audio file under --input {', '.join(arguments['input'])} "
+                        f"(expected <speaker>/<video>/<utt>.<wav|flac|m4a|...>); skipped: {counts}")
+    speaker_counts = Counter(record["key"].split("/", 1)[0] for record in valid)
+    speakers = {name: label for label, name in enumerate(sorted(speaker_counts))}
+    plans = plan_shards(valid, speakers, split, int(arguments["shard_size_mb"] * 2**20))
+    manifest = {
+        **identity, "split": split, "sample_rate": 16000,
+        "shards": [{"name": p.name, "samples": len(p.records), "sha256": None} for p in plans],
+        "total_samples": len(valid),
+        "total_hours": round(sum(r["seconds"] for r in valid) / 3600, 6),
+        "num_speakers": len(speakers), "speakers": speakers,
+        "speaker_counts": dict(sorted(speaker_counts.items())),
+        "skipped": skipped,
+        "skipped_counts": dict(sorted(Counter(e["reason"] for e in skipped).items())),
+        "trials": f"{split}.trials.txt" if arguments["trials"] else None,
+    }
+    return plans, manifest
+
+
 def pack_split(inputs, output, split: str, *, trials=None, workers: int | None = None,
                shard_size_mb: float = 256.0, min_seconds: float = 0.5,
                progress: bool = True) -> dict:
@@ -174,14 +253,7 @@ def pack_split(inputs, output, split: str, *, trials=None, workers: int | None =
         for stale in output.glob(pattern):
             stale.unlink()  # temporaries of a killed run; never renamed, so never valid
     sources, skipped = list_sources(inputs, exclude=output)
-    identity = {
-        "format": MANIFEST_FORMAT,
-        "arguments": {"input": [str(Path(p).absolute()) for p in inputs], "split": split,
-                      "trials": str(Path(trials).absolute()) if trials else None,
-                      "shard_size_mb": shard_size_mb, "min_seconds": min_seconds},
-        "inputs_sha256": fingerprint(sources, skipped),
-        "version": __version__,
-    }
+    identity = run_identity(inputs, split, trials, shard_size_mb, min_seconds, sources, skipped)
     if trials:
         missing = _missing_trial_utterances(Path(trials), {s.key for s in sources}, skipped)
         if missing:  # fail before hours of decoding
@@ -191,40 +263,13 @@ def pack_split(inputs, output, split: str, *, trials=None, workers: int | None =
         return finished
 
     state_dir = output / f".{split}.tmp"
-    records = decode_all(sources, state_dir, workers, progress)
-    valid = []
-    for record in records:
-        if "reason" in record:
-            skipped.append(skip_entry(record["path"], record["reason"], record["detail"]))
-        elif record["seconds"] < min_seconds:
-            skipped.append(skip_entry(record["path"], "too-short",
-                                      f"{record['seconds']:.3f} s < --min-seconds {min_seconds}"))
-        else:
-            valid.append(record)
-    skipped.sort(key=lambda entry: entry["path"])
-    if not valid:
-        counts = dict(Counter(entry["reason"] for entry in skipped))
-        raise PackError(f"no valid audio file under --input {', '.join(map(str, inputs))} "
-                        f"(expected <speaker>/<video>/<utt>.<wav|flac|m4a|...>); skipped: {counts}")
+    plans, manifest = plan_split(identity, decode_all(sources, state_dir, workers, progress),
+                                 skipped)
     if trials:
-        missing = _missing_trial_utterances(Path(trials), {r["key"] for r in valid}, skipped)
+        packed = {record["key"] for plan in plans for record in plan.records}
+        missing = _missing_trial_utterances(Path(trials), packed, manifest["skipped"])
         if missing:
             raise PackError(_missing_message(trials, missing))
-
-    speakers = {name: label for label, name in enumerate(sorted({r["key"].split("/")[0]
-                                                                  for r in valid}))}
-    plans = plan_shards(valid, speakers, split, int(shard_size_mb * 2**20))
-    manifest = {
-        **identity, "split": split, "sample_rate": 16000,
-        "shards": [{"name": p.name, "samples": len(p.records), "sha256": None} for p in plans],
-        "total_samples": len(valid),
-        "total_hours": round(sum(r["seconds"] for r in valid) / 3600, 6),
-        "num_speakers": len(speakers), "speakers": speakers,
-        "speaker_counts": dict(sorted(Counter(r["key"].split("/")[0] for r in valid).items())),
-        "skipped": skipped,
-        "skipped_counts": dict(sorted(Counter(e["reason"] for e in skipped).items())),
-        "trials": f"{split}.trials.txt" if trials else None,
-    }
     _write_shards(manifest, plans, output, state_dir, workers, progress)
     if trials:
         temporary = output / f".{split}.trials.txt.tmp.{os.getpid()}"
@@ -241,7 +286,9 @@ def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, 
 
     A shard's sha256 is known from a manifest of the same input (see _known_sha256) or from the
     record its writer left in `state_dir/shards/` for the same plan (see write_shard); either way
-    the file on disk is hashed again and kept only when it matches.
+    the file on disk is hashed again and kept only when it matches. A kept shard's cache files are
+    deleted (a run killed between sealing a shard and deleting them leaves some), and at most
+    min(workers, MAX_SHARD_WRITERS) shards are written at once.
     """
     identity_keys = ("format", "arguments", "inputs_sha256", "version")
     identity = {k: manifest[k] for k in identity_keys}
@@ -260,6 +307,7 @@ def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, 
         sha = sha256_file(path) if claims and path.is_file() else None
         if sha is not None and sha in {claimed for _, claimed in claims}:
             entries[plan.name]["sha256"] = sha
+            release_cache(plan.records, state_dir / "cache")
         else:
             todo.append((str(output), plan, str(state_dir / "cache"), str(records_dir), digest))
     partial = output / f"{manifest['split']}.manifest.partial.json"
@@ -268,7 +316,7 @@ def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, 
     bar = tqdm(total=manifest["total_samples"], initial=done_samples, unit="file", desc="pack",
                disable=not progress, smoothing=0.05)
     hours = sum(r["seconds"] for p in plans if entries[p.name]["sha256"] for r in p.records) / 3600
-    pool = _pool(min(workers, len(todo)))
+    pool = _pool(min(workers, MAX_SHARD_WRITERS, len(todo)))
     try:
         seconds = {plan.name: sum(r["seconds"] for r in plan.records) for plan in plans}
         results = map(write_shard, todo) if pool is None else (
