@@ -13,8 +13,7 @@ the same state-dict keys. Data flow for `wave [B, T]` float32 16 kHz:
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .frontend import MelFrontend
+from .model_config import ModelConfigMixin
 from .layers import (
     ChannelsFirstLayerNorm,
     ConvNeXtLikeBlock,
@@ -39,12 +39,14 @@ BLOCK_2D_TYPES = ("convnext_like", "convnext_like_relu", "basic_resnet", "basic_
 
 
 @dataclass
-class ReDimNetConfig:
+class ReDimNetConfig(ModelConfigMixin):
     """The official `ReDimNetWrap` keyword arguments, with the official defaults (the M model).
 
     `stages_setup` rows are `[stride, num_blocks, conv_expansion, kernel_sizes, att_block_reduction]`;
     `kernel_sizes` is carried for format compatibility (the official 2D blocks are always 3x3).
     """
+
+    family = "ReDimNet"
 
     F: int = 72
     C: int = 16
@@ -72,26 +74,8 @@ class ReDimNetConfig:
     return_all_outputs: bool = False
     tf_optimized_arch: bool = False
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "ReDimNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"ReDimNet model_config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        result = cls(**copy.deepcopy(dict(config)))
-        result.stages_setup = [_as_list(row) for row in result.stages_setup]
-        result.spec_params = _as_list(dict(result.spec_params))
-        result.validate()
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict in the official format (lists, not tuples), safe for `weights_only` loading."""
-        return copy.deepcopy(asdict(self))
-
     def validate(self) -> None:
-        def bad(key: str, value: Any, expected: str) -> ValueError:
-            return ValueError(f"ReDimNet model_config: {key}={value!r} is not supported ({expected})")
-
+        bad = self.unsupported
         if self.feat_type not in ("pt", "pt_mel"):
             raise bad("feat_type", self.feat_type, "only 'pt' (torch mel features) is implemented")
         if self.tf_optimized_arch:
@@ -110,15 +94,6 @@ class ReDimNetConfig:
             if stride not in (1, 2, 3) or freqs % stride != 0:
                 raise bad(f"stages_setup[{index}] stride", stride, f"1, 2 or 3 dividing the {freqs} remaining bins")
             freqs //= stride
-
-
-def _as_list(value: Any) -> Any:
-    """Tuples -> lists, recursively, so configs compare and serialise the same way."""
-    if isinstance(value, (list, tuple)):
-        return [_as_list(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_list(v) for k, v in value.items()}
-    return value
 
 
 class TimeContextBlock(nn.Module):

@@ -22,9 +22,8 @@ family by their `model_config` (see `model_family`).
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ from torch import nn
 from .frontend import MelFrontend
 from .frontend_tf import TFMelFrontend
 from .layers import ChannelsFirstLayerNorm, ToImage, ToSequence, WeightedLayerSum
+from .model_config import ModelConfigMixin
 from .pooling import make_pooling
 from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, ConvBlock2d, TimeContextBlock, embedding_layer
 
@@ -50,7 +50,7 @@ def _default_stages() -> list:
 
 
 @dataclass
-class ReDimNet2Config:
+class ReDimNet2Config(ModelConfigMixin):
     """The official `ReDimNet2Wrap` keyword arguments and defaults (the wrapper's B3 layout).
 
     `stages_setup` rows: `[[freq_stride, time_stride], num_blocks, conv_exp, kernel_sizes,
@@ -58,6 +58,7 @@ class ReDimNet2Config:
     the 2D blocks (always 3x3 in the official configurations).
     """
 
+    family = "ReDimNet2"
     F: int = 72
     C: int = 24
     causal: str | bool | None = "none"
@@ -89,21 +90,6 @@ class ReDimNet2Config:
                                                        "norm_signal": True})
     return_all_outputs: bool = False
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "ReDimNet2Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"ReDimNet2 model_config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        result = cls(**copy.deepcopy(dict(config)))
-        result.stages_setup = _as_list(result.stages_setup)
-        result.spec_params = _as_list(dict(result.spec_params))
-        result.validate()
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(asdict(self))
-
     @property
     def gnorm_groups(self) -> int:
         """GroupNorm groups of the aggregated 1D outputs (agg_gnorm: true = C groups); 0: none."""
@@ -112,9 +98,7 @@ class ReDimNet2Config:
         return int(self.agg_gnorm) if self.agg_gnorm else 0
 
     def validate(self) -> None:
-        def bad(key: str, value: Any, expected: str) -> ValueError:
-            return ValueError(f"ReDimNet2 model_config: {key}={value!r} is not supported ({expected})")
-
+        bad = self.unsupported
         if self.causal not in ("none", False, None):
             raise bad("causal", self.causal, "only 'none': the official blocks have no causal variants")
         if self.spec_in_channels != 1:
@@ -140,14 +124,6 @@ class ReDimNet2Config:
             if freq_stride < 1 or time_stride < 1 or freqs % freq_stride:
                 raise bad(f"{key} stride", row[0], f"positive strides, the frequency one dividing {freqs} bins")
             freqs //= freq_stride
-
-
-def _as_list(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_as_list(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_list(v) for k, v in value.items()}
-    return value
 
 
 class FrequencyEncoding(nn.Module):

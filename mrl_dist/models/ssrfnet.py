@@ -23,7 +23,7 @@ fusion and backend only. With `student: none` the frozen PTM is a registered par
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 
 from .frontend import MelFrontend
 from .layers import ChannelsFirstLayerNorm, ToSequence, WeightedLayerSum
+from .model_config import ModelConfigMixin
 from .pooling import make_pooling
 from .ptm import FrozenPTM, TrainablePTM, load_wavlm
 from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, embedding_layer, redimnet_stage
@@ -55,8 +56,9 @@ def _default_fusion() -> dict:
 
 
 @dataclass
-class SSRFNetConfig:
-    """`model_config` of an SSRFNet (the public code's backend: ReDimNetWrap with F=64, C=16)."""
+class SSRFNetConfig(ModelConfigMixin):
+    """`model_config` of an SSRFNet (the public code's backend: ReDimNetWrap with F=64, C=16).
+    Its `family` field marks the format (`model_family`)."""
 
     family: str = "ssrfnet"
     F: int = 64
@@ -73,29 +75,17 @@ class SSRFNetConfig:
     spec_params: dict = field(default_factory=dict)
     fusion: dict = field(default_factory=_default_fusion)
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "SSRFNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"SSRFNet model_config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        result = cls(**copy.deepcopy(dict(config)))
+    def complete(self) -> None:
+        """The fusion block merged over its defaults (nested keys checked by name)."""
         fusion = _default_fusion()
-        for key, value in result.fusion.items():
+        for key, value in self.fusion.items():
             if key not in fusion:
                 raise ValueError(f"SSRFNet model_config: fusion.{key}: unknown key; known: {sorted(fusion)}")
             fusion[key] = {**fusion[key], **value} if isinstance(fusion[key], dict) and value is not None else value
-        result.fusion = fusion
-        result.validate()
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(asdict(self))
+        self.fusion = fusion
 
     def validate(self) -> None:
-        def bad(key: str, value: Any, expected: str) -> ValueError:
-            return ValueError(f"SSRFNet model_config: {key}={value!r} is not supported ({expected})")
-
+        bad = self.unsupported
         fusion = self.fusion
         if self.block_1d_type not in BLOCK_1D_TYPES:
             raise bad("block_1d_type", self.block_1d_type, f"one of {BLOCK_1D_TYPES}")
