@@ -34,7 +34,6 @@ import torch
 
 #: Rows per group (see the module docstring): k * GROUP rows are scored a second time.
 GROUP = 8
-SKIP = True
 #: Rows whose scores [ROW_BLOCK, queries] are computed and reduced while in cache.
 ROW_BLOCK = 256
 #: Values of the renormalised block of rows [rows, dim] prepared at once (about 1 MB float32).
@@ -166,19 +165,12 @@ def _scan(segments: Sequence[torch.Tensor], inverse: torch.Tensor, queries: torc
     level2 = workspace.get("level2", -(-total // span), count, dtype=dtype)
     for start in range(0, total, prepared_rows):
         n = min(prepared_rows, total - start)
-        if SKIP and len(segments) == 1:
-            block = segments[0][start:start + n]
-        else:
-            _prepare(segments, inverse, start, prepared[:n])
-            block = prepared[:n]
+        _prepare(segments, inverse, start, prepared[:n])
         for offset in range(0, n, ROW_BLOCK):
             m = min(ROW_BLOCK, n - offset)
-            torch.mm(block[offset:offset + m], queries_t, out=scores[:m])
+            torch.mm(prepared[offset:offset + m], queries_t, out=scores[:m])
             first = (start + offset) // GROUP
-            if m == ROW_BLOCK:
-                torch.amax(scores.view(ROW_BLOCK // GROUP, GROUP, count), dim=1, out=level1[first:first + ROW_BLOCK // GROUP])
-            else:
-                _group_max(scores[:m], level1[first:first + -(-m // GROUP)])
+            _group_max(scores[:m], level1[first:first + -(-m // GROUP)])
         first = start // GROUP
         _group_max(level1[first:first + -(-n // GROUP)], level2[start // span:start // span + -(-n // span)])
     levels = [level1, level2]
