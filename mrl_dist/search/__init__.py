@@ -1,6 +1,7 @@
 """Speaker identification with MRL prefixes: a cascade index of enrolment embeddings.
 
 * `index`  - `CascadeIndex`: every row at every MRL prefix, short-prefix shortlist re-scored in full
+* `exhaustive` - the exact top-k over all rows (row blocks, group maxima), behind backend "torch"
 * `enrol`  - indexes from embedding files (`.npy` + `.keys.txt`) or from shards through a checkpoint
 * `bench`  - identification accuracy and queries/s, brute force vs cascade
 * `cli`    - `launch/search.py`, `launch/bench_search.py`

@@ -10,8 +10,9 @@ prefix needs that prefix renormalised, so the inverse norm of every row's prefix
 per dim and applied to each block of rows as it is scored (exact, no per-dim copies).
 
 Exhaustive scoring (backend "torch", exhaustive.py) runs in row blocks, memory-bounded at
-1M x 256, and returns the exact top k (or, with a bfloat16 scan, nearly). Backend "faiss" (optional, `pip install faiss-cpu`) does
-the exhaustive stage with an `IndexFlatIP` per dim instead (a float32 copy of that prefix).
+1M x 256, and returns the exact top k (or, with a bfloat16 scan, nearly). Backend "faiss"
+(optional, `pip install faiss-cpu`) does the exhaustive stage with an `IndexFlatIP` per dim
+instead (a float32 copy of that prefix).
 """
 
 from __future__ import annotations
@@ -145,14 +146,6 @@ class CascadeIndex:
         values = np.concatenate([segment[rows] for segment in self.segments[:position + 1]], axis=1)
         return values.astype(np.float32) * self.inverse_norms[position, rows, None]
 
-    def labels_of(self, rows: np.ndarray) -> list[list[str]]:
-        """Labels of `rows` [B, k] (as `search` returns them)."""
-        return [[self.labels[r] for r in row] for row in rows]
-
-    def keys_of(self, rows: np.ndarray) -> list[list[str]]:
-        """Keys of `rows` [B, k]."""
-        return [[self.keys[r] for r in row] for row in rows]
-
     def _dim_row(self, dim: int) -> int:
         if dim not in self.dims:
             raise ValueError(f"dim {dim} is not a dim of this index (dims {self.dims})")
@@ -194,7 +187,7 @@ class CascadeIndex:
 
     def search_brute(self, queries: np.ndarray, top_n: int = 5, dim: int | None = None,
                      scan_dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-        """Exact search (with a float32 scan): cosine at `dim` (default D) against every row;
+        """Brute force: cosine at `dim` (default D) against every row, exact with a float32 scan;
         returns as `search`."""
         dim = self.size if dim is None else dim
         self._dim_row(dim)
