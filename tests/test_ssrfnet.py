@@ -14,6 +14,7 @@ from mrl_dist.demo.run import prepare_demo_shards  # noqa: E402
 from mrl_dist.models import (  # noqa: E402
     ReDimNetMRL, build_preset, inference_form, load_pretrained, preset_config, save_official_checkpoint,
 )
+from mrl_dist.models.loading import official_to_local, read_checkpoint  # noqa: E402
 from mrl_dist.models.ptm import PTMError, load_wavlm  # noqa: E402
 from mrl_dist.models.ssrfnet import SSRFNet, apply_fusion_overrides, load_redimnet_weights, window_centres  # noqa: E402
 from mrl_dist.train import train  # noqa: E402
@@ -87,7 +88,8 @@ def test_interpolating_alignment_loads_an_official_redimnet_backend(tmp_path):
                                                   stages_setup=redimnet.model_config["stages_setup"]),
                                     {"time_align": "interpolate"})
     model = SSRFNet(**config)
-    fresh = load_redimnet_weights(model, tmp_path / "redimnet.pt")
+    official = official_to_local(read_checkpoint(tmp_path / "redimnet.pt")["state_dict"])
+    fresh = load_redimnet_weights(model, official, str(tmp_path / "redimnet.pt"))
     assert torch.equal(model.backbone.backend.stage1[3].conv_block.pwconv1.weight,
                        redimnet.backbone.stage1[3].conv_block.pwconv1.weight)
     assert torch.equal(model.linear.weight, redimnet.linear.weight)

@@ -41,8 +41,8 @@ _EXPORTS = {
     "ReDimNet2Config": "redimnet2",
     "SSRFNet": "ssrfnet",
     "SSRFNetConfig": "ssrfnet",
-    "build_model": "loading",
-    "model_family": "loading",
+    "build_model": "families",
+    "model_family": "families",
     "ReDimNetConfig": "redimnet",
 }
 

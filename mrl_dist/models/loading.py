@@ -22,7 +22,8 @@ import torch
 
 from .presets import OFFICIAL_PRESETS, PRESETS, REDIMNET2_PRETRAINED, preset_config
 from .redimnet import ReDimNet
-from .redimnet2 import REDIMNET2_ONLY_KEYS, ReDimNet2
+from .families import build_model, model_family
+from .redimnet2 import ReDimNet2
 
 CHECKPOINT_URL = "https://github.com/IDRnD/ReDimNet/releases/download/latest/{file}"
 REDIMNET2_CHECKPOINT_URL = "https://github.com/PalabraAI/redimnet2/releases/download/v1.0.0/{file}"
@@ -95,29 +96,6 @@ def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not an official-format checkpoint: expected keys {list(required)}, found {found}")
     return payload
-
-
-def model_family(model_config: Mapping[str, Any]) -> str:
-    """"ssrfnet", "redimnet2" or "redimnet": which model a `model_config` belongs to. SSRFNet's
-    say so (`family: ssrfnet`, this project's format). ReDimNet2's
-    carry keys ReDimNet's never do (`causal`, `dual_agg`, `agg_gnorm`, ...) and give each stage a
-    (frequency, time) stride pair where ReDimNet gives one number."""
-    if model_config.get("family") == "ssrfnet":
-        return "ssrfnet"
-    stages = model_config.get("stages_setup") or [[None]]
-    if REDIMNET2_ONLY_KEYS & set(model_config) or isinstance(stages[0][0], (list, tuple)):
-        return "redimnet2"
-    return "redimnet"
-
-
-def build_model(model_config: Mapping[str, Any]) -> ReDimNet | ReDimNet2:
-    """The randomly initialised model of the family `model_config` describes."""
-    family = model_family(model_config)
-    if family == "ssrfnet":
-        from .ssrfnet import SSRFNet  # transformers is needed only when its PTM is built
-
-        return SSRFNet(**model_config)
-    return (ReDimNet2 if family == "redimnet2" else ReDimNet)(**model_config)
 
 
 def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet | ReDimNet2:
@@ -269,7 +247,8 @@ def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | N
         if fusion and fusion.get("backend_checkpoint"):
             from .ssrfnet import load_redimnet_weights
 
-            load_redimnet_weights(model, fusion["backend_checkpoint"])
+            path = fusion["backend_checkpoint"]
+            load_redimnet_weights(model, official_to_local(read_checkpoint(path)["state_dict"]), path)
         return model
     if fusion:
         raise ValueError("model.fusion: applies to an SSRFNet preset built from scratch (model.pretrained: null), "

@@ -129,6 +129,6 @@ def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 def build_preset(name: str, **overrides: Any):
     """A randomly initialised model (ReDimNet or ReDimNet2) of a preset, in training mode."""
-    from .loading import build_model
+    from .families import build_model
 
     return build_model(preset_config(name, **overrides))

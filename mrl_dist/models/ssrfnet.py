@@ -337,16 +337,14 @@ def apply_fusion_overrides(model_config: dict, overrides: dict) -> dict:
     return config
 
 
-def load_redimnet_weights(model: SSRFNet, path: str) -> list[str]:
-    """Start SSRFNet's backend from an official ReDimNet file (`time_align: interpolate`, the same
-    F, C and stages): its front-end, stem, stage blocks, final mix, pooling and embedding layer
-    load; what has no counterpart or another shape (the stage mixes, which take the PFM inputs
-    too; the PFMs; the student) starts fresh. Returns the SSRFNet keys that started fresh."""
-    from .loading import official_to_local, read_checkpoint
-
+def load_redimnet_weights(model: SSRFNet, official: dict, path: str) -> list[str]:
+    """Start SSRFNet's backend from an official ReDimNet file's state dict (`official`, local key
+    names; `time_align: interpolate`, the same F, C and stages): its front-end, stem, stage
+    blocks, final mix, pooling and embedding layer load; what has no counterpart or another
+    shape (the stage mixes, which take the PFM inputs too; the PFMs; the student) starts fresh.
+    Returns the SSRFNet keys that started fresh. `path` names the file in errors."""
     if model.config.fusion["time_align"] != "interpolate":
         raise ValueError("model.fusion.backend_checkpoint: needs time_align 'interpolate' (ReDimNet's own stem)")
-    official = official_to_local(read_checkpoint(path)["state_dict"])
     mapped = {(f"backbone.backend.{k[len('backbone.'):]}" if k.startswith("backbone.") else k): v
               for k, v in official.items()}
     own = model.state_dict()
