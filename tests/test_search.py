@@ -89,6 +89,51 @@ def test_a_bfloat16_scan_keeps_the_shortlist_and_scores_in_float32(population):
         index.search(queries, 1, scan_dtype="float8")
 
 
+def test_bfloat16_keys_pick_the_groups_of_bfloat16_maxima(population, monkeypatch):
+    """The int16 keys of bfloat16 scores choose the same groups as the bfloat16 maxima themselves."""
+    index, queries, _ = population
+    monkeypatch.setattr(exhaustive, "COARSEST", 8)
+    segments, inverse = index._prefix_parts(64)
+    unit_queries = torch.nn.functional.normalize(torch.as_tensor(queries[:, :64]).float(), dim=1)
+    levels = exhaustive._scan(segments, inverse, unit_queries, exhaustive.Workspace(), torch.bfloat16)
+    assert levels[0].dtype == torch.int16 and len(levels) == 4
+    decoded = [level.view(torch.bfloat16).float() for level in levels]
+    scores = torch.as_tensor(index.prefix(64)) @ unit_queries.T  # [N, B] float32
+    padded = torch.cat([scores, scores.new_full((-len(scores) % exhaustive.GROUP, len(queries)), -torch.inf)])
+    maxima = padded.view(-1, exhaustive.GROUP, len(queries)).amax(dim=1)
+    positive = maxima > 0.01  # such keys order like the values; a group with no positive score keys below them
+    assert positive.float().mean() > 0.9 and (levels[0][maxima < -0.01] < 0).all()
+    assert torch.allclose(decoded[0][positive], maxima[positive], rtol=2 ** -7, atol=2 ** -8)  # bfloat16 inputs and scores
+    for k in (5, 20):
+        assert torch.equal(exhaustive._descend(levels, k), exhaustive._descend([level.where(level >= 0, -1.0)
+                                                                                  for level in decoded], k))
+
+
+def test_a_bfloat16_scan_with_negative_best_scores_falls_back_to_float32():
+    """Where a chosen group holds no score >= 0 its key says nothing: that query is scanned in float32."""
+    rng = np.random.default_rng(3)
+    rows = unit(rng.standard_normal((400, 64)).astype(np.float32) * 0.5 + 1.0)  # around the diagonal
+    index = CascadeIndex(rows, [str(i) for i in range(len(rows))], dims=[64])
+    queries = np.stack([-rows.mean(axis=0), rows[7]])  # every cosine negative; an ordinary query
+    rows_bf16, scores_bf16 = index.search_brute(queries, 5, scan_dtype="bfloat16")
+    rows_exact, scores_exact = index.search_brute(queries, 5)
+    assert (scores_exact[0] < 0).all() and rows_exact[1, 0] == 7
+    assert np.array_equal(rows_bf16[0], rows_exact[0]) and np.allclose(scores_bf16, scores_exact, atol=1e-6)
+
+
+def test_the_cascade_scans_in_bfloat16_by_default_only_where_the_cpu_has_it(population, monkeypatch):
+    from mrl_dist.search import index as index_module
+
+    index, queries, _ = population
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(index_module, "native_bfloat16", lambda native=native: native)
+        assert index_module.scan_dtype_for("auto") == expected
+        assert index_module.scan_dtype_for("auto", backend="faiss") == "float32"
+        assert np.array_equal(index.search(queries, 3)[0], index.search(queries, 3, scan_dtype=expected)[0])
+    with pytest.raises(ValueError, match="scan_dtype 'int8'.*auto"):
+        index_module.scan_dtype_for("int8")
+
+
 def test_float16_storage_finds_the_same_speakers(population):
     index, queries, _ = population
     half = CascadeIndex(index.embeddings, index.keys, dtype="float16")

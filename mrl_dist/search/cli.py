@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .index import BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
+from .index import AUTO, BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
 
 
 # --- search: enrol / query ----------------------------------------------------------------------
@@ -56,9 +56,10 @@ def parse_search_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     query.add_argument("--final-dim", type=int, help="dim of the final scores (default: the index's largest)")
     query.add_argument("--brute", action="store_true", help="exact search at --final-dim instead of the cascade")
     query.add_argument("--backend", choices=BACKENDS, default="torch", help="exhaustive stage (default torch)")
-    query.add_argument("--scan-dtype", choices=list(SCAN_DTYPES), default="float32",
-                       help="precision of the scan over all enrolments (default float32, exact; bfloat16 is "
-                            "faster on CPUs with AMX / AVX512-BF16)")
+    query.add_argument("--scan-dtype", choices=[*SCAN_DTYPES, AUTO], default=AUTO,
+                       help="precision of the scan over all enrolments: float32 (exact), bfloat16 (2-3x faster "
+                            "on CPUs with AMX / AVX512-BF16; the shortlist is still scored in float32) or auto "
+                            "(default: bfloat16 where the CPU has it, float32 elsewhere and with --brute)")
     query.add_argument("--output", type=Path, help="write the results as JSON here instead of printing a table")
     args = parser.parse_args(argv)
     if args.command == "enrol" and (args.shards is None) != (args.checkpoint is None):
@@ -90,7 +91,8 @@ def run_query(args: argparse.Namespace) -> list[dict]:
     index = CascadeIndex.load(args.index, backend=args.backend)
     queries, keys = read_embedding_file(args.embeddings)
     if args.brute:
-        rows, scores = index.search_brute(queries, args.top, dim=args.final_dim, scan_dtype=args.scan_dtype)
+        scan_dtype = "float32" if args.scan_dtype == AUTO else args.scan_dtype
+        rows, scores = index.search_brute(queries, args.top, dim=args.final_dim, scan_dtype=scan_dtype)
     else:
         rows, scores = index.search(queries, args.top, first_dim=args.first_dim, shortlist=args.shortlist,
                                     final_dim=args.final_dim, scan_dtype=args.scan_dtype)

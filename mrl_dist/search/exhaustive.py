@@ -23,6 +23,13 @@ queries at a time.
 Precision: the scan runs in float32 (exact) or bfloat16. On CPUs with AMX / AVX512-BF16 a
 bfloat16 matmul costs a fraction of a float32 one (elsewhere it is emulated and slower); the
 rows of the chosen groups are scored again in float32 either way.
+
+bfloat16 group maxima: torch's bfloat16 `amax` costs twice the matmul it follows, so bfloat16
+scores are reduced as their int16 bit patterns ("keys"). For values >= +0 the bit patterns
+order like the values, and every negative value's key is below every such key; so the k
+groups with the highest keys are the k with the highest maxima whenever each of them holds a
+value >= +0 (in any real index the k best cosines of many rows are positive). A query for which
+that fails is scanned again in float32.
 """
 
 from __future__ import annotations
@@ -114,7 +121,12 @@ def top_rows(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queri
     for start in range(0, len(unit_queries), step):
         queries = unit_queries[start:start + step]
         levels = _scan(segments, inverse, queries, workspace, scan_dtype)
-        candidates, past_end = _expand(_descend(levels, k), total)
+        groups = _descend(levels, k)
+        if scan_dtype == torch.bfloat16:  # keys: exact only where each chosen group holds a value >= +0
+            unsure = (torch.gather(levels[0].T, 1, groups) < 0).any(dim=1).nonzero()[:, 0]
+            if len(unsure):
+                groups[unsure] = _descend(_scan(segments, inverse, queries[unsure], workspace, torch.float32), k)
+        candidates, past_end = _expand(groups, total)
         scores = score_rows(segments, inverse, queries, candidates, workspace).masked_fill_(past_end, -torch.inf)
         best, order = torch.topk(scores, k, dim=1)
         parts.append((torch.gather(candidates, 1, order), best))
@@ -154,15 +166,17 @@ def _scan(segments: Sequence[torch.Tensor], inverse: torch.Tensor, queries: torc
           dtype: torch.dtype) -> list[torch.Tensor]:
     """Group maxima of every row's cosine with each query [b, d], computed in `dtype`: ``[level 1
     [ceil(N / GROUP), b], level 2 (maxima of GROUP level-1 groups), ...]``, down to `COARSEST`
-    values per query."""
+    values per query; for bfloat16 the maxima of the keys (int16, see the module docstring)."""
     total, (count, dim) = len(segments[0]), queries.shape
+    key_dtype = torch.int16 if dtype == torch.bfloat16 else dtype
     queries_t = queries.T.to(dtype).contiguous()
     span = GROUP * GROUP
     prepared_rows = max(span, PREPARED_VALUES // dim // span * span)  # a multiple of GROUP * GROUP
     prepared = workspace.get("prepared", prepared_rows, dim, dtype=dtype)
     scores = workspace.get("scores", ROW_BLOCK, count, dtype=dtype)
-    level1 = workspace.get("level1", -(-total // GROUP), count, dtype=dtype)
-    level2 = workspace.get("level2", -(-total // span), count, dtype=dtype)
+    keys = scores.view(key_dtype)
+    level1 = workspace.get("level1", -(-total // GROUP), count, dtype=key_dtype)
+    level2 = workspace.get("level2", -(-total // span), count, dtype=key_dtype)
     for start in range(0, total, prepared_rows):
         n = min(prepared_rows, total - start)
         _prepare(segments, inverse, start, prepared[:n])
@@ -170,12 +184,12 @@ def _scan(segments: Sequence[torch.Tensor], inverse: torch.Tensor, queries: torc
             m = min(ROW_BLOCK, n - offset)
             torch.mm(prepared[offset:offset + m], queries_t, out=scores[:m])
             first = (start + offset) // GROUP
-            _group_max(scores[:m], level1[first:first + -(-m // GROUP)])
+            _group_max(keys[:m], level1[first:first + -(-m // GROUP)])
         first = start // GROUP
         _group_max(level1[first:first + -(-n // GROUP)], level2[start // span:start // span + -(-n // span)])
     levels = [level1, level2]
     while len(levels[-1]) > COARSEST:
-        coarser = torch.empty(-(-len(levels[-1]) // GROUP), count, dtype=dtype)
+        coarser = torch.empty(-(-len(levels[-1]) // GROUP), count, dtype=key_dtype)
         _group_max(levels[-1], coarser)
         levels.append(coarser)
     return levels
@@ -190,6 +204,11 @@ def _group_max(values: torch.Tensor, out: torch.Tensor) -> None:
         torch.amax(values[:full * GROUP].view(full, GROUP, count), dim=1, out=out[:full])
     if full < len(out):
         torch.amax(values[full * GROUP:], dim=0, out=out[full])
+
+
+def _lowest(dtype: torch.dtype) -> float:
+    """The lowest value of `dtype` (-inf for floats): what padding past the last row scores."""
+    return -torch.inf if dtype.is_floating_point else torch.iinfo(dtype).min
 
 
 def _expand(groups: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,6 +226,6 @@ def _descend(levels: list[torch.Tensor], k: int) -> torch.Tensor:
     best = torch.topk(levels[start].T, k, dim=1, sorted=False).indices
     for finer in reversed(levels[:start]):
         candidates, past_end = _expand(best, len(finer))
-        scores = torch.gather(finer.T, 1, candidates).masked_fill_(past_end, -torch.inf)
+        scores = torch.gather(finer.T, 1, candidates).masked_fill_(past_end, _lowest(finer.dtype))
         best = torch.gather(candidates, 1, torch.topk(scores, k, dim=1, sorted=False).indices)
     return best
