@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..dims import dims_problem, require
-from .redimnet import ReDimNet, embedding_layer
+from .encoder import embedding_layer
+from .redimnet import ReDimNet
 
 
 def validate_dims(dims: Sequence[int]) -> list[int]:

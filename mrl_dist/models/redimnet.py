@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoder import SpeakerEncoder
 from .frontend import MelFrontend
 from .model_config import ModelConfigMixin
 from .layers import (
@@ -237,12 +238,12 @@ _HEAD_ACTIVATIONS = {None: nn.Identity, "nn.Identity()": nn.Identity, "nn.Sigmoi
                      "nn.Softmax(dim=-1)": lambda: nn.Softmax(dim=-1)}
 
 
-class ReDimNet(nn.Module):
+class ReDimNet(SpeakerEncoder):
     """Front-end + backbone + pooling + embedding layer: `wave [B, T]` -> `embedding [B, embed_dim]`.
 
     Built from the official keyword arguments: `ReDimNet(**checkpoint["model_config"])`.
     A checkpoint with `num_classes` also carries `cls_head`; `forward` still returns the
-    embedding (use `classify` for logits).
+    embedding (use `classify` for logits). The rest of the wrapper is `SpeakerEncoder`'s.
     """
 
     def __init__(self, **model_config: Any):
@@ -252,11 +253,8 @@ class ReDimNet(nn.Module):
         self.spec = MelFrontend(n_mels=cfg.F, hop_length=cfg.hop_length, **cfg.spec_params)
         self.backbone = ReDimNetBackbone(cfg)
         pool_in = cfg.out_channels if cfg.out_channels is not None else cfg.C * cfg.F
-        self.pool = make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att)
-        self.pool_out_dim = self.pool.out_dim
-        self.bn = nn.BatchNorm1d(self.pool_out_dim)
-        self.linear = nn.Linear(self.pool_out_dim, cfg.embed_dim)
-        self.bn2 = nn.BatchNorm1d(cfg.embed_dim) if cfg.emb_bn else None
+        self.build_embedding_layer(make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att), cfg.embed_dim,
+                                   cfg.emb_bn)
         if cfg.num_classes is not None:
             self.cls_head = nn.Sequential(
                 nn.ReLU(),
@@ -266,47 +264,3 @@ class ReDimNet(nn.Module):
             )
         else:
             self.cls_head = None
-
-    @property
-    def model_config(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
-
-    def pooled(self, wave: torch.Tensor) -> torch.Tensor:
-        """`wave [B, T]` -> pooled statistics `[B, pool_out_dim]`."""
-        return self.pool(self.backbone(self.spec(wave).unsqueeze(1)))
-
-    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The embedding layer alone: `[B, pool_out_dim]` -> `[B, embed_dim]`."""
-        return embedding_layer(self.bn, self.linear, self.bn2, pooled)
-
-    def forward(self, wave: torch.Tensor):
-        if self.config.return_all_outputs:
-            stages = self.extract(wave, keep_stage_outputs=True)
-            return stages["embedding"], stages["stage_outputs"]
-        return self.embed_pooled(self.pooled(wave))
-
-    def classify(self, wave: torch.Tensor) -> torch.Tensor:
-        if self.cls_head is None:
-            raise RuntimeError("this ReDimNet has no classification head (model_config.num_classes is null)")
-        return self.cls_head(self.embed_pooled(self.pooled(wave)))
-
-    def extract(self, wave: torch.Tensor, keep_stage_outputs: bool = False) -> dict[str, Any]:
-        """Every intermediate: `mel [B, F, T]`, `backbone [B, C*F, T]`, `pooled`, `embedding`."""
-        mel = self.spec(wave)
-        features, stage_outputs = self.backbone(mel.unsqueeze(1), return_all_outputs=True)
-        pooled = self.pool(features)
-        result = {"mel": mel, "backbone": features, "pooled": pooled, "embedding": self.embed_pooled(pooled)}
-        if keep_stage_outputs:
-            result["stage_outputs"] = stage_outputs
-        return result
-
-
-def embedding_layer(bn: nn.Module, linear: nn.Linear, bn2: nn.Module | None, pooled: torch.Tensor) -> torch.Tensor:
-    """ReDimNet's embedding layer, `pooled [B, P]` -> `[B, E]`: BatchNorm -> Linear (-> BatchNorm
-    with `emb_bn`). Shared by `ReDimNet.embed_pooled` and the MRL model's native head."""
-    out = linear(bn(pooled))
-    return bn2(out) if bn2 is not None else out

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoder import SpeakerEncoder
 from .frontend import MelFrontend
 from .frontend_tf import TFMelFrontend
 from .layers import ChannelsFirstLayerNorm, ToImage, ToSequence, WeightedLayerSum
 from .model_config import ModelConfigMixin
 from .pooling import make_pooling
-from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, ConvBlock2d, TimeContextBlock, embedding_layer
+from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, ConvBlock2d, TimeContextBlock
 
 # Keys only ReDimNet2's model_config has: a file carrying any of them is of this family.
 REDIMNET2_ONLY_KEYS = frozenset({
@@ -250,8 +251,11 @@ class ReDimNet2Backbone(nn.Module):
         return features[:, :, self.before_pool_offset:] if self.before_pool_offset else features
 
 
-class ReDimNet2(nn.Module):
-    """Front-end + backbone + pooling + embedding layer: `wave [B, T]` -> `embedding [B, embed_dim]`."""
+class ReDimNet2(SpeakerEncoder):
+    """Front-end + backbone + pooling + embedding layer: `wave [B, T]` -> `embedding [B, embed_dim]`
+    (the rest of the wrapper is `SpeakerEncoder`'s)."""
+
+    no_head_reason = "the official wrapper builds none"
 
     def __init__(self, **model_config: Any):
         super().__init__()
@@ -264,44 +268,6 @@ class ReDimNet2(nn.Module):
             pool_in = cfg.C * cfg.F
         else:
             pool_in = cfg.out_channels * (cfg.F // self.backbone.freq_stride if cfg.return_2d_output else 1)
-        self.pool = make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att)
-        self.pool_out_dim = self.pool.out_dim
-        self.bn = nn.BatchNorm1d(self.pool_out_dim)
-        self.linear = nn.Linear(self.pool_out_dim, cfg.embed_dim)
-        self.bn2 = nn.BatchNorm1d(cfg.embed_dim) if cfg.emb_bn else None
+        self.build_embedding_layer(make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att), cfg.embed_dim,
+                                   cfg.emb_bn)
         self.cls_head = None  # the official wrapper builds none, whatever num_classes says
-
-    @property
-    def model_config(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
-
-    def pooled(self, wave: torch.Tensor) -> torch.Tensor:
-        """`wave [B, T]` -> pooled statistics `[B, pool_out_dim]`."""
-        return self.pool(self.backbone.features(self.spec, wave))
-
-    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return embedding_layer(self.bn, self.linear, self.bn2, pooled)
-
-    def forward(self, wave: torch.Tensor):
-        if self.config.return_all_outputs:
-            stages = self.extract(wave, keep_stage_outputs=True)
-            return stages["embedding"], stages["stage_outputs"]
-        return self.embed_pooled(self.pooled(wave))
-
-    def classify(self, wave: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("ReDimNet2 has no classification head (the official wrapper builds none)")
-
-    def extract(self, wave: torch.Tensor, keep_stage_outputs: bool = False) -> dict[str, Any]:
-        """Every intermediate: `mel [B, F, T]`, `backbone` (the backbone's own output, 4-D with
-        return_2d_output), `pooled`, `embedding`."""
-        mel = self.spec(self.backbone.pad_wave(wave))
-        features, stage_outputs = self.backbone(mel.unsqueeze(1), return_all_outputs=True)
-        pooled = self.pool(self.backbone.pool_input(features))
-        result = {"mel": mel, "backbone": features, "pooled": pooled, "embedding": self.embed_pooled(pooled)}
-        if keep_stage_outputs:
-            result["stage_outputs"] = stage_outputs
-        return result

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoder import SpeakerEncoder
 from .frontend import MelFrontend
 from .layers import ChannelsFirstLayerNorm, ToSequence, WeightedLayerSum
 from .model_config import ModelConfigMixin
 from .pooling import make_pooling
 from .ptm import FrozenPTM, TrainablePTM, load_wavlm
-from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, embedding_layer, redimnet_stage
+from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, redimnet_stage
 from .svmixer import LayerPredictionLoss, SVMixer
 
 TIME_ALIGNMENTS = ("stride2_stem", "interpolate")
@@ -226,8 +227,13 @@ class SSRFNetTrunk(nn.Module):
         return self.student(wave) if self.student is not None else self.ptm(wave)
 
     def features(self, spec: nn.Module, wave: torch.Tensor) -> torch.Tensor:
-        projections = [pfm(g) for pfm, g in zip(self.pfm, self.merge(self.states(wave)))]
-        return self.backend(spec(wave), projections)
+        return self.features_and_states(spec, wave)[0]
+
+    def features_and_states(self, spec: nn.Module, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the pooling's input, the hidden states [L, B, T', D] it was fused from)."""
+        states = self.states(wave)
+        projections = [pfm(g) for pfm, g in zip(self.pfm, self.merge(states))]
+        return self.backend(spec(wave), projections), states
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -236,8 +242,11 @@ class SSRFNetTrunk(nn.Module):
         return self
 
 
-class SSRFNet(nn.Module):
-    """`wave [B, T]` -> `embedding [B, embed_dim]`; `SSRFNet(**model_config)`."""
+class SSRFNet(SpeakerEncoder):
+    """`wave [B, T]` -> `embedding [B, embed_dim]`; `SSRFNet(**model_config)` (the rest of the
+    wrapper is `SpeakerEncoder`'s)."""
+
+    no_head_reason = "SSRFNet builds none"
 
     def __init__(self, **model_config: Any):
         super().__init__()
@@ -245,11 +254,8 @@ class SSRFNet(nn.Module):
         self.config = cfg
         self.spec = MelFrontend(n_mels=cfg.mel_bins, hop_length=cfg.hop_length, **cfg.spec_params)
         self.backbone = SSRFNetTrunk(cfg)
-        self.pool = make_pooling(cfg.pooling_func, cfg.C * cfg.F, cfg.global_context_att)
-        self.pool_out_dim = self.pool.out_dim
-        self.bn = nn.BatchNorm1d(self.pool_out_dim)
-        self.linear = nn.Linear(self.pool_out_dim, cfg.embed_dim)
-        self.bn2 = None
+        self.build_embedding_layer(make_pooling(cfg.pooling_func, cfg.C * cfg.F, cfg.global_context_att),
+                                   cfg.embed_dim, emb_bn=False)
         self.cls_head = None
         fusion = cfg.fusion
         distilling = fusion["student"] == "svmixer" and fusion["distill_weight"] > 0
@@ -259,14 +265,6 @@ class SSRFNet(nn.Module):
             self.layer_prediction = LayerPredictionLoss(self.backbone.student.projection.out_features, teacher_dim,
                                                         fusion["distill_layers"], fusion["cos_lambda"])
 
-    @property
-    def model_config(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
-
     def attach_ptm_teacher(self) -> None:
         """Build the frozen PTM the student is distilled from (training only; never saved). Fails
         with `PTMError` naming the model and folders when it cannot be found."""
@@ -274,15 +272,6 @@ class SSRFNet(nn.Module):
             ptm = self.config.fusion["ptm"]
             device = next(self.parameters()).device
             self.backbone._teacher.append(FrozenPTM(load_wavlm(ptm["source"], ptm["config"], ptm["seed"])).to(device))
-
-    def pooled(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.backbone.features(self.spec, wave))
-
-    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return embedding_layer(self.bn, self.linear, self.bn2, pooled)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.embed_pooled(self.pooled(wave))
 
     def aux_losses(self, wave: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(embedding, {"layer_prediction": weighted loss}) for a training step: the student's
@@ -292,13 +281,15 @@ class SSRFNet(nn.Module):
             return self(wave), {}
         if not trunk._teacher:
             raise RuntimeError("SSRFNet: call attach_ptm_teacher() before training with layer-prediction distillation")
-        states = trunk.student(wave)
-        projections = [pfm(g) for pfm, g in zip(trunk.pfm, trunk.merge(states))]
-        embedding = self.embed_pooled(self.pool(trunk.backend(self.spec(wave), projections)))
+        features, states = trunk.features_and_states(self.spec, wave)
+        embedding = self.embed_pooled(self.pool(features))
         loss = self.layer_prediction(states, trunk._teacher[0](wave))
         return embedding, {"layer_prediction": self.config.fusion["distill_weight"] * loss}
 
-    def extract(self, wave: torch.Tensor) -> dict[str, Any]:
+    def extract(self, wave: torch.Tensor, keep_stage_outputs: bool = False) -> dict[str, Any]:
+        """`mel`, `backbone` (the fused features), `pooled`, `embedding` (no stage outputs)."""
+        if keep_stage_outputs:
+            raise ValueError("SSRFNet.extract: stage outputs are not kept (the fused backbone returns its features only)")
         mel = self.spec(wave)
         features = self.backbone.features(self.spec, wave)
         pooled = self.pool(features)
