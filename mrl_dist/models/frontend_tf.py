@@ -21,20 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .frontend import SpecAugment
+from .frontend import SPEC_PARAM_DEFAULTS, SpecAugment
 
+# The PyTorch front-end's keys less those it alone has (no spectrogram normalisation, one SpecAugment
+# pass), plus the log's floor.
 TF_SPEC_PARAM_DEFAULTS = {
-    "sample_rate": 16000,
-    "n_fft": 512,
-    "win_length": 400,
-    "f_min": 20.0,
-    "f_max": 7600.0,
-    "do_spec_aug": False,
-    "norm_signal": False,
-    "do_preemph": True,
-    "freq_start_bin": 0,
-    "freq_mask_width": (0, 8),
-    "time_mask_width": (0, 10),
+    **{key: value for key, value in SPEC_PARAM_DEFAULTS.items() if key not in ("spec_norm", "num_apply_spec_aug")},
     "eps": 1e-8,
 }
 
