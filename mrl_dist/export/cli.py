@@ -12,14 +12,12 @@ onnxruntime.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from ..tools.machine import bench_header
 
 TOLERANCE = 1e-4  # |file - PyTorch| above this fails the export check
 INSTALL_HINT = 'pip install -e ".[export]"  (onnx, onnxruntime, onnxscript)'
@@ -119,25 +117,6 @@ def parse_bench_export_args(argv: Sequence[str] | None = None) -> argparse.Names
     return parser.parse_args(argv)
 
 
-def bench_machine_line() -> str:
-    """`# date CPU model, CPUs, torch, onnxruntime, threads, load average; command`."""
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    return (f"# {datetime.date.today()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, onnxruntime "
-            f"{onnxruntime.__version__}, {torch.get_num_threads()} threads, load average {load}; {command}")
-
-
 def bench_export_main(argv: Sequence[str] | None = None) -> int:
     """`launch/bench_export.py`: a Markdown table, one row per (model, dim), and a machine line."""
     args = parse_bench_export_args(argv)
@@ -163,5 +142,7 @@ def bench_export_main(argv: Sequence[str] | None = None) -> int:
                 print(f"| {name} | {dim} | {t.sizes_mb['onnx']:.1f} | {t.sizes_mb['torchscript']:.1f} | "
                       f"{t.export_s['onnx']:.0f} | {t.difference:.1e} | {cells} | "
                       f"{best['pytorch'] / best['onnxruntime']:.2f}x |", flush=True)
-    print(bench_machine_line())
+    import onnxruntime
+
+    print(bench_header(f"onnxruntime {onnxruntime.__version__}"))
     return 0

@@ -13,14 +13,12 @@ Embedding files are `X.npy` [N, D] with `X.keys.txt` beside them (one key per li
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from ..tools.machine import bench_header
 
 from .index import AUTO, BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
 
@@ -167,17 +165,6 @@ def parse_bench_search_args(argv: Sequence[str] | None = None) -> argparse.Names
     if args.backend == "faiss" and args.scan_dtypes != ["float32"]:
         parser.error("--backend faiss scans in float32: add --scan-dtypes float32")
     return args
-
-
-def bench_header() -> str:
-    """`# date, host CPU, CPUs, threads, torch, load average` and the command line."""
-    import torch
-
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    command = shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    return (f"# {datetime.date.today()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, load average {load}\n"
-            f"# python {command}")
 
 
 def bench_search_main(argv: Sequence[str] | None = None) -> int:

@@ -9,20 +9,13 @@ command that needs it so that one command's --help does not import every benchma
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import sys
-from pathlib import Path
 
 import torch
 
 from ..models import PRESETS
 from .bench import BENCH_MODES, VOXCELEB2_SPEAKERS, ThroughputResult, measure_throughput
-
-REPO = Path(__file__).resolve().parents[2]  # the checkout: commands are printed relative to it
-
+from .machine import bench_header
 
 # --- bench_train ------------------------------------------------------------------------------
 
@@ -46,22 +39,13 @@ def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_machine_line() -> str:
-    """`# date host CPU, CPUs, CUDA device, torch, load average`: the bench_train header."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
-    return (f"# {datetime.date.today()} {platform.node()} {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs, {device}, torch {torch.__version__}, load average {load}")
-
-
 def bench_train_main(argv: list[str] | None = None) -> int:
     """`launch/bench_train.py`: a Markdown throughput row (mrl_dist/tools/bench.py), or with
     --estimate-memory the memory tables of configs (mrl_dist/tools/memory.py); 2 without CUDA."""
     args = parse_bench_train_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(train_machine_line())
-    print(f"# python {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    print(bench_header(torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"))
     if args.estimate_memory:
         from .memory import config_memory_tables
 
@@ -109,8 +93,8 @@ def bench_loader_main(argv: list[str] | None = None) -> int:
                                   args.repeats, m4a=not args.no_m4a)
     pipeline, raw = best["(a) shard pipeline"], best["(c) raw limit"]
     naive = best["(b) naive per-file FLAC"]
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{args.utterances} x {args.seconds:g} s utterances, {args.crop_seconds:g} s crops, "
+    print(bench_header())
+    print(f"# {args.utterances} x {args.seconds:g} s utterances, {args.crop_seconds:g} s crops, "
           f"batch {args.batch_size}, one worker, best of {args.repeats}")
     print("| loader | crops/s (best 4-batch window) | crops/s (whole run) | time per crop vs raw |")
     print("| --- | ---: | ---: | ---: |")
@@ -139,22 +123,6 @@ def parse_bench_inference_args(argv: list[str] | None = None) -> argparse.Namesp
     return parser.parse_args(argv)
 
 
-def inference_machine_line() -> str:
-    """`# date CPU model, CPUs, torch, threads, load average; command`: the bench_inference footer."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
-    return (f"# {datetime.date.today()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, load average {load}; {command}")
-
-
 def bench_inference_main(argv: list[str] | None = None) -> int:
     """`launch/bench_inference.py`: the largest output difference, a Markdown row (best and median
     ms/batch of each form, speed-up of the bests) and a machine line (mrl_dist/tools/bench_inference.py)."""
@@ -174,7 +142,7 @@ def bench_inference_main(argv: list[str] | None = None) -> int:
     print(f"| {args.preset} | {kind} | {args.batch_size} | {args.seconds:g} | "
           f"{best['plain']:.1f} / {median['plain']:.1f} | {best['form']:.1f} / {median['form']:.1f} | "
           f"**{best['plain'] / best['form']:.2f}x** |")
-    print(inference_machine_line())
+    print(bench_header())
     return 0
 
 
@@ -230,8 +198,7 @@ def bench_features_main(argv: list[str] | None = None) -> int:
     from .bench_features import build_rate, cached_step_rate
 
     torch.set_num_threads(args.threads)
-    print(f"# {datetime.date.today()} {platform.node()} {platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads; python {' '.join(sys.argv)}")
+    print(bench_header())
     print("| preset | P | recompute crops/s | cached crops/s | speed-up | cache build crops/s "
           f"| build per 1,000 utt. (K={args.crops_per_utterance}) | size per 1,000 utt. |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

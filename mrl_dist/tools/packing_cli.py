@@ -8,13 +8,10 @@ a VoxCeleb2-sized listing, and the VoxCeleb2 estimate at several core counts.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
-import sys
 import tempfile
 from pathlib import Path
+
+from .machine import bench_header
 
 SOURCE_FORMATS = {"16k-mono": (16000, 1), "44k-stereo": (44100, 2), "48k-stereo": (48000, 2)}
 
@@ -50,11 +47,7 @@ def bench_packing_main(argv: list[str] | None = None) -> int:
     args = parse_bench_packing_args(argv)
     from . import bench_packing as bench
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"# {datetime.date.today()} {platform.node()} "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {load}")
-    print(f"# python {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}\n")
+    print(bench_header() + "\n")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         transcodes = []
