@@ -1,6 +1,7 @@
 """Models: the ReDimNet family (official-compatible) and the Matryoshka ReDimNetMRL.
 
 * `frontend`, `layers`, `pooling`, `redimnet` - ReDimNet as the official code builds it
+* `encoder`   - `SpeakerEncoder`, the wrapper every family shares (wave -> pooled -> embedding)
 * `presets`   - the b0-b6 / M configurations; `loading` - official files, names, downloads
 * `heads`, `rotation_head`, `mrl` - the Matryoshka heads and ReDimNetMRL
 * `redimnet2`, `frontend_tf` - ReDimNet2 as its official code builds it, its TF-style front-end
