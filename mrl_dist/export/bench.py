@@ -11,7 +11,6 @@ on the values. Used by `launch/bench_export.py`.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from ..models import ReDimNetMRL, build_preset, save_official_checkpoint
-from ..tools.bench_inference import randomise_batchnorms
+from ..tools.bench_inference import TimesByName, randomise_batchnorms
 from .convert import example_wave, export_model, load_runner, verify_export
 from .model import build_export, reference_embedding
 
@@ -35,21 +34,13 @@ RUNTIMES = ("onnxruntime", "torchscript", "pytorch")
 
 
 @dataclass
-class ExportTiming:
+class ExportTiming(TimesByName):
     model: str
     dim: int
     sizes_mb: dict[str, float]  # format -> file size
     export_s: dict[str, float]  # format -> seconds the export took
     difference: float  # max |onnxruntime - PyTorch export module| (verify_export)
     times: dict[str, list[float]] = field(default_factory=dict)  # runtime -> ms per timed call
-
-    @property
-    def best(self) -> dict[str, float]:
-        return {name: min(values) for name, values in self.times.items()}
-
-    @property
-    def median(self) -> dict[str, float]:
-        return {name: statistics.median(values) for name, values in self.times.items()}
 
 
 def write_bench_checkpoint(name: str, folder: Path, seed: int = 0) -> Path:

@@ -19,13 +19,10 @@ from ..models import ReDimNetMRL, build_preset
 from ..models.inference import inference_context, inference_form
 
 
-@dataclass
-class InferenceTiming:
-    """What one comparison measured: ms/batch of each form per timed call, and their agreement."""
+class TimesByName:
+    """Best and median of a timing result's `times` (name -> ms per timed call)."""
 
-    difference: float  # max |plain - form| over the last warm-up outputs
-    build_s: float  # time inference_form took to build the fast copy
-    times: dict[str, list[float]]  # "plain" / "form" -> ms per timed call
+    times: dict[str, list[float]]
 
     @property
     def best(self) -> dict[str, float]:
@@ -34,6 +31,15 @@ class InferenceTiming:
     @property
     def median(self) -> dict[str, float]:
         return {name: statistics.median(values) for name, values in self.times.items()}
+
+
+@dataclass
+class InferenceTiming(TimesByName):
+    """What one comparison measured: ms/batch of each form per timed call, and their agreement."""
+
+    difference: float  # max |plain - form| over the last warm-up outputs
+    build_s: float  # time inference_form took to build the fast copy
+    times: dict[str, list[float]]  # "plain" / "form" -> ms per timed call
 
 
 def randomise_batchnorms(model: torch.nn.Module, seed: int = 0) -> None:
