@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tools.machine import bench_header
-
 from .index import AUTO, BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
 
 

@@ -17,6 +17,7 @@ instead (a float32 copy of that prefix).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -57,6 +58,7 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(temporary)
 
 
+@functools.cache
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16): there a
     bfloat16 scan is 2-3x faster than float32; elsewhere it is emulated and slower."""
