@@ -30,6 +30,7 @@ class SpeakerEncoder(nn.Module):
     spec: nn.Module
     backbone: nn.Module
     pool: nn.Module
+    cls_head: nn.Module | None
     #: Why `classify` has nothing to run when `cls_head` is None (the family's own reason).
     no_head_reason = "model_config.num_classes is null"
 
@@ -68,7 +69,7 @@ class SpeakerEncoder(nn.Module):
         return self.embed_pooled(self.pooled(wave))
 
     def classify(self, wave: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "cls_head", None) is None:
+        if self.cls_head is None:
             raise RuntimeError(f"this {type(self).__name__} has no classification head ({self.no_head_reason})")
         return self.cls_head(self.embed_pooled(self.pooled(wave)))
 
