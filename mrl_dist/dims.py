@@ -7,7 +7,7 @@ into a ValueError that names the key.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def dims_problem(dims: Sequence[int]) -> str | None:

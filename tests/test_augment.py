@@ -8,11 +8,20 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import write_wav
+
 from mrl_dist.data.augment import (
-    NoiseCategory, augment_from_dict, check_augment_sources, noise_categories, ShardNoise, add_noise, add_reverb, mix_at_snr, num_classes,
-    reverberate, speed_perturb,
+    NoiseCategory,
+    ShardNoise,
+    add_noise,
+    add_reverb,
+    augment_from_dict,
+    check_augment_sources,
+    mix_at_snr,
+    noise_categories,
+    num_classes,
+    reverberate,
+    speed_perturb,
 )
 from mrl_dist.data.manifest import SkipCounter, read_manifest
 from mrl_dist.data.pipeline import make_train_loader

@@ -5,8 +5,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
-from mrl_dist.models.loading import default_weights
 import yaml
 
 from mrl_dist.config import (
@@ -19,6 +17,7 @@ from mrl_dist.config import (
     load_config,
     save_config,
 )
+from mrl_dist.models.loading import default_weights
 
 FULL_YAML = """\
 run_dir: runs/h100-b2-mrl

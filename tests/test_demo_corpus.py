@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mrl_dist.demo.cli import make_demo_data_main
-from mrl_dist.demo.corpus import make_demo_corpus
 from mrl_dist.data.trials import (
     Trial,
     balanced_trials,
@@ -24,6 +22,8 @@ from mrl_dist.data.trials import (
     utterance_key,
     write_trials,
 )
+from mrl_dist.demo.cli import make_demo_data_main
+from mrl_dist.demo.corpus import make_demo_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS, UTTERANCES, SEED = 6, 4, 0

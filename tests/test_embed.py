@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import aac_available, tone, write_wav
+
 from mrl_dist.data.audio import decode_file
 from mrl_dist.eval.cli import embed_main
 from mrl_dist.models import ReDimNetMRL, build_preset

@@ -7,7 +7,11 @@ from torch import nn
 
 from mrl_dist.data.trials import Trial
 from mrl_dist.eval.extract import (
-    MissingEmbeddingError, evaluate_model, extract_embeddings, length_groups, score_trials,
+    MissingEmbeddingError,
+    evaluate_model,
+    extract_embeddings,
+    length_groups,
+    score_trials,
 )
 from mrl_dist.eval.metrics import cosine_scores
 from mrl_dist.models import ReDimNetMRL, build_preset

@@ -13,12 +13,13 @@ import torch
 from mrl_dist.config import ConfigError, config_from_dict
 from mrl_dist.data.audio import read_flac_crop
 from mrl_dist.data.features import FEATURES_MANIFEST, FeatureCacheError, open_feature_cache, read_feature_file
-from mrl_dist.data.manifest import iter_tar_samples, SkipCounter
+from mrl_dist.data.manifest import SkipCounter, iter_tar_samples
 from mrl_dist.data.pipeline import resolve_source
-from mrl_dist.models import build_preset, load_pretrained, save_official_checkpoint
 from mrl_dist.demo.run import prepare_demo_shards
+from mrl_dist.models import build_preset, load_pretrained, save_official_checkpoint
 from mrl_dist.train.feature_cache import build_feature_cache
 from mrl_dist.train.loop import Trainer, train
+
 from train_configs import REPO, accelerate_two_cpu_processes, launch, read_metrics, tiny_config, write_config
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from fixtures_path import redimnet_fixture
 from mrl_dist.eval.extract import available_heads, embed_batch, model_family
 from mrl_dist.models import ReDimNetMRL, build_preset, load_pretrained
 from mrl_dist.models.inference import (
@@ -16,6 +15,8 @@ from mrl_dist.models.inference import (
     is_inference_form,
     unfolded_batchnorms,
 )
+
+from fixtures_path import redimnet_fixture
 
 TOLERANCE = 1e-5
 BATCH_SIZES = (1, 3)

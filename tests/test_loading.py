@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from fixtures_path import redimnet_fixture
 from mrl_dist.models import CheckpointError, load_pretrained, read_checkpoint, resolve_checkpoint
 from mrl_dist.models.loading import save_official_checkpoint
+
+from fixtures_path import redimnet_fixture
 
 
 class NotAWeight:

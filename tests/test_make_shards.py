@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
-
 from conftest import REPO, build_corpus, tone, write_wav
+
 from mrl_dist.data.shard_writer import decode_to_cache, plan_shards
 
 

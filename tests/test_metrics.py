@@ -18,7 +18,6 @@ from mrl_dist.eval.metrics import (
     verification_report,
 )
 
-
 # --- brute-force references: one full pass over the trials per candidate threshold ---
 
 def _reference_points(scores, labels):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from fixtures_path import redimnet_fixture
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import ReDimNetMRL, build_preset, collect_pooled, load_pretrained, pca_rotation
+
+from fixtures_path import redimnet_fixture
 
 torch.manual_seed(0)
 WAVES = [torch.randn(8, 12000) for _ in range(6)]  # 48 utterances of 0.75 s

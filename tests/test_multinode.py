@@ -20,6 +20,7 @@ import yaml
 
 from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train import checkpointing as ckpt
+
 from train_configs import read_metrics, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def launcher_config(tmp_path: Path, port: int) -> Path:
     return path
 
 
-STARTED: list["Node"] = []
+STARTED: list[Node] = []
 
 
 @pytest.fixture(autouse=True)

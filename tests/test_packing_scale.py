@@ -7,12 +7,16 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import tone, write_wav
+
 from mrl_dist.data import shard_writer
 from mrl_dist.data.manifest import read_manifest
 from mrl_dist.tools.bench_packing import (
-    VOXCELEB2_SPEAKERS, VOXCELEB2_UTTERANCES, FolderSampler, folder_bytes, measure_planning,
+    VOXCELEB2_SPEAKERS,
+    VOXCELEB2_UTTERANCES,
+    FolderSampler,
+    folder_bytes,
+    measure_planning,
 )
 
 SHARD_SIZE_MB = 0.05

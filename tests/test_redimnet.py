@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from fixtures_path import redimnet_fixture
 from mrl_dist.models import (
     OFFICIAL_PRESETS,
     ReDimNet,
@@ -16,6 +15,8 @@ from mrl_dist.models import (
     read_checkpoint,
 )
 from mrl_dist.models.frontend import MelFrontend
+
+from fixtures_path import redimnet_fixture
 
 OFFICIAL_SHAPES = json.loads(redimnet_fixture("official_state_dict_shapes.json").read_text())
 

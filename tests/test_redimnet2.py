@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures_path import redimnet2_fixture
 from mrl_dist.models import ReDimNetMRL, inference_form, load_pretrained, read_checkpoint
 from mrl_dist.models.frontend_tf import TFMelFrontend
 from mrl_dist.models.loading import (
@@ -20,6 +19,8 @@ from mrl_dist.models.loading import (
 )
 from mrl_dist.models.presets import PRESETS, REDIMNET2_PRESETS, build_preset, preset_config
 from mrl_dist.models.redimnet2 import ReDimNet2
+
+from fixtures_path import redimnet2_fixture
 
 FIXTURES = ["v2tiny", "v2small", "v2b3"]
 TENSORS = ["mel", "backbone", "pooled", "embedding"]

@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixtures_path import redimnet_fixture
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import ReDimNetMRL, collect_pooled, load_pretrained
 from mrl_dist.models.heads import MatryoshkaHead
 from mrl_dist.train.class_init import class_mean_embeddings, set_class_weights
+
+from fixtures_path import redimnet_fixture
 
 torch.manual_seed(0)
 WAVES = [torch.randn(8, 12000) for _ in range(4)]

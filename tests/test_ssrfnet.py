@@ -9,17 +9,25 @@ import torch
 
 pytest.importorskip("transformers", reason="SSRFNet's PTM needs the [ptm] extra")
 
-from mrl_dist.config import config_from_dict  # noqa: E402
+from mrl_dist.config import (
+    TeacherConfig,  # noqa: E402
+    config_from_dict,  # noqa: E402
+)
 from mrl_dist.demo.run import prepare_demo_shards  # noqa: E402
 from mrl_dist.models import (  # noqa: E402
-    ReDimNetMRL, build_preset, inference_form, load_pretrained, preset_config, save_official_checkpoint,
+    ReDimNetMRL,
+    build_preset,
+    inference_form,
+    load_pretrained,
+    preset_config,
+    save_official_checkpoint,
 )
 from mrl_dist.models.loading import official_to_local, read_checkpoint  # noqa: E402
 from mrl_dist.models.ptm import PTMError, load_wavlm  # noqa: E402
 from mrl_dist.models.ssrfnet import SSRFNet, apply_fusion_overrides, load_redimnet_weights, window_centres  # noqa: E402
 from mrl_dist.train import train  # noqa: E402
 from mrl_dist.train.distill import load_teachers  # noqa: E402
-from mrl_dist.config import TeacherConfig  # noqa: E402
+
 from train_configs import accelerate_two_cpu_processes, launch, read_metrics, tiny_config, write_config  # noqa: E402
 
 

@@ -13,12 +13,13 @@ import torch
 from accelerate.state import AcceleratorState
 
 from mrl_dist.config import config_from_dict, load_config
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.models import ReDimNetMRL, load_pretrained
 from mrl_dist.train import checkpointing as ckpt
-from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train.loop import BadStepError, Trainer, train
 from mrl_dist.train.modes import TrainModule
 from mrl_dist.train.schedule import lr_multiplier
+
 from train_configs import launch, read_metrics, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.models import build_preset, save_official_checkpoint
 from mrl_dist.train import checkpointing as ckpt
-from mrl_dist.demo.run import prepare_demo_shards
+
 from train_configs import accelerate_two_cpu_processes, launch, read_metrics, tiny_config, write_config
 
 pytestmark = pytest.mark.slow

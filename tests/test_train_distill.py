@@ -13,8 +13,8 @@ import torch
 from accelerate.state import AcceleratorState
 
 from mrl_dist.config import config_from_dict
-from mrl_dist.models import ReDimNetMRL, build_preset, save_official_checkpoint
 from mrl_dist.demo.run import prepare_demo_shards
+from mrl_dist.models import ReDimNetMRL, build_preset, save_official_checkpoint
 from mrl_dist.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

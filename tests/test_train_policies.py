@@ -18,15 +18,16 @@ from accelerate.utils import DeepSpeedPlugin
 from mrl_dist.config import ConfigError, config_from_dict, load_config
 from mrl_dist.data.manifest import read_manifest
 from mrl_dist.data.pipeline import make_eval_loader
+from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.eval.extract import evaluate_model
 from mrl_dist.losses import MatryoshkaAAMLoss, aam_logits
 from mrl_dist.models import build_preset, save_official_checkpoint
 from mrl_dist.train import ds_config
-from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.train.loop import Trainer
 from mrl_dist.train.modes import trunk_batchnorms
 from mrl_dist.train.schedule import margin_at
 from mrl_dist.train.tracking import Tracker
+
 from train_configs import REPO, read_metrics, tiny_config
 
 

@@ -13,6 +13,7 @@ from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.loading import official_payload
 from mrl_dist.models.redimnet2 import ReDimNet2
 from mrl_dist.train import train
+
 from train_configs import accelerate_two_cpu_processes, launch, read_metrics, tiny_config, write_config
 
 

@@ -13,7 +13,8 @@ import difflib
 import re
 import types
 import typing
-from typing import Any, Literal, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Literal, Union
 
 import yaml
 

@@ -10,7 +10,6 @@ from ..dims import dim_weights_problem, dims_problem, teacher_dims_problem, weig
 from .convert import ConfigError
 from .schema import Config
 
-
 _POSITIVE = (
     "model.pca_batches", "data.crop_seconds", "data.feature_crops_per_utterance", "data.crops_per_speaker", "training.batch_size", "training.grad_accum",
     "training.max_steps", "training.steps_per_epoch", "training.grad_clip", "training.max_bad_steps",

@@ -26,9 +26,9 @@ with `.flac` members); that is the one category `noise`. Noise files: wav/flac/o
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import soundfile as sf

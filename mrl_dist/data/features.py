@@ -32,15 +32,16 @@ import hashlib
 import json
 import os
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from mrl_dist.data.audio import AudioError, read_flac_window, repeat_to_length
 from mrl_dist.config import AugmentConfig
+from mrl_dist.data.audio import AudioError, read_flac_window, repeat_to_length
 from mrl_dist.data.augment import augment_stages
 from mrl_dist.data.manifest import SkipCounter, iter_tar_samples, write_json_atomic
 from mrl_dist.data.stages import parse_meta
@@ -91,7 +92,7 @@ def seeded_crops(samples: Iterable[dict], crops_per_utterance: int, crop_frames:
             rng = crop_rng(seed, sample["key"], index)
             try:
                 wave, start = read_flac_window(sample["flac"], crop_frames,
-                                               lambda total: int(rng.integers(0, total - crop_frames + 1)))
+                                               lambda total, rng=rng: int(rng.integers(0, total - crop_frames + 1)))
             except AudioError as error:
                 skips.skip(error.reason, sample["url"], sample["key"], error.detail)
                 break

@@ -13,9 +13,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .remote import fetch_bytes, is_url, open_stream, resolve
 

@@ -47,21 +47,31 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
 from .. import __version__
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
 from .shard_writer import (
-    ShardPlan, SourceFile, cache_path, decode_in_processes, decode_to_cache, fingerprint,
-    list_sources, plan_digest, plan_shards, read_shard_record, release_cache, sha256_file,
-    skip_entry, write_shard,
+    ShardPlan,
+    SourceFile,
+    cache_path,
+    decode_in_processes,
+    decode_to_cache,
+    fingerprint,
+    list_sources,
+    plan_digest,
+    plan_shards,
+    read_shard_record,
+    release_cache,
+    sha256_file,
+    skip_entry,
+    write_shard,
 )
 from .trials import read_trials, trial_keys
-
 
 MAX_SHARD_WRITERS = 8  # pass-2 processes: each holds one shard's samples twice until it is sealed
 

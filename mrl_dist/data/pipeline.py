@@ -20,24 +20,41 @@ trainer passes rank and world_size in.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from mrl_dist.data.audio import SAMPLE_RATE
 from mrl_dist.config import AugmentConfig
+from mrl_dist.data.audio import SAMPLE_RATE
 from mrl_dist.data.augment import (
-    augment_from_dict, augment_stages, check_augment_sources, num_classes, speed_perturb,
+    augment_from_dict,
+    augment_stages,
+    check_augment_sources,
+    num_classes,
+    speed_perturb,
 )
 from mrl_dist.data.manifest import (
-    MANIFEST_SUFFIX, SkipCounter, expand_urls, iter_tar_samples, read_manifest, resampled_shards,
+    MANIFEST_SUFFIX,
+    SkipCounter,
+    expand_urls,
+    iter_tar_samples,
+    read_manifest,
+    resampled_shards,
 )
 from mrl_dist.data.stages import (
-    batch_crops, decode_crop, decode_whole, length_sorted_batches, parse_meta, shuffle_samples, worker_index, worker_rng,
+    batch_crops,
+    decode_crop,
+    decode_whole,
+    length_sorted_batches,
+    parse_meta,
+    shuffle_samples,
+    worker_index,
+    worker_rng,
 )
 from mrl_dist.data.trials import read_trials, trial_keys
+
 
 @dataclass(frozen=True)
 class ShardSource:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import soxr
@@ -90,10 +90,10 @@ def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Genera
         speed = sample.get("speed", 1.0)
         wanted = crop_frames if speed == 1.0 else math.ceil(crop_frames * speed) + 8
         if fixed:
-            def choose(total: int, key: str = sample["key"]) -> int:
+            def choose(total: int, key: str = sample["key"], wanted: int = wanted) -> int:
                 return fixed_crop_start(key, total, wanted)
         else:
-            def choose(total: int) -> int:
+            def choose(total: int, wanted: int = wanted) -> int:
                 return int(rng.integers(0, total - wanted + 1))
         try:
             wave, start = read_flac_window(sample["flac"], wanted, choose)

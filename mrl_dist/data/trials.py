@@ -15,9 +15,9 @@ and :func:`trial_keys` translate trial paths into the keys the evaluation looks 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from mrl_dist.data.trials import balanced_trials, write_trials
 from mrl_dist.demo.synthetic_voice import synthesize_utterance
 from mrl_dist.demo.voices import Session, SpeakerVoice, sample_session, sample_speaker
-from mrl_dist.data.trials import balanced_trials, write_trials
 
 MANIFEST_NAME = "demo_corpus.json"
 TRIALS_NAME = "trials.txt"

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_from_dict
-from .corpus import make_demo_corpus
 from ..data.packing import pack_split
 from ..data.pipeline import make_eval_loader
 from ..eval.extract import evaluate_model
 from ..models import ReDimNetMRL, load_pretrained
 from ..train.loop import train
+from .corpus import make_demo_corpus
 
 DEMO_DIMS = [32, 64, 128, 192, 256]
 

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .voices import CONSONANT_SEQUENCES, PHONES, PHONE_INDEX, Session, SpeakerVoice, VOWELS, frame_geometry
-
+from .voices import CONSONANT_SEQUENCES, PHONE_INDEX, PHONES, VOWELS, Session, SpeakerVoice, frame_geometry
 
 _PAUSE = PHONE_INDEX["pause"]
 _VOICING = np.array([p.voicing for p in PHONES])

@@ -27,21 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from mrl_dist.config import load_config
 from mrl_dist.data.pipeline import make_eval_loader, resolve_source
-from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.data.trials import read_trials
+from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, evaluate_model, extract_embeddings
 from mrl_dist.eval.metrics import det_curve, format_table, verification_report
 from mrl_dist.eval.score_norm import normalise_all
-from mrl_dist.config import load_config
 from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.inference import inference_form
-from mrl_dist.precision import AUTOCAST_DTYPES
 from mrl_dist.models.loading import CheckpointError, load_pretrained, read_checkpoint
 from mrl_dist.models.mrl import ReDimNetMRL
+from mrl_dist.precision import AUTOCAST_DTYPES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -8,9 +8,9 @@ training nodes and inside notebooks alike).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from statistics import NormalDist
-from typing import Mapping
 
 import numpy as np
 

@@ -22,8 +22,9 @@ at the cost of more passes.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -14,7 +14,7 @@ grouped so tied trials always change side together, which is what makes
 from __future__ import annotations
 
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

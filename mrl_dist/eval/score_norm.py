@@ -12,7 +12,7 @@ numpy only; the cohort comes from `extract_embeddings` over training shards (eva
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

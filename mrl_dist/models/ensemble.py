@@ -11,7 +11,7 @@ so evaluation code scores either one unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class EnsembleRouter(nn.Module):
             raise ValueError("EnsembleRouter: no teacher was assigned any dim")
 
     @classmethod
-    def from_config(cls, teachers: Sequence[TeacherConfig]) -> "EnsembleRouter":
+    def from_config(cls, teachers: Sequence[TeacherConfig]) -> EnsembleRouter:
         """Load each `distill.teachers` entry with `load_pretrained` and route its `dims` to it (eval mode)."""
         assignments = [(load_pretrained(cfg.source, train_type=cfg.train_type, dataset=cfg.dataset), cfg.dims)
                        for cfg in teachers]

@@ -16,7 +16,7 @@ that official checkpoints, which carry them, load with no missing or unexpected 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

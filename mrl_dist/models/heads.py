@@ -4,7 +4,7 @@ embeddings. The rotation head (rotation_head.py) materialises as a `MatryoshkaHe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

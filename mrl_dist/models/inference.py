@@ -65,13 +65,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import types
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .frontend import MelFrontend
+from .heads import NativeHead
 from .layers import (
     ChannelsFirstLayerNorm,
     ConvNeXtLikeBlock,
@@ -79,12 +80,11 @@ from .layers import (
     ToImage,
     WeightedLayerSum,
 )
-from .heads import NativeHead
 from .mrl import ReDimNetMRL
-from .redimnet2 import ReDimNet2
-from .ssrfnet import SSRFNet, SSRFNetTrunk
 from .pooling import AttentiveStatsPooling
 from .redimnet import ReDimNet, TimeContextBlock
+from .redimnet2 import ReDimNet2
+from .ssrfnet import SSRFNet, SSRFNetTrunk
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)

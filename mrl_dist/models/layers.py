@@ -8,7 +8,7 @@ Class names, in contrast, say what each block does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

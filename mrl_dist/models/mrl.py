@@ -22,7 +22,8 @@ The pretrained embedding layer also stays as `native` (frozen) so validation can
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ class ReDimNetMRL(nn.Module):
                       head_init: str = "pca", pooled_features: torch.Tensor | None = None,
                       keep_native: bool = True, pca_center: bool = False, seed: int = 0,
                       head_type: str = "linear", train_extra_dims: bool = False,
-                      weights_arrive_later: bool = False) -> "ReDimNetMRL":
+                      weights_arrive_later: bool = False) -> ReDimNetMRL:
         """Wrap a (pretrained) ReDimNet; `pooled_features [N, P]` are needed for `head_init="pca"`.
 
         `head_type`: "linear" (BatchNorm + Linear, every weight trained) or "rotation" (the native
@@ -136,7 +137,7 @@ class ReDimNetMRL(nn.Module):
             self.head.linear.bias[rows:] = 0.0
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "ReDimNetMRL":
+    def from_checkpoint(cls, path: str | os.PathLike) -> ReDimNetMRL:
         """Load an MRL inference checkpoint written by `save_checkpoint` (eval mode)."""
         payload = read_checkpoint(path, required=("model_config", "mrl_config", "state_dict"))
         mrl = payload["mrl_config"]
@@ -210,7 +211,7 @@ class ReDimNetMRL(nn.Module):
     def trunk_frozen(self) -> bool:
         return all(name in self._frozen for name in self.trunk_module_names() if name != "native")
 
-    def train(self, mode: bool = True) -> "ReDimNetMRL":
+    def train(self, mode: bool = True) -> ReDimNetMRL:
         super().train(mode)
         # Frozen parts keep their BatchNorm statistics and dropout off, whatever the mode.
         for name in self._frozen:

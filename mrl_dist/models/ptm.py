@@ -19,8 +19,9 @@ Where the weights come from (`source`):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ class FrozenPTM(nn.Module):
     def hidden_size(self) -> int:
         return int(self.wavlm.config.hidden_size)
 
-    def train(self, mode: bool = True) -> "FrozenPTM":
+    def train(self, mode: bool = True) -> FrozenPTM:
         return super().train(False)
 
     @torch.no_grad()
@@ -102,7 +103,7 @@ class TrainablePTM(FrozenPTM):
         nn.Module.__init__(self)
         self.wavlm = wavlm
 
-    def train(self, mode: bool = True) -> "TrainablePTM":
+    def train(self, mode: bool = True) -> TrainablePTM:
         return nn.Module.train(self, mode)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ from torch import nn
 
 from .encoder import SpeakerEncoder
 from .frontend import MelFrontend
-from .model_config import ModelConfigMixin
 from .layers import (
     ChannelsFirstLayerNorm,
     ConvNeXtLikeBlock,
@@ -33,6 +32,7 @@ from .layers import (
     TransformerEncoderLayer,
     WeightedLayerSum,
 )
+from .model_config import ModelConfigMixin
 from .pooling import make_pooling
 
 BLOCK_1D_TYPES = ("att", "conv+att", "fc", "conv")

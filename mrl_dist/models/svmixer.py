@@ -18,7 +18,7 @@ of log sigmoid(cos(pred, teacher)); heads summed, batch averaged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

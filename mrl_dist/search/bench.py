@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def time_modes(modes: dict[str, Callable[[np.ndarray], np.ndarray]], queries: np
     starts = range(0, len(queries) - batch + 1, batch)  # whole batches only: equal work per timing
     seconds = {name: [] for name in modes}
     hits = {name: 0 for name in modes}
-    for name, search in modes.items():  # warm-up: work buffers, faiss indexes
+    for search in modes.values():  # warm-up: work buffers, faiss indexes
         search(queries[:batch])
     for repeat in range(repeats):
         for start in starts:

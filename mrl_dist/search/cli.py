@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..tools.machine import bench_header
 from .index import AUTO, BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
-
 
 # --- search: enrol / query ----------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ that fails is scanned again in float32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

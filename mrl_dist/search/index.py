@@ -21,8 +21,8 @@ import functools
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -270,7 +270,7 @@ class CascadeIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "torch") -> "CascadeIndex":
+    def load(cls, path: str | os.PathLike, backend: str = "torch") -> CascadeIndex:
         """The index `save` wrote at `path` (and `keys_path(path)`)."""
         path, meta_path = Path(path), keys_path(path)
         for needed in (path, meta_path):

@@ -37,7 +37,12 @@ from ..data.audio import SAMPLE_RATE, _read_with_pyav, encode_flac, read_flac_cr
 from ..data.manifest import MANIFEST_SUFFIX, read_manifest, write_json_atomic
 from ..data.packing import MAX_SHARD_WRITERS, decode_all, pack_split, plan_split, run_identity
 from ..data.shard_writer import (
-    SourceFile, cache_path, decode_to_cache, list_sources, plan_digest, shard_record_path,
+    SourceFile,
+    cache_path,
+    decode_to_cache,
+    list_sources,
+    plan_digest,
+    shard_record_path,
     write_shard,
 )
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -115,7 +115,7 @@ class SavedTensorBytes:
             self.total += tensor.untyped_storage().nbytes()
         return tensor
 
-    def __enter__(self) -> "SavedTensorBytes":
+    def __enter__(self) -> SavedTensorBytes:
         self._hooks.__enter__()
         return self
 
@@ -170,7 +170,7 @@ def _fit_timelines(small: list[int], large: list[int], small_batch: int, large_b
         log.warning("memory: %d ops at batch %d but %d at batch %d; fitting the peaks only",
                     len(small), small_batch, len(large), large_batch)
         small, large = [max(small)], [max(large)]
-    lines = [(s - (l - s) / span * small_batch, (l - s) / span) for s, l in zip(small, large)]
+    lines = [(lo - (hi - lo) / span * small_batch, (hi - lo) / span) for lo, hi in zip(small, large)]
     return upper_envelope(lines)
 
 

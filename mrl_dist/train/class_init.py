@@ -11,7 +11,7 @@ minimum the pretrained embedding already offers, so training refines instead of 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F

@@ -17,8 +17,8 @@ and what it was doing, instead of the backend's bare timeout message.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 import types
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

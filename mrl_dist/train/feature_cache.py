@@ -25,13 +25,18 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
+from ..config import AugmentConfig, Config, ConfigError
 from ..data.audio import SAMPLE_RATE
-from ..config import AugmentConfig
 from ..data.augment import check_augment_sources
 from ..data.features import (
-    FEATURES_FORMAT, FEATURES_MANIFEST, crop_batches, feature_file_name, read_feature_file, trunk_fingerprint,
-    write_feature_file, write_manifest,
+    FEATURES_FORMAT,
+    FEATURES_MANIFEST,
+    crop_batches,
+    feature_file_name,
+    read_feature_file,
+    trunk_fingerprint,
+    write_feature_file,
+    write_manifest,
 )
 from ..data.manifest import SkipCounter, write_json_atomic
 from ..data.pipeline import resolve_source

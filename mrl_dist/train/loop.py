@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate.utils import DistributedType, set_seed
 
 from ..config import Config, save_config
 from ..data.features import (
-    FEATURES_MANIFEST, FeatureCache, FeatureLoader, check_cache_fits, open_feature_cache, read_feature_file,
+    FEATURES_MANIFEST,
+    FeatureCache,
+    FeatureLoader,
+    check_cache_fits,
+    open_feature_cache,
+    read_feature_file,
     trunk_fingerprint,
 )
 from ..data.manifest import read_manifest

@@ -13,14 +13,18 @@ parts have `requires_grad=False`, so DDP never synchronises them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import Config
 from ..losses import MatryoshkaAAMLoss
+from ..models import ReDimNet, ReDimNetMRL, save_official_checkpoint
+from ..models.loading import load_model_source, names_a_file
+from ..models.ssrfnet import fusion_overrides
 from .distill import (
     Teacher,
     TeacherEmbeddingCache,
@@ -31,9 +35,6 @@ from .distill import (
     teacher_cache_dir,
     teacher_embeddings,
 )
-from ..models import ReDimNet, ReDimNetMRL, save_official_checkpoint
-from ..models.loading import load_model_source, names_a_file
-from ..models.ssrfnet import fusion_overrides
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class TrainModule(nn.Module):
             stats[name] = value.detach()
         return loss, stats
 
-    def train(self, mode: bool = True) -> "TrainModule":
+    def train(self, mode: bool = True) -> TrainModule:
         super().train(mode)
         if mode and self.freeze_bn_stats:
             for layer in trunk_batchnorms(self.model):

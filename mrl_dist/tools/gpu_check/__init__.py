@@ -49,13 +49,28 @@ from __future__ import annotations
 from .bench import BENCH_CASES, bench_case, distill_teacher_dims, measure_distill_throughput, section_bench
 from .check import Check, SectionError
 from .deepspeed_run import deepspeed_version, section_deepspeed
-from .flops import (BF16_DENSE_PEAKS, conv_backward_flop, count_flops, device_peak_flops, machine_info,
-                    model_flops_utilisation)
-from .launching import (accelerate_launch, free_port, launch_prefix, output_tail, run_and_sigterm, run_config,
-                        run_logged, subprocess_env, trainer_processes, write_config)
+from .flops import (
+                    BF16_DENSE_PEAKS,
+                    conv_backward_flop,
+                    count_flops,
+                    device_peak_flops,
+                    machine_info,
+                    model_flops_utilisation,
+)
+from .launching import (
+                    accelerate_launch,
+                    free_port,
+                    launch_prefix,
+                    output_tail,
+                    run_and_sigterm,
+                    run_config,
+                    run_logged,
+                    subprocess_env,
+                    trainer_processes,
+                    write_config,
+)
 from .loader import section_loader, time_loader
-from .plan import (REPO, SECTIONS, BenchSize, Plan, bench_sizes_from_configs, make_plan, parse_args,
-                   shipped_gpu_configs)
+from .plan import REPO, SECTIONS, BenchSize, Plan, bench_sizes_from_configs, make_plan, parse_args, shipped_gpu_configs
 from .report import JSON_NAME, MARKDOWN_NAME, REPORT_FORMAT, render_markdown, write_outputs
 from .runner import SECTION_FUNCTIONS, SECTION_MINIMUM_S, command_line, main, run_all, run_section
 from .train_run import section_train_run, train_run_checks

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
-
 
 # Dense (no sparsity) bf16 tensor-core peaks, matched in order against a lower-cased
 # torch.cuda.get_device_name(): the more specific names first ("H100 PCIe" before "H100").

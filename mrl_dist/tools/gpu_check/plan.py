@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[3]
 SECTIONS = ("bench", "train-run", "loader", "deepspeed")

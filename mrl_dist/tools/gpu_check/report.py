@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPORT_FORMAT = "mrl-dist-gpu-check/1"
 JSON_NAME, MARKDOWN_NAME = "gpu-check.json", "gpu-check.md"

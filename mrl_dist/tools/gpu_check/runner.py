@@ -11,8 +11,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -24,7 +25,6 @@ from .loader import section_loader
 from .plan import SECTIONS, Plan, make_plan, parse_args
 from .report import JSON_NAME, MARKDOWN_NAME, REPORT_FORMAT, render_markdown, write_outputs
 from .train_run import section_train_run
-
 
 SECTION_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "bench": section_bench, "train-run": section_train_run, "loader": section_loader, "deepspeed": section_deepspeed,

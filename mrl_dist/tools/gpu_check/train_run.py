@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .check import Check, SectionError, _need
-from .launching import (launch_prefix, output_tail, run_and_sigterm, run_config, run_logged, subprocess_env,
-                         write_config)
+from .launching import launch_prefix, output_tail, run_and_sigterm, run_config, run_logged, subprocess_env, write_config
 from .plan import REPO, Plan
 from .trainlog import _read, expected_unfreeze_lines, parse_train_log, steps_per_second
 

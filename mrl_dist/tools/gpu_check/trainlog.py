@@ -9,7 +9,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-
 _LOSS_LINE = re.compile(r" step (\d+) loss=")
 
 
