@@ -19,9 +19,11 @@ import mrl_dist  # noqa: E402  (after `dependencies`, which torch.hub checks fir
 
 _HERE = Path(__file__).resolve().parent
 if Path(mrl_dist.__file__).resolve().parent.parent != _HERE:
-    warnings.warn(f"hubconf.py in {_HERE} runs the mrl_dist already imported from {Path(mrl_dist.__file__).parent} "
-                  f"(it was imported before torch.hub.load); restart Python to use this repository's code",
-                  stacklevel=2)
+    warnings.warn(
+        f"hubconf.py in {_HERE} runs the mrl_dist already imported from {Path(mrl_dist.__file__).parent} "
+        f"(it was imported before torch.hub.load); restart Python to use this repository's code",
+        stacklevel=2,
+    )
 
 
 def redimnet_mrl(checkpoint, dim=None):

@@ -1,7 +1,7 @@
 """The main job on built-in demo data, on CPU in a few minutes, ending with an EER table per dim.
 
-    python launch/demo.py                      # runs/demo/...
-    python launch/demo.py --output /tmp/demo --classifier-steps 300
+python launch/demo.py                      # runs/demo/...
+python launch/demo.py --output /tmp/demo --classifier-steps 300
 """
 
 from mrl_dist.demo.cli import demo_main

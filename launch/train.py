@@ -1,8 +1,8 @@
 """Train an MRL head, a classifier backbone or a distilled student.
 
-    python launch/train.py --config configs/cpu-demo.yaml
-    accelerate launch --config_file configs/accelerate/1gpu.yaml launch/train.py --config configs/a100.yaml
-    accelerate launch --cpu --num_processes 2 launch/train.py --config configs/cpu-demo.yaml --resume latest
+python launch/train.py --config configs/cpu-demo.yaml
+accelerate launch --config_file configs/accelerate/1gpu.yaml launch/train.py --config configs/a100.yaml
+accelerate launch --cpu --num_processes 2 launch/train.py --config configs/cpu-demo.yaml --resume latest
 """
 
 from mrl_dist.train.cli import train_main

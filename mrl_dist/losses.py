@@ -35,8 +35,14 @@ def additive_angular_margin(cosine: torch.Tensor, margin: float) -> torch.Tensor
     return torch.where(cosine > threshold, with_margin, cosine - margin * math.sin(margin))
 
 
-def aam_logits(embeddings: torch.Tensor, class_weights: torch.Tensor, labels: torch.Tensor,
-               margin: float, scale: float, subcenters: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def aam_logits(
+    embeddings: torch.Tensor,
+    class_weights: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float,
+    scale: float,
+    subcenters: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled AAM logits `[B, num_classes]` and plain cosines (for accuracy).
 
     `embeddings [B, D]`, `class_weights [num_classes * subcenters, D]` (any norm: both sides are
@@ -57,8 +63,7 @@ def aam_logits(embeddings: torch.Tensor, class_weights: torch.Tensor, labels: to
 class AAMSoftmax(nn.Module):
     """AAM-softmax loss for `embeddings [B, D]` and `labels [B]`; returns the mean loss."""
 
-    def __init__(self, embed_dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0,
-                 subcenters: int = 1):
+    def __init__(self, embed_dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0, subcenters: int = 1):
         super().__init__()
         self.margin, self.scale, self.subcenters = margin, scale, subcenters
         self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embed_dim))
@@ -80,8 +85,16 @@ class MatryoshkaAAMLoss(nn.Module):
     per dim.
     """
 
-    def __init__(self, dims: Sequence[int], num_classes: int, margin: float = 0.2, scale: float = 30.0,
-                 subcenters: int = 1, dim_weights: Sequence[float] | None = None, tied: bool = True):
+    def __init__(
+        self,
+        dims: Sequence[int],
+        num_classes: int,
+        margin: float = 0.2,
+        scale: float = 30.0,
+        subcenters: int = 1,
+        dim_weights: Sequence[float] | None = None,
+        tied: bool = True,
+    ):
         super().__init__()
         self.dims = [int(d) for d in dims]
         if dim_weights is None:
@@ -102,8 +115,9 @@ class MatryoshkaAAMLoss(nn.Module):
         dim = self.dims[index]
         return self.weight[:, :dim] if self.tied else self.weights[index]
 
-    def forward(self, embeddings: torch.Tensor | dict[int, torch.Tensor], labels: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
+    def forward(
+        self, embeddings: torch.Tensor | dict[int, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
         """`embeddings [B, max_dim]` (or `{dim: [B, dim]}`), `labels [B]` -> (loss, stats).
 
         `stats = {"loss": {dim: value}, "accuracy": {dim: fraction}}` as detached 0-d tensors:
@@ -112,8 +126,9 @@ class MatryoshkaAAMLoss(nn.Module):
         losses, accuracies = [], {}
         for index, dim in enumerate(self.dims):
             prefix = embeddings[dim] if isinstance(embeddings, dict) else embeddings[:, :dim]
-            logits, cosine = aam_logits(prefix, self.class_weights(index), labels,
-                                        self.margin, self.scale, self.subcenters)
+            logits, cosine = aam_logits(
+                prefix, self.class_weights(index), labels, self.margin, self.scale, self.subcenters
+            )
             with torch.autocast(device_type=logits.device.type, enabled=False):
                 losses.append(F.cross_entropy(logits, labels))
             accuracies[dim] = (cosine.detach().argmax(dim=1) == labels).float().mean()

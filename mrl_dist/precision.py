@@ -10,8 +10,12 @@ import contextlib
 
 import torch
 
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"no": None, "none": None, "bf16": torch.bfloat16,
-                                                  "fp16": torch.float16}
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "no": None,
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

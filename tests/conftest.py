@@ -64,8 +64,7 @@ def build_corpus(root: Path) -> Corpus:
                 key = f"{speaker}/{video}/{u:05d}"
                 seconds = 1.0 + 0.5 * ((s + u) % 4)
                 seed = zlib.crc32(key.encode())
-                corpus.good[key] = write_wav(root / f"{key}.wav",
-                                             tone(seconds, 16000, 150 + 60 * s, seed=seed), 16000)
+                corpus.good[key] = write_wav(root / f"{key}.wav", tone(seconds, 16000, 150 + 60 * s, seed=seed), 16000)
     stereo = "id00002/vidS/00001"
     corpus.good[stereo] = write_wav(root / f"{stereo}.wav", tone(1.5, 44100, 300, 2), 44100)
     corpus.converted[stereo] = (44100, 2)
@@ -99,8 +98,10 @@ def build_corpus(root: Path) -> Corpus:
     broken("id00004/vidA/notes.txt", "not-audio", b"not audio")
 
     trial_keys = sorted(k for k in corpus.good if k.startswith(("id00001", "id00002")))
-    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a}.wav {b}.wav"
-             for a, b in zip(trial_keys, trial_keys[1:] + trial_keys[:1])]
+    lines = [
+        f"{int(a.split('/')[0] == b.split('/')[0])} {a}.wav {b}.wav"
+        for a, b in zip(trial_keys, trial_keys[1:] + trial_keys[:1])
+    ]
     corpus.trials = root.parent / f"{root.name}-trials.txt"
     corpus.trials.write_text("\n".join(lines) + "\n")
     return corpus
@@ -134,8 +135,9 @@ def corpus(tmp_path_factory) -> Corpus:
 def packed(corpus, make_shards, tmp_path_factory) -> Path:
     """The corpus packed with --workers 1 into shards of about 0.1 MiB; returns the manifest path."""
     output = tmp_path_factory.mktemp("shards")
-    make_shards.pack_split([corpus.root], output, "train", trials=corpus.trials, workers=1,
-                           shard_size_mb=0.1, progress=False)
+    make_shards.pack_split(
+        [corpus.root], output, "train", trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False
+    )
     return output / "train.manifest.json"
 
 

@@ -25,6 +25,8 @@ def redimnet2_fixture(name: str) -> Path:
     """A file of `../shared/fixtures/redimnet2/` (official ReDimNet2 format, reference outputs)."""
     path = REDIMNET2_FIXTURES / name
     if not path.is_file():
-        raise FileNotFoundError(f"parity fixture {path} is missing: the repository expects "
-                                "../shared/fixtures/redimnet2/ beside its checkout")
+        raise FileNotFoundError(
+            f"parity fixture {path} is missing: the repository expects "
+            "../shared/fixtures/redimnet2/ beside its checkout"
+        )
     return path

@@ -31,8 +31,9 @@ from mrl_dist.data.stages import decode_crop
 def speech_like(frames: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(frames) / 16000
-    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
-            + 0.02 * rng.standard_normal(frames)).astype(np.float32)
+    return (
+        0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(frames)
+    ).astype(np.float32)
 
 
 def rms(wave: np.ndarray) -> float:
@@ -99,8 +100,9 @@ def test_noise_from_shards_is_mixed_at_the_requested_snr(tmp_path):
     with tarfile.open(shard, "w") as tar:
         for i in range(4):
             flac = io.BytesIO()
-            sf.write(flac, (0.1 * np.random.default_rng(i).standard_normal(20000)), 16000,
-                     format="FLAC", subtype="PCM_16")
+            sf.write(
+                flac, (0.1 * np.random.default_rng(i).standard_normal(20000)), 16000, format="FLAC", subtype="PCM_16"
+            )
             member = tarfile.TarInfo(f"musan/noise/n{i}.flac")
             member.size = len(flac.getvalue())
             tar.addfile(member, io.BytesIO(flac.getvalue()))
@@ -161,25 +163,37 @@ def test_noise_dir_categories_follow_the_musan_layout(musan):
     categories = noise_categories(config)
     assert sorted(categories) == ["noise", "speech"]  # no music/ folder here
     assert categories["speech"] == NoiseCategory(str(musan / "speech"), (13.0, 20.0), (3, 7))
-    flat = augment_from_dict({"noise_dir": str(musan / "noise"),
-                                    "noise_snr": {"noise": [2, 4]}})
+    flat = augment_from_dict({"noise_dir": str(musan / "noise"), "noise_snr": {"noise": [2, 4]}})
     assert noise_categories(flat) == {"noise": NoiseCategory(str(musan / "noise"), (2.0, 4.0))}
 
 
 def test_train_loader_applies_the_training_config_augment_block(packed, musan, rir_folder):
     # The shape mrl_dist.config.AugmentConfig gives after dataclasses.asdict.
-    block = {"noise_dir": str(musan), "rir_dir": str(rir_folder), "reverb_prob": 0.5,
-             "noise_prob": 0.5, "speed_perturb": True,
-             "noise_snr": {"noise": [0.0, 15.0], "speech": [13.0, 20.0], "music": [5.0, 15.0]}}
-    loader = make_train_loader(packed, batch_size=4, crop_seconds=1.0, num_workers=0, seed=0,
-                               rank=0, world_size=1, steps_per_epoch=6, augment=block)
+    block = {
+        "noise_dir": str(musan),
+        "rir_dir": str(rir_folder),
+        "reverb_prob": 0.5,
+        "noise_prob": 0.5,
+        "speed_perturb": True,
+        "noise_snr": {"noise": [0.0, 15.0], "speech": [13.0, 20.0], "music": [5.0, 15.0]},
+    }
+    loader = make_train_loader(
+        packed,
+        batch_size=4,
+        crop_seconds=1.0,
+        num_workers=0,
+        seed=0,
+        rank=0,
+        world_size=1,
+        steps_per_epoch=6,
+        augment=block,
+    )
     speakers = read_manifest(packed).num_speakers
     assert loader.num_classes == 3 * speakers
     batches = list(loader)
     labels = np.concatenate([b["label"].numpy() for b in batches])
     assert labels.max() < 3 * speakers and labels.max() >= speakers
-    assert all(b["wave"].shape == (4, 16000) and np.isfinite(b["wave"].numpy()).all()
-               for b in batches)
+    assert all(b["wave"].shape == (4, 16000) and np.isfinite(b["wave"].numpy()).all() for b in batches)
 
 
 def test_augment_config_errors_name_the_key_and_the_file(tmp_path):

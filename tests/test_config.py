@@ -82,6 +82,7 @@ def _error(tmp_path, text, overrides=()):
 
 # --- loading ---
 
+
 def test_full_yaml_loads_into_nested_dataclasses(tmp_path):
     cfg = load_config(_write(tmp_path, FULL_YAML))
     assert cfg.run_dir == "runs/h100-b2-mrl" and cfg.seed == 3
@@ -121,7 +122,9 @@ def test_exponent_floats_without_a_dot_load_as_floats(tmp_path):
 
 
 def test_optional_fields_accept_null(tmp_path):
-    cfg = load_config(_write(tmp_path, "model: {pretrained: null, head_init: random}\nvalidation: {max_seconds: null}\n"))
+    cfg = load_config(
+        _write(tmp_path, "model: {pretrained: null, head_init: random}\nvalidation: {max_seconds: null}\n")
+    )
     assert cfg.model.pretrained is None and cfg.validation.max_seconds is None
 
 
@@ -132,6 +135,7 @@ def test_missing_file_error_names_the_path(tmp_path):
 
 # --- key and type errors ---
 
+
 def test_unknown_key_names_file_and_dotted_key_and_suggests_the_close_match(tmp_path):
     message, path = _error(tmp_path, "training: {batch_sise: 64}\n")
     assert message == f"{path}: training.batch_sise: unknown key (did you mean training.batch_size?)"
@@ -139,8 +143,10 @@ def test_unknown_key_names_file_and_dotted_key_and_suggests_the_close_match(tmp_
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     message, _ = _error(tmp_path, "loss: {zzz: 1}\n")
-    assert ("loss.zzz: unknown key (valid keys here: margin, scale, subcenters, dim_weights, tied, "
-            "class_init, class_init_batches, margin_warmup_start, margin_warmup_steps)") in message
+    assert (
+        "loss.zzz: unknown key (valid keys here: margin, scale, subcenters, dim_weights, tied, "
+        "class_init, class_init_batches, margin_warmup_start, margin_warmup_steps)"
+    ) in message
 
 
 def test_ill_typed_value_names_key_expected_type_and_value(tmp_path):
@@ -164,6 +170,7 @@ def test_section_given_a_scalar_is_an_error(tmp_path):
 
 
 # --- overrides ---
+
 
 def test_overrides_parse_values_as_yaml():
     result = apply_overrides(
@@ -206,8 +213,11 @@ def test_override_applies_on_top_of_the_file(tmp_path):
 
 
 def test_unknown_override_key_is_an_error_with_suggestion():
-    with pytest.raises(ConfigError, match=r"--set training\.batch_sise=1: training\.batch_sise: unknown key "
-                                          r"\(did you mean training\.batch_size\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--set training\.batch_sise=1: training\.batch_sise: unknown key "
+        r"\(did you mean training\.batch_size\?\)",
+    ):
         apply_overrides({}, ["training.batch_sise=1"])
 
 
@@ -216,8 +226,9 @@ def test_override_into_a_value_is_an_error():
         apply_overrides({}, ["training.batch_size.x=1"])
 
 
-@pytest.mark.parametrize("item, message", [("training.batch_size", "expected key=value"),
-                                           ("training.batch_size=", "empty value")])
+@pytest.mark.parametrize(
+    "item, message", [("training.batch_size", "expected key=value"), ("training.batch_size=", "empty value")]
+)
 def test_malformed_override_is_an_error(item, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides({}, [item])
@@ -229,6 +240,7 @@ def test_ill_typed_override_error_names_the_override(tmp_path):
 
 
 # --- save / load round trip ---
+
 
 def test_saved_config_loads_back_equal(tmp_path):
     cfg = load_config(_write(tmp_path, FULL_YAML), ["training.optimizer.lr=1e-5"])
@@ -243,6 +255,7 @@ def test_config_to_dict_is_plain_yaml_data():
 
 
 # --- value validation ---
+
 
 @pytest.mark.parametrize(
     "key, value",
@@ -283,11 +296,17 @@ def test_best_metric_accepts_eer_at_a_trained_dim():
 @pytest.mark.parametrize(
     "teachers, message",
     [
-        ([{"source": "b0", "dims": [64]}, {"source": "b5", "dims": [96]}], r"distill.teachers\[1\].dims: \[96\] not in"),
+        (
+            [{"source": "b0", "dims": [64]}, {"source": "b5", "dims": [96]}],
+            r"distill.teachers\[1\].dims: \[96\] not in",
+        ),
         ([{"source": "b0", "dims": [128, 64]}], r"distill.teachers\[0\].dims: must be strictly increasing"),
         ([{"source": "b0"}], r"distill.teachers\[0\].dims: missing required key"),
-        ([{"source": "b0", "dims": [64], "wieght": 2}], r"distill.teachers\[0\].wieght: unknown key "
-                                                        r"\(did you mean distill.teachers\[0\].weight\?\)"),
+        (
+            [{"source": "b0", "dims": [64], "wieght": 2}],
+            r"distill.teachers\[0\].wieght: unknown key "
+            r"\(did you mean distill.teachers\[0\].weight\?\)",
+        ),
         ([{"source": "b0", "dims": [64], "weight": -1}], r"distill.teachers\[0\].weight: must be >= 0"),
         (["b0"], r"distill.teachers\[0\]: expected a mapping"),
     ],

@@ -35,7 +35,9 @@ def test_every_gpu_target_has_its_config_file():
 def is_known_model(source: str) -> bool:
     """A preset, a ReDimNet2 name with official weights, or the checkpoint an earlier run writes
     (the CPU demo's runs/demo/classifier/best.pt)."""
-    return source in PRESETS or source in REDIMNET2_PRETRAINED or (source.startswith("runs/") and source.endswith(".pt"))
+    return (
+        source in PRESETS or source in REDIMNET2_PRETRAINED or (source.startswith("runs/") and source.endswith(".pt"))
+    )
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
@@ -89,6 +91,7 @@ def test_deepspeed_launcher_leaves_batch_accumulation_and_clipping_to_the_run_co
 
 # --- the estimator ---
 
+
 def test_live_storage_bytes_counts_an_allocation_until_it_is_freed():
     with LiveStorageBytes() as tracker:
         block = torch.ones(1000)  # 4,000 bytes
@@ -120,8 +123,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_memory(one_thread):
     torch.manual_seed(0)
-    return {mode: measure_step_memory(bench_config("tiny", mode, 4, crop_seconds=0.5, precision="no"), num_classes=100)
-            for mode in ("mrl-frozen", "mrl-unfrozen")}
+    return {
+        mode: measure_step_memory(bench_config("tiny", mode, 4, crop_seconds=0.5, precision="no"), num_classes=100)
+        for mode in ("mrl-frozen", "mrl-unfrozen")
+    }
 
 
 def test_estimate_grows_with_the_batch(tiny_memory):
@@ -145,8 +150,9 @@ def test_live_method_sees_the_frozen_trunk_that_saved_tensors_miss(tiny_memory):
 
 
 def test_throughput_bench_prints_one_markdown_row(one_thread):
-    result = measure_throughput("tiny", "mrl-frozen", batch_size=2, crop_seconds=0.5, steps=1, warmup=1,
-                                num_classes=100)
+    result = measure_throughput(
+        "tiny", "mrl-frozen", batch_size=2, crop_seconds=0.5, steps=1, warmup=1, num_classes=100
+    )
     assert result.best > 0 and result.trainable < result.parameters
     assert result.markdown_row().count("|") == result.MARKDOWN_HEADER.splitlines()[0].count("|")
 
@@ -157,11 +163,13 @@ def test_the_demo_s_mrl_stage_is_the_cpu_demo_config_s_recipe(tmp_path):
 
     shipped = config_to_dict(load_config(REPO / "configs" / "cpu-demo.yaml"))
     demo = config_to_dict(config_from_dict(demo_config(tmp_path, tmp_path, "mrl", 1500, "backbone.pt")))
-    for section, keys in {"model": ["head_init", "head_type", "pca_batches", "train_extra_dims"],
-                          "data": ["features", "feature_crops_per_utterance", "crops_per_speaker", "crop_seconds"],
-                          "training": ["batch_size", "max_steps", "optimizer", "schedule", "freeze_backbone"],
-                          "loss": ["margin", "scale", "class_init"],
-                          "validation": ["every_steps"]}.items():
+    for section, keys in {
+        "model": ["head_init", "head_type", "pca_batches", "train_extra_dims"],
+        "data": ["features", "feature_crops_per_utterance", "crops_per_speaker", "crop_seconds"],
+        "training": ["batch_size", "max_steps", "optimizer", "schedule", "freeze_backbone"],
+        "loss": ["margin", "scale", "class_init"],
+        "validation": ["every_steps"],
+    }.items():
         for key in keys:
             assert demo[section][key] == shipped[section][key], f"{section}.{key}"
 

@@ -34,7 +34,9 @@ WAV_PATH = re.compile(r"^(train|test)/id\d{5}/v\d{3}/\d{5}\.wav$")
 def corpus(tmp_path_factory):
     return make_demo_corpus(
         tmp_path_factory.mktemp("demo") / "corpus",
-        speakers=SPEAKERS, utterances=UTTERANCES, seed=SEED,
+        speakers=SPEAKERS,
+        utterances=UTTERANCES,
+        seed=SEED,
     )
 
 
@@ -89,8 +91,7 @@ def test_test_speakers_are_a_quarter_and_disjoint_from_train(corpus):
 
 
 def test_same_arguments_give_byte_identical_files(corpus, tmp_path):
-    again = make_demo_corpus(tmp_path / "again", speakers=SPEAKERS, utterances=UTTERANCES,
-                             seed=SEED)
+    again = make_demo_corpus(tmp_path / "again", speakers=SPEAKERS, utterances=UTTERANCES, seed=SEED)
     ours = [p.relative_to(corpus.root) for p in sorted(corpus.root.rglob("*")) if p.is_file()]
     theirs = [p.relative_to(again.root) for p in sorted(again.root.rglob("*")) if p.is_file()]
     assert ours == theirs
@@ -100,8 +101,7 @@ def test_same_arguments_give_byte_identical_files(corpus, tmp_path):
 
 
 def test_another_seed_gives_different_audio(corpus, tmp_path):
-    other = make_demo_corpus(tmp_path / "other", speakers=SPEAKERS, utterances=UTTERANCES,
-                             seed=SEED + 1)
+    other = make_demo_corpus(tmp_path / "other", speakers=SPEAKERS, utterances=UTTERANCES, seed=SEED + 1)
     ours = {p.relative_to(corpus.root): p.read_bytes() for p in wav_files(corpus.root)}
     theirs = {p.relative_to(other.root): p.read_bytes() for p in wav_files(other.root)}
     shared = set(ours) & set(theirs)
@@ -122,12 +122,15 @@ def test_refuses_a_folder_it_did_not_write(tmp_path):
     assert (tmp_path / "train" / "precious.wav").exists()
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"speakers": 2}, "speakers=2"),
-    ({"utterances": 1}, "utterances=1"),
-    ({"seed": -1}, "seed=-1"),
-    ({"test_fraction": 1.0}, "test_fraction=1.0"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"speakers": 2}, "speakers=2"),
+        ({"utterances": 1}, "utterances=1"),
+        ({"seed": -1}, "seed=-1"),
+        ({"test_fraction": 1.0}, "test_fraction=1.0"),
+    ],
+)
 def test_impossible_arguments_are_rejected_by_name(tmp_path, arguments, message):
     with pytest.raises(ValueError, match=message):
         make_demo_corpus(tmp_path, **{"speakers": 3, "utterances": 2, **arguments})
@@ -223,9 +226,7 @@ def test_trial_list_round_trips_through_a_file(tmp_path):
         Trial(0, "id10270/x6uYqmx31kE/00001.wav", "id10300/ize_eiCFEg0/00003.wav"),
     ]
     path = write_trials(tmp_path / "trials.txt", trials)
-    assert path.read_text().splitlines()[0] == (
-        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav"
-    )
+    assert path.read_text().splitlines()[0] == ("1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav")
     assert read_trials(path) == trials
 
 
@@ -244,8 +245,7 @@ def test_trial_label_must_be_zero_or_one(tmp_path):
 
 
 def test_trial_keys_are_sorted_unique_paths_without_extension():
-    trials = [Trial(1, "s1/v1/00002.wav", "s1/v2/00001.wav"),
-              Trial(0, "s1/v1/00002.wav", "s2/v1/00001.wav")]
+    trials = [Trial(1, "s1/v1/00002.wav", "s1/v2/00001.wav"), Trial(0, "s1/v1/00002.wav", "s2/v1/00001.wav")]
     assert trial_keys(trials) == ["s1/v1/00002", "s1/v2/00001", "s2/v1/00001"]
     assert utterance_key("id10270/x6uYqmx31kE/00001.wav") == "id10270/x6uYqmx31kE/00001"
 
@@ -254,8 +254,7 @@ def test_trial_keys_are_sorted_unique_paths_without_extension():
 
 
 def test_cli_writes_the_corpus_and_says_what_it_wrote(tmp_path, capsys):
-    code = make_demo_data_main(["--output", str(tmp_path), "--speakers", "3", "--utterances", "2",
-                                 "--quiet"])
+    code = make_demo_data_main(["--output", str(tmp_path), "--speakers", "3", "--utterances", "2", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert "wrote 6 utterances" in out and "trials.txt" in out and " h)" in out

@@ -38,16 +38,17 @@ def teacher_files(tmp_path_factory):
     paths = []
     for name, embed_dim in (("small", 32), ("large", 64)):
         torch.manual_seed(embed_dim)
-        paths.append(save_official_checkpoint(build_preset("tiny", embed_dim=embed_dim).eval(),
-                                              folder / f"{name}.pt"))
+        paths.append(save_official_checkpoint(build_preset("tiny", embed_dim=embed_dim).eval(), folder / f"{name}.pt"))
     return paths
 
 
 @pytest.fixture(scope="module")
 def teacher_configs(teacher_files):
     small, large = teacher_files
-    return [TeacherConfig(source=str(small), dims=[16, 32], weight=1.0),
-            TeacherConfig(source=str(large), dims=[64], weight=2.0)]
+    return [
+        TeacherConfig(source=str(small), dims=[16, 32], weight=1.0),
+        TeacherConfig(source=str(large), dims=[64], weight=2.0),
+    ]
 
 
 @pytest.fixture
@@ -66,9 +67,12 @@ def weights(embedding=1.0, similarity=1.0, aam=0.0) -> DistillLossesConfig:
 
 # ---------------------------------------------------------------------------- teachers
 
+
 def test_teachers_load_by_path_frozen_in_eval_with_their_dims_and_weight(teachers):
-    assert [(t.embed_dim, t.dims, t.weight, t.name) for t in teachers] == [(32, [16, 32], 1.0, "small"),
-                                                                           (64, [64], 2.0, "large")]
+    assert [(t.embed_dim, t.dims, t.weight, t.name) for t in teachers] == [
+        (32, [16, 32], 1.0, "small"),
+        (64, [64], 2.0, "large"),
+    ]
     for teacher in teachers:
         assert not teacher.model.training
         assert not any(p.requires_grad for p in teacher.model.parameters())
@@ -114,6 +118,7 @@ def test_teacher_embeddings_under_autocast_come_back_float32(teachers):
 
 # ---------------------------------------------------------------------------- loss terms
 
+
 def test_similarity_loss_is_zero_when_student_equals_teacher():
     teacher = torch.randn(8, 32)
     assert similarity_distance(teacher.clone(), cosine_matrix(teacher)).item() == pytest.approx(0.0, abs=1e-10)
@@ -157,9 +162,11 @@ def test_adapters_start_as_identity_so_a_matching_prefix_starts_at_zero_loss():
 
 # ---------------------------------------------------------------------------- combined loss
 
+
 def test_total_weights_each_term_over_the_dims_each_teacher_supervises():
-    loss_fn = DistillationLoss(STUDENT_DIMS, [(32, [16, 32], 1.0), (48, [64], 3.0)],
-                               weights(embedding=0.5, similarity=2.0))
+    loss_fn = DistillationLoss(
+        STUDENT_DIMS, [(32, [16, 32], 1.0), (48, [64], 3.0)], weights(embedding=0.5, similarity=2.0)
+    )
     student, small, large = torch.randn(6, 64), torch.randn(6, 32), torch.randn(6, 48)
     total, stats = loss_fn(student, [small, large])
     pairs = [(0, 16, small, 1.0), (0, 32, small, 1.0), (1, 64, large, 3.0)]
@@ -213,8 +220,9 @@ def test_aam_zero_distils_unlabelled_batches(labels):
 
 @pytest.mark.parametrize("labels", [None, torch.full((4,), -1)])
 def test_aam_on_an_unlabelled_batch_says_to_set_aam_to_zero(labels):
-    loss_fn = DistillationLoss(STUDENT_DIMS, [(32, [16], 1.0)], weights(aam=0.5),
-                               MatryoshkaAAMLoss(STUDENT_DIMS, num_classes=3))
+    loss_fn = DistillationLoss(
+        STUDENT_DIMS, [(32, [16], 1.0)], weights(aam=0.5), MatryoshkaAAMLoss(STUDENT_DIMS, num_classes=3)
+    )
     with pytest.raises(ValueError, match="set distill.losses.aam: 0"):
         loss_fn(torch.randn(4, 64), [torch.randn(4, 32)], labels)
 
@@ -236,6 +244,7 @@ def test_a_distillation_step_trains_student_and_adapters_but_not_teachers(teache
 
 
 # ---------------------------------------------------------------------------- router baseline
+
 
 @pytest.fixture(scope="module")
 def router(teacher_configs):
@@ -276,6 +285,7 @@ def test_router_refuses_a_dim_longer_than_its_teachers_embedding():
 
 
 # ---------------------------------------------------------------------------- embedding cache
+
 
 def test_cache_round_trips_through_flush_and_reload(tmp_path):
     cache = TeacherEmbeddingCache(tmp_path, "small", 32)

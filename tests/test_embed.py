@@ -36,8 +36,22 @@ def audio(tmp_path):
 
 def test_every_file_is_one_normalised_row_keyed_by_its_relative_path(checkpoint, audio, tmp_path, capsys):
     output = tmp_path / "out" / "emb.npy"
-    assert embed_main(["--checkpoint", str(checkpoint), "--dim", "64", "--input", str(audio),
-                       "--output", str(output), "--no-progress"]) == 0
+    assert (
+        embed_main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--dim",
+                "64",
+                "--input",
+                str(audio),
+                "--output",
+                str(output),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     embeddings = np.load(output)
     keys = (tmp_path / "out" / "emb.keys.txt").read_text().split()
     expected = ["id001/v1/00001", "id001/v1/00002", "id002/v9/00001"] + (["id003/v1/00001"] if aac_available() else [])
@@ -52,12 +66,29 @@ def test_every_file_is_one_normalised_row_keyed_by_its_relative_path(checkpoint,
 
 
 def test_a_dim_beyond_the_model_is_an_error_naming_it(checkpoint, audio, tmp_path, capsys):
-    assert embed_main(["--checkpoint", str(checkpoint), "--dim", "999", "--input", str(audio),
-                       "--output", str(tmp_path / "e.npy")]) == 2
+    assert (
+        embed_main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--dim",
+                "999",
+                "--input",
+                str(audio),
+                "--output",
+                str(tmp_path / "e.npy"),
+            ]
+        )
+        == 2
+    )
     assert "--dim 999" in capsys.readouterr().err
 
 
 def test_a_missing_input_is_an_error_naming_it(checkpoint, tmp_path, capsys):
-    assert embed_main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "nowhere"),
-                       "--output", str(tmp_path / "e.npy")]) == 2
+    assert (
+        embed_main(
+            ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "e.npy")]
+        )
+        == 2
+    )
     assert "nowhere" in capsys.readouterr().err

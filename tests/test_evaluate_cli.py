@@ -27,8 +27,7 @@ def shards(tmp_path_factory, make_shards) -> Path:
     """
     root = tmp_path_factory.mktemp("eval_cli")
     corpus = make_demo_corpus(root / "corpus", speakers=4, utterances=3, seed=0, test_fraction=0.5)
-    make_shards.pack_split([corpus.test_dir], root / "shards", "val", trials=corpus.trials, workers=1,
-                           progress=False)
+    make_shards.pack_split([corpus.test_dir], root / "shards", "val", trials=corpus.trials, workers=1, progress=False)
     return root / "shards" / "val.manifest.json"
 
 
@@ -47,13 +46,27 @@ def run_main(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_script_prints_a_row_per_dim_and_writes_the_det_plot_beside_the_checkpoint(shards, mrl_checkpoint):
-    result = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), "--checkpoint", str(mrl_checkpoint),
-                             "--data", str(shards), "--max-seconds", "1", "--batch-size", "4"],
-                            capture_output=True, text=True, cwd=mrl_checkpoint.parent)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / "evaluate.py"),
+            "--checkpoint",
+            str(mrl_checkpoint),
+            "--data",
+            str(shards),
+            "--max-seconds",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=mrl_checkpoint.parent,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert TABLE_HEADER in lines
-    rows = [line.split("|")[1].strip() for line in lines[lines.index(TABLE_HEADER) + 2:] if line.startswith("|")]
+    rows = [line.split("|")[1].strip() for line in lines[lines.index(TABLE_HEADER) + 2 :] if line.startswith("|")]
     assert rows == ["64", "128", "192", "256", "native"]
     plot = mrl_checkpoint.with_name("best.det.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -62,8 +75,21 @@ def test_script_prints_a_row_per_dim_and_writes_the_det_plot_beside_the_checkpoi
 
 def test_json_output_parses_and_reports_the_chosen_dims(shards, mrl_checkpoint, tmp_path, capsys):
     det = tmp_path / "plots" / "det.png"
-    code, out, _ = run_main(capsys, "--checkpoint", mrl_checkpoint, "--data", shards, "--dims", 64, 128,
-                            "--max-seconds", 1, "--det", det, "--json")
+    code, out, _ = run_main(
+        capsys,
+        "--checkpoint",
+        mrl_checkpoint,
+        "--data",
+        shards,
+        "--dims",
+        64,
+        128,
+        "--max-seconds",
+        1,
+        "--det",
+        det,
+        "--json",
+    )
     assert code == 0
     result = json.loads(out)
     assert list(result["eer"]) == ["64", "128", "native"]
@@ -74,17 +100,20 @@ def test_json_output_parses_and_reports_the_chosen_dims(shards, mrl_checkpoint, 
 def test_official_redimnet_checkpoint_is_reported_as_native_only(shards, tmp_path, capsys):
     torch.manual_seed(0)
     checkpoint = save_official_checkpoint(build_preset("tiny").eval(), tmp_path / "tiny-official.pt")
-    code, out, _ = run_main(capsys, "--checkpoint", checkpoint, "--data", shards, "--max-seconds", 1,
-                            "--no-det", "--json")
+    code, out, _ = run_main(
+        capsys, "--checkpoint", checkpoint, "--data", shards, "--max-seconds", 1, "--no-det", "--json"
+    )
     assert code == 0
     assert list(json.loads(out)["eer"]) == ["native"]
 
 
 def test_without_matplotlib_the_table_is_printed_and_the_plot_skipped_with_a_note(
-        shards, mrl_checkpoint, tmp_path, capsys, monkeypatch):
+    shards, mrl_checkpoint, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` fail
-    code, out, err = run_main(capsys, "--checkpoint", mrl_checkpoint, "--data", shards, "--max-seconds", 1,
-                              "--det", tmp_path / "det.png")
+    code, out, err = run_main(
+        capsys, "--checkpoint", mrl_checkpoint, "--data", shards, "--max-seconds", 1, "--det", tmp_path / "det.png"
+    )
     assert code == 0
     assert TABLE_HEADER in out
     assert "matplotlib" in err and "skipped the DET plot" in err
@@ -113,9 +142,19 @@ def test_ensemble_baseline_is_reported_beside_the_checkpoint(shards, mrl_checkpo
     config.write_text(
         "training: {mode: distill}\n"
         "model: {mrl_dims: [64, 128, 192]}\n"
-        f"distill: {{teachers: [{{source: {teachers[0]}, dims: [64]}}, {{source: {teachers[1]}, dims: [128, 192]}}]}}\n")
-    code, out, err = run_main(capsys, "--checkpoint", str(mrl_checkpoint), "--data", str(shards),
-                            "--ensemble-config", str(config), "--json", "--no-det")
+        f"distill: {{teachers: [{{source: {teachers[0]}, dims: [64]}}, {{source: {teachers[1]}, dims: [128, 192]}}]}}\n"
+    )
+    code, out, err = run_main(
+        capsys,
+        "--checkpoint",
+        str(mrl_checkpoint),
+        "--data",
+        str(shards),
+        "--ensemble-config",
+        str(config),
+        "--json",
+        "--no-det",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert {"ensemble@64", "ensemble@128", "ensemble@192"} <= set(report["eer"])

@@ -75,8 +75,11 @@ def test_reflect_pad_equals_f_pad_reflect():
         assert torch.equal(reflect_pad(wave, left, right), F.pad(wave[:, None], (left, right), mode="reflect")[:, 0])
 
 
-@pytest.mark.parametrize("spec_params", [{}, {"norm_signal": True}, {"spec_norm": "mvn"}, {"spec_norm": "bn"},
-                                         {"do_preemph": False}], ids=lambda p: ",".join(map(str, p.items())) or "default")
+@pytest.mark.parametrize(
+    "spec_params",
+    [{}, {"norm_signal": True}, {"spec_norm": "mvn"}, {"spec_norm": "bn"}, {"do_preemph": False}],
+    ids=lambda p: ",".join(map(str, p.items())) or "default",
+)
 def test_exportable_frontend_equals_melfrontend_within_1e_5(spec_params):
     # Within 1e-5 in (almost) every cell: the few exceptions are (frame, mel band) cells with
     # almost no energy (a 20-100 Hz band in a short frame), whose log float32 cannot resolve in
@@ -233,12 +236,15 @@ def test_hub_redimnet_loads_an_official_file_by_path(checkpoints, kind):
 def test_hubconf_imports_mrl_dist_from_its_own_repository(checkpoints, tmp_path):
     # A fresh interpreter elsewhere, no PYTHONPATH: whichever checkout pip installed, torch.hub
     # must run the code beside hubconf.py (mrl_dist is imported only after torch.hub.load).
-    script = (f"import torch\n"
-              f"torch.hub.load({str(REPO)!r}, 'redimnet', name={str(checkpoints['redimnet'])!r}, source='local')\n"
-              f"import mrl_dist.models.loading\n"
-              f"print(mrl_dist.models.loading.__file__)\n")
+    script = (
+        f"import torch\n"
+        f"torch.hub.load({str(REPO)!r}, 'redimnet', name={str(checkpoints['redimnet'])!r}, source='local')\n"
+        f"import mrl_dist.models.loading\n"
+        f"print(mrl_dist.models.loading.__file__)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).resolve() == REPO / "mrl_dist" / "models" / "loading.py"

@@ -49,8 +49,10 @@ def alone(model, wave: torch.Tensor) -> dict[str, np.ndarray]:
 
 def random_waves(count: int, seconds: float = 0.5, seed: int = 1) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {f"id{i % 3:05d}/v{i:03d}/00001": 0.1 * torch.randn(int(seconds * SECOND), generator=generator)
-            for i in range(count)}
+    return {
+        f"id{i % 3:05d}/v{i:03d}/00001": 0.1 * torch.randn(int(seconds * SECOND), generator=generator)
+        for i in range(count)
+    }
 
 
 # ------------------------------------------------------------------------------ length_groups
@@ -209,8 +211,10 @@ def test_native_scores_come_last_and_only_when_every_utterance_has_one():
 
 
 def test_per_dim_embeddings_are_scored_as_they_are_not_as_prefixes():
-    embeddings = {"a": {"2": np.array([1.0, 0.0]), "4": np.array([1.0, 0, 0, 0])},
-                  "b": {"2": np.array([0.0, 1.0]), "4": np.array([1.0, 0, 0, 0])}}
+    embeddings = {
+        "a": {"2": np.array([1.0, 0.0]), "4": np.array([1.0, 0, 0, 0])},
+        "b": {"2": np.array([0.0, 1.0]), "4": np.array([1.0, 0, 0, 0])},
+    }
     scores = score_trials(embeddings, [Trial(0, "a", "b")], dims=[2, 4])
     assert scores["2"][0] == pytest.approx(0.0) and scores["4"][0] == pytest.approx(1.0)
 
@@ -231,8 +235,11 @@ def test_dim_beyond_the_mrl_vector_is_an_error():
 def test_evaluate_model_reports_every_mrl_dim_and_native(mrl_model):
     waves = random_waves(6)
     keys = list(waves)
-    trials = [Trial(int(a.split("/")[0] == b.split("/")[0]), a + ".wav", b + ".wav")
-              for i, a in enumerate(keys) for b in keys[i + 1:]]
+    trials = [
+        Trial(int(a.split("/")[0] == b.split("/")[0]), a + ".wav", b + ".wav")
+        for i, a in enumerate(keys)
+        for b in keys[i + 1 :]
+    ]
     batches = [padded_batch(dict(list(waves.items())[:4])), padded_batch(dict(list(waves.items())[4:]))]
     report, scores, labels = evaluate_model(mrl_model, batches, trials)
     assert list(report["eer"]) == ["64", "128", "192", "256", "native"]

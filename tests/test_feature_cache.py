@@ -35,9 +35,12 @@ def setup(tmp_path_factory):
 
 
 def mrl_config(root: Path, shards: Path, run_dir: Path, backbone: str = "backbone.pt", **sections) -> dict:
-    base = {"model": {"backbone": str(root / backbone), "head_init": "pca", "pca_batches": 2},
-            "training": {"mode": "mrl", "freeze_backbone": True, "max_steps": 6, "steps_per_epoch": 3},
-            "validation": {"every_steps": 3}, "checkpoint": {"every_steps": 3}}
+    base = {
+        "model": {"backbone": str(root / backbone), "head_init": "pca", "pca_batches": 2},
+        "training": {"mode": "mrl", "freeze_backbone": True, "max_steps": 6, "steps_per_epoch": 3},
+        "validation": {"every_steps": 3},
+        "checkpoint": {"every_steps": 3},
+    }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
     return tiny_config(run_dir, shards, **base)
@@ -113,11 +116,17 @@ def test_the_head_trains_from_the_cache_and_validates(setup, cache, tmp_path):
 def test_a_cache_from_another_trunk_or_crop_length_is_refused(setup, cache, tmp_path):
     root, shards = setup
     with pytest.raises(FeatureCacheError, match="another trunk"):
-        Trainer(config_from_dict(mrl_config(root, shards, tmp_path / "a", backbone="other-backbone.pt",
-                                            data={"features": str(cache)})))
+        Trainer(
+            config_from_dict(
+                mrl_config(root, shards, tmp_path / "a", backbone="other-backbone.pt", data={"features": str(cache)})
+            )
+        )
     with pytest.raises(FeatureCacheError, match="1.5"):
-        Trainer(config_from_dict(mrl_config(root, shards, tmp_path / "b",
-                                            data={"features": str(cache), "crop_seconds": 1.5})))
+        Trainer(
+            config_from_dict(
+                mrl_config(root, shards, tmp_path / "b", data={"features": str(cache), "crop_seconds": 1.5})
+            )
+        )
 
 
 def test_cached_features_need_a_trunk_frozen_for_the_whole_run(setup, cache, tmp_path):
@@ -141,18 +150,27 @@ class RecomputeLoader:
 
     def __iter__(self):
         for batch in self.inner:
-            waves = [read_flac_crop(self.audio[key], int(start), 16000)
-                     for key, start in zip(batch["key"], batch["start"])]
-            yield {"wave": torch.from_numpy(np.stack(waves)), "label": batch["label"], "key": batch["key"],
-                   "skipped": 0}
+            waves = [
+                read_flac_crop(self.audio[key], int(start), 16000) for key, start in zip(batch["key"], batch["start"])
+            ]
+            yield {
+                "wave": torch.from_numpy(np.stack(waves)),
+                "label": batch["label"],
+                "key": batch["key"],
+                "skipped": 0,
+            }
 
 
 def test_a_cached_run_scores_like_a_recompute_run_with_the_same_crops(setup, cache, tmp_path):
     root, shards = setup
-    sections = {"model": {"head_init": "pretrained"}, "training": {"max_steps": 12, "steps_per_epoch": 6},
-                "validation": {"every_steps": 12}}
-    cached = Trainer(config_from_dict(mrl_config(root, shards, tmp_path / "cached", data={"features": str(cache)},
-                                                 **sections)))
+    sections = {
+        "model": {"head_init": "pretrained"},
+        "training": {"max_steps": 12, "steps_per_epoch": 6},
+        "validation": {"every_steps": 12},
+    }
+    cached = Trainer(
+        config_from_dict(mrl_config(root, shards, tmp_path / "cached", data={"features": str(cache)}, **sections))
+    )
     recompute = Trainer(config_from_dict(mrl_config(root, shards, tmp_path / "recompute", **sections)))
     recompute.train_loader = RecomputeLoader(cached._train_loader(epoch=0), shards)
     cached.fit()
@@ -177,15 +195,16 @@ def test_two_ranks_share_the_shards_and_write_what_one_rank_writes(setup, cache,
     one, two = open_feature_cache(cache), open_feature_cache(tmp_path / "two")
     assert [p.name for p in one.files] == [p.name for p in two.files]
     for a, b in zip(one.files, two.files):
-        assert torch.allclose(read_feature_file(a)["pooled"].float(), read_feature_file(b)["pooled"].float(),
-                              atol=1e-3)
+        assert torch.allclose(read_feature_file(a)["pooled"].float(), read_feature_file(b)["pooled"].float(), atol=1e-3)
 
 
 def test_features_auto_builds_the_run_s_own_cache_first_and_reuses_it_on_resume(setup, tmp_path):
     root, shards = setup
     run = tmp_path / "auto"
-    sections = {"data": {"features": "auto", "feature_crops_per_utterance": 2, "crops_per_speaker": 2},
-                "training": {"max_steps": 3, "steps_per_epoch": 3}}
+    sections = {
+        "data": {"features": "auto", "feature_crops_per_utterance": 2, "crops_per_speaker": 2},
+        "training": {"max_steps": 3, "steps_per_epoch": 3},
+    }
     train(config_from_dict(mrl_config(root, shards, run, **sections)))
     cache = open_feature_cache(run / "features")
     stamp = (run / "features" / FEATURES_MANIFEST).stat().st_mtime_ns
@@ -199,11 +218,19 @@ def test_features_auto_builds_the_run_s_own_cache_first_and_reuses_it_on_resume(
 def test_speaker_balanced_batches_hold_crops_per_speaker_crops_of_each_speaker(cache):
     from mrl_dist.data.features import FeatureLoader
 
-    loader = FeatureLoader(open_feature_cache(cache), batch_size=8, steps_per_epoch=5, seed=0, rank=0,
-                           world_size=1, crops_per_speaker=2)
+    loader = FeatureLoader(
+        open_feature_cache(cache), batch_size=8, steps_per_epoch=5, seed=0, rank=0, world_size=1, crops_per_speaker=2
+    )
     for batch in loader:
         labels = batch["label"].tolist()
         assert len(labels) == 8 and all(labels.count(label) == 2 for label in labels)
     with pytest.raises(ValueError, match="does not divide"):
-        FeatureLoader(open_feature_cache(cache), batch_size=8, steps_per_epoch=1, seed=0, rank=0, world_size=1,
-                      crops_per_speaker=3)
+        FeatureLoader(
+            open_feature_cache(cache),
+            batch_size=8,
+            steps_per_epoch=1,
+            seed=0,
+            rank=0,
+            world_size=1,
+            crops_per_speaker=3,
+        )

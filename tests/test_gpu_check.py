@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------- arguments
 
+
 def test_defaults_are_the_full_gpu_pass():
     args = gc.parse_args([])
     assert args.output == "gpu-check" and args.device == "cuda" and not args.quick
@@ -50,6 +51,7 @@ def test_the_full_pass_benches_each_shipped_gpu_batch_size_once():
 
 
 # ---------------------------------------------------------------------------- FLOPs, peaks, MFU
+
 
 def test_mfu_is_counted_flops_times_rate_over_the_peak():
     assert gc.model_flops_utilisation(2e9, 1000.0, 1e13) == pytest.approx(0.2)
@@ -117,40 +119,114 @@ def test_only_a_lifetime_that_crosses_the_step_should_log_the_unfreeze():
 
 # ---------------------------------------------------------------------------- Markdown
 
+
 def hand_made_report() -> dict:
     return {
         "date": "2026-12-01 10:00 UTC",
         "command": "python launch/gpu_check.py --output gpu-check",
-        "machine": {"gpu": "NVIDIA H100 80GB HBM3", "gpu_memory_gib": 79.1, "driver": "550.54", "cuda_runtime": "12.4",
-                    "cudnn": 90100, "torch": "2.13.0", "accelerate": "1.16.0", "cpu_count": 32, "cpus_usable": 32,
-                    "python": "3.11.7", "cpu": "x86_64"},
-        "settings": {"device": "cuda", "quick": False, "precision": "bf16", "time_budget_s": 480,
-                     "peak_flops": 989e12, "peak_source": "H100 SXM, dense bf16"},
-        "elapsed_s": 301.0, "ok": False,
+        "machine": {
+            "gpu": "NVIDIA H100 80GB HBM3",
+            "gpu_memory_gib": 79.1,
+            "driver": "550.54",
+            "cuda_runtime": "12.4",
+            "cudnn": 90100,
+            "torch": "2.13.0",
+            "accelerate": "1.16.0",
+            "cpu_count": 32,
+            "cpus_usable": 32,
+            "python": "3.11.7",
+            "cpu": "x86_64",
+        },
+        "settings": {
+            "device": "cuda",
+            "quick": False,
+            "precision": "bf16",
+            "time_budget_s": 480,
+            "peak_flops": 989e12,
+            "peak_source": "H100 SXM, dense bf16",
+        },
+        "elapsed_s": 301.0,
+        "ok": False,
         "sections": {
-            "bench": {"status": "ok", "summary": "2 cases; fastest 3,000 crops/s", "elapsed_s": 61.2, "cases": [
-                {"case": "mrl-frozen", "preset": "b2", "teachers": None, "batch_size": 256, "crop_seconds": 2.0,
-                 "precision": "bf16", "configs": ["a100", "h100"], "status": "ok", "crops_per_s": 3000.0,
-                 "crops_per_s_median": 2950.0, "ms_per_step": 85.3, "peak_allocated_bytes": 6 * 2**30,
-                 "peak_reserved_bytes": 7 * 2**30, "flops_per_crop": 2.76e9, "achieved_flops": 8.28e12,
-                 "mfu": 8.28e12 / 989e12},
-                {"case": "distill", "preset": "b2", "teachers": ["b0", "b2"], "batch_size": 256, "crop_seconds": 2.0,
-                 "precision": "bf16", "configs": ["a100"], "status": "failed",
-                 "error": "OutOfMemoryError: CUDA out of memory"},
-            ]},
-            "train-run": {"status": "failed", "elapsed_s": 95.0,
-                          "error": "checks failed: unfreeze_logged_once_per_crossing: 41 'unfrozen' lines",
-                          "launches": [{"launch": "mrl, SIGTERM", "rc": 0, "start_step": 0, "end_step": 31,
-                                        "unfreeze_lines": 12, "unfreeze_expected": 1, "steps_per_s": 9.5,
-                                        "wall_s": 40.0}],
-                          "checks": {"finished": {"ok": True, "detail": "exit 0"},
-                                     "unfreeze_logged_once_per_crossing": {"ok": False, "detail": "41 lines"}},
-                          "validations": [0, 20, 40, 60], "checkpoints": ["step-40", "step-60"], "finished": True},
-            "loader": {"status": "ok", "summary": "best 7,000 crops/s with 8 workers", "elapsed_s": 30.0,
-                       "into": "cuda", "pin_memory": True, "rows": [
-                           {"num_workers": 8, "batch_size": 256, "crop_seconds": 2.0, "crops_per_s": 7000.0,
-                            "batches_timed": 140, "warmup_s": 2.0, "status": "ok"},
-                           {"num_workers": 16, "status": "skipped", "reason": "time budget"}]},
+            "bench": {
+                "status": "ok",
+                "summary": "2 cases; fastest 3,000 crops/s",
+                "elapsed_s": 61.2,
+                "cases": [
+                    {
+                        "case": "mrl-frozen",
+                        "preset": "b2",
+                        "teachers": None,
+                        "batch_size": 256,
+                        "crop_seconds": 2.0,
+                        "precision": "bf16",
+                        "configs": ["a100", "h100"],
+                        "status": "ok",
+                        "crops_per_s": 3000.0,
+                        "crops_per_s_median": 2950.0,
+                        "ms_per_step": 85.3,
+                        "peak_allocated_bytes": 6 * 2**30,
+                        "peak_reserved_bytes": 7 * 2**30,
+                        "flops_per_crop": 2.76e9,
+                        "achieved_flops": 8.28e12,
+                        "mfu": 8.28e12 / 989e12,
+                    },
+                    {
+                        "case": "distill",
+                        "preset": "b2",
+                        "teachers": ["b0", "b2"],
+                        "batch_size": 256,
+                        "crop_seconds": 2.0,
+                        "precision": "bf16",
+                        "configs": ["a100"],
+                        "status": "failed",
+                        "error": "OutOfMemoryError: CUDA out of memory",
+                    },
+                ],
+            },
+            "train-run": {
+                "status": "failed",
+                "elapsed_s": 95.0,
+                "error": "checks failed: unfreeze_logged_once_per_crossing: 41 'unfrozen' lines",
+                "launches": [
+                    {
+                        "launch": "mrl, SIGTERM",
+                        "rc": 0,
+                        "start_step": 0,
+                        "end_step": 31,
+                        "unfreeze_lines": 12,
+                        "unfreeze_expected": 1,
+                        "steps_per_s": 9.5,
+                        "wall_s": 40.0,
+                    }
+                ],
+                "checks": {
+                    "finished": {"ok": True, "detail": "exit 0"},
+                    "unfreeze_logged_once_per_crossing": {"ok": False, "detail": "41 lines"},
+                },
+                "validations": [0, 20, 40, 60],
+                "checkpoints": ["step-40", "step-60"],
+                "finished": True,
+            },
+            "loader": {
+                "status": "ok",
+                "summary": "best 7,000 crops/s with 8 workers",
+                "elapsed_s": 30.0,
+                "into": "cuda",
+                "pin_memory": True,
+                "rows": [
+                    {
+                        "num_workers": 8,
+                        "batch_size": 256,
+                        "crop_seconds": 2.0,
+                        "crops_per_s": 7000.0,
+                        "batches_timed": 140,
+                        "warmup_s": 2.0,
+                        "status": "ok",
+                    },
+                    {"num_workers": 16, "status": "skipped", "reason": "time budget"},
+                ],
+            },
             "deepspeed": {"status": "skipped", "reason": "deepspeed not installed", "elapsed_s": 0.4},
         },
     }
@@ -169,18 +245,22 @@ def test_markdown_names_the_machine_date_and_command():
 def test_markdown_has_a_row_per_section_with_failures_and_skips():
     lines = gc.render_markdown(hand_made_report()).splitlines()
     assert "| bench | ok | 2 cases; fastest 3,000 crops/s | 61 s |" in lines
-    assert ("| train-run | failed | checks failed: unfreeze_logged_once_per_crossing: 41 'unfrozen' lines "
-            "| 95 s |") in lines
+    assert (
+        "| train-run | failed | checks failed: unfreeze_logged_once_per_crossing: 41 'unfrozen' lines | 95 s |"
+    ) in lines
     assert "| loader | ok | best 7,000 crops/s with 8 workers | 30 s |" in lines
     assert "| deepspeed | skipped | deepspeed not installed | 0 s |" in lines
 
 
 def test_markdown_bench_loader_and_run_tables():
     lines = gc.render_markdown(hand_made_report()).splitlines()
-    assert ("| mrl-frozen | b2 | 256 | 2 s | bf16 | 3,000.0 | 2,950.0 | 85 | 6.00 GiB | 2.76 | 8.28 | 0.8 % "
-            "| a100, h100 |") in lines
-    assert ("| distill | b0+b2 -> b2 | 256 | 2 s | bf16 | failed: OutOfMemoryError: CUDA out of memory "
-            "| - | - | - | - | - | - | a100 |") in lines
+    assert (
+        "| mrl-frozen | b2 | 256 | 2 s | bf16 | 3,000.0 | 2,950.0 | 85 | 6.00 GiB | 2.76 | 8.28 | 0.8 % | a100, h100 |"
+    ) in lines
+    assert (
+        "| distill | b0+b2 -> b2 | 256 | 2 s | bf16 | failed: OutOfMemoryError: CUDA out of memory "
+        "| - | - | - | - | - | - | a100 |"
+    ) in lines
     assert "| 8 | 256 | 2 s | 7,000 | 140 | 2.0 s |" in lines
     assert "| 16 | - | - | skipped: time budget | - | - |" in lines
     assert "| mrl, SIGTERM | 0 | 0 | 31 | 12 (1) | 9.50 | 40 s |" in lines
@@ -197,6 +277,7 @@ def test_markdown_says_na_for_an_unknown_peak():
 
 # ---------------------------------------------------------------------------- sections, budget
 
+
 def stub_sections(monkeypatch, **functions):
     calls = []
 
@@ -204,6 +285,7 @@ def stub_sections(monkeypatch, **functions):
         def run(check):
             calls.append(name)
             return functions.get(name, lambda c: {"status": "ok", "summary": f"{name} stub"})(check)
+
         return run
 
     monkeypatch.setattr(gc, "SECTION_FUNCTIONS", {name: make(name) for name in gc.SECTIONS})
@@ -227,8 +309,9 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(monkeypatch, tmp
 
 def test_an_unexpected_exception_fails_only_its_section(monkeypatch, tmp_path):
     stub_sections(monkeypatch, bench=lambda check: {}["missing"])
-    report = gc.run_all(gc.parse_args(["--device", "cpu", "--quick", "--output", str(tmp_path),
-                                       "--work-dir", str(tmp_path / "w")]))
+    report = gc.run_all(
+        gc.parse_args(["--device", "cpu", "--quick", "--output", str(tmp_path), "--work-dir", str(tmp_path / "w")])
+    )
     assert report["sections"]["bench"]["status"] == "failed"
     assert report["sections"]["bench"]["error"] == "KeyError: 'missing'"
     assert "Traceback" in report["sections"]["bench"]["traceback"] and not report["ok"]
@@ -241,14 +324,28 @@ def test_sections_past_the_deadline_are_skipped_not_run(monkeypatch, tmp_path):
         return {"status": "ok", "summary": "slow stub"}
 
     calls = stub_sections(monkeypatch, bench=slow)
-    monkeypatch.setattr(gc, "SECTION_MINIMUM_S", {name: (0, 0) if name == "bench" else (1, 1)
-                                                  for name in gc.SECTIONS})
-    code = gc.main(["--device", "cpu", "--quick", "--time-budget-s", "3", "--output", str(tmp_path),
-                    "--work-dir", str(tmp_path / "w")])
+    monkeypatch.setattr(gc, "SECTION_MINIMUM_S", {name: (0, 0) if name == "bench" else (1, 1) for name in gc.SECTIONS})
+    code = gc.main(
+        [
+            "--device",
+            "cpu",
+            "--quick",
+            "--time-budget-s",
+            "3",
+            "--output",
+            str(tmp_path),
+            "--work-dir",
+            str(tmp_path / "w"),
+        ]
+    )
     report = json.loads((tmp_path / gc.JSON_NAME).read_text())
     assert code == 0 and calls == ["bench"]
     assert {n: s["status"] for n, s in report["sections"].items()} == {
-        "bench": "ok", "train-run": "skipped", "loader": "skipped", "deepspeed": "skipped"}
+        "bench": "ok",
+        "train-run": "skipped",
+        "loader": "skipped",
+        "deepspeed": "skipped",
+    }
     assert report["sections"]["loader"]["reason"] == "time budget"
 
 
@@ -261,13 +358,28 @@ def test_cuda_without_a_gpu_is_an_error_that_names_the_cpu_self_test(capsys, tmp
 
 # ---------------------------------------------------------------------------- end to end
 
+
 @pytest.mark.slow
 def test_cpu_quick_pass_writes_json_and_markdown_and_fails_nothing(tmp_path):
     output = tmp_path / "out"
     began = time.monotonic()
-    result = subprocess.run([sys.executable, str(REPO / "launch" / "gpu_check.py"), "--device", "cpu", "--quick",
-                             "--output", str(output), "--work-dir", str(tmp_path / "work")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--output",
+            str(output),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     elapsed = time.monotonic() - began
     report = json.loads((output / "gpu-check.json").read_text())
     sections = report["sections"]

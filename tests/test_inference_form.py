@@ -93,8 +93,11 @@ def assert_close(expected: dict, actual: dict) -> None:
         assert difference <= TOLERANCE, f"{name}: max |difference| {difference:.2e} > {TOLERANCE}"
 
 
-@pytest.fixture(scope="module", params=[("tiny", "redimnet"), ("tiny", "mrl"), ("b0", "redimnet"), ("b0", "mrl")],
-                ids=lambda p: "-".join(p))
+@pytest.fixture(
+    scope="module",
+    params=[("tiny", "redimnet"), ("tiny", "mrl"), ("b0", "redimnet"), ("b0", "mrl")],
+    ids=lambda p: "-".join(p),
+)
 def model_and_form(request):
     model = make_model(*request.param).eval()
     return model, inference_form(model)
@@ -111,15 +114,19 @@ def test_inference_form_equals_eval_form_pooled_and_embeddings(model_and_form, b
     assert_close(expected, actual)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(block_1d_type="att"),
-    dict(block_1d_type="fc"),
-    dict(block_1d_type="conv"),
-    dict(block_2d_type="basic_resnet_fwse"),
-    dict(block_2d_type="basic_resnet", group_divisor=None),
-    dict(block_2d_type="convnext_like_relu", global_context_att=False),
-    dict(stages_setup=[[1, 1, 2, [[3, 3]], 8], [2, 1, 3, [[3, 3]], 8]], out_channels=96, emb_bn=True),
-], ids=["att", "fc", "conv", "resnet_fwse", "resnet_ungrouped", "convnext_relu_no_context", "expansion_mfa_emb_bn"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(block_1d_type="att"),
+        dict(block_1d_type="fc"),
+        dict(block_1d_type="conv"),
+        dict(block_2d_type="basic_resnet_fwse"),
+        dict(block_2d_type="basic_resnet", group_divisor=None),
+        dict(block_2d_type="convnext_like_relu", global_context_att=False),
+        dict(stages_setup=[[1, 1, 2, [[3, 3]], 8], [2, 1, 3, [[3, 3]], 8]], out_channels=96, emb_bn=True),
+    ],
+    ids=["att", "fc", "conv", "resnet_fwse", "resnet_ungrouped", "convnext_relu_no_context", "expansion_mfa_emb_bn"],
+)
 def test_inference_form_equals_eval_form_for_every_block_type(overrides):
     model = make_model("tiny", "redimnet", **overrides).eval()
     form = inference_form(model)
@@ -180,8 +187,9 @@ def test_inference_form_folds_every_batchnorm_that_follows_a_conv_or_linear():
     # Left: the embedding layers' input BatchNorm (before a Linear) and ResidualBasicBlock.bn1,
     # which follows a ReLU; everything else is folded away.
     assert unfolded_batchnorms(inference_form(build_preset("b2"))) == ["bn"]
-    mrl_form = inference_form(ReDimNetMRL.from_redimnet(build_preset("tiny"), dims=[32, 64, 192],
-                                                        head_init="pretrained"))
+    mrl_form = inference_form(
+        ReDimNetMRL.from_redimnet(build_preset("tiny"), dims=[32, 64, 192], head_init="pretrained")
+    )
     assert unfolded_batchnorms(mrl_form) == ["native.bn", "head.bn"]
     b0_left = unfolded_batchnorms(inference_form(build_preset("b0")))
     assert b0_left[-1] == "bn" and all(name.endswith("conv_block.bn1") for name in b0_left[:-1])

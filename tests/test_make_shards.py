@@ -46,8 +46,12 @@ def packed_samples(manifest_path: Path) -> dict[str, dict]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "launch" / "make_shards.py"), *args,
-                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "launch" / "make_shards.py"), *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_good_file_is_packed_exactly_once(corpus, packed):
@@ -66,8 +70,7 @@ def test_every_broken_file_is_listed_with_its_reason(corpus, packed):
 
 def test_manifest_describes_shards_speakers_and_arguments(corpus, packed):
     manifest = json.loads(packed.read_text())
-    assert manifest["total_samples"] == len(corpus.good) == sum(
-        s["samples"] for s in manifest["shards"])
+    assert manifest["total_samples"] == len(corpus.good) == sum(s["samples"] for s in manifest["shards"])
     for shard in manifest["shards"]:
         digest = hashlib.sha256((packed.parent / shard["name"]).read_bytes()).hexdigest()
         assert shard["sha256"] == digest
@@ -123,9 +126,19 @@ def test_aac_m4a_is_decoded_with_pyav(corpus, packed):
 
 
 def test_shards_take_samples_in_a_fixed_shuffled_order_so_each_mixes_speakers():
-    records = [{"key": f"id{s}/v1/{u:05d}", "bytes": 4000, "seconds": 1.0, "frames": 16000,
-                "path": f"/data/id{s}/v1/{u:05d}.wav", "original_sample_rate": 16000,
-                "original_channels": 1} for s in range(4) for u in range(25)]
+    records = [
+        {
+            "key": f"id{s}/v1/{u:05d}",
+            "bytes": 4000,
+            "seconds": 1.0,
+            "frames": 16000,
+            "path": f"/data/id{s}/v1/{u:05d}.wav",
+            "original_sample_rate": 16000,
+            "original_channels": 1,
+        }
+        for s in range(4)
+        for u in range(25)
+    ]
     labels = {f"id{s}": s for s in range(4)}
     per_sample = (512 + 4096) + (512 + 512)  # tar header + padded data, for .flac and .json
     plans = plan_shards(records, labels, "train", shard_bytes=10 * per_sample)
@@ -139,8 +152,7 @@ def test_shards_take_samples_in_a_fixed_shuffled_order_so_each_mixes_speakers():
 def test_tar_members_carry_no_machine_metadata_and_keep_sample_order(packed):
     for shard in shard_paths(packed):
         members = [info for info, _ in tar_members(shard)]
-        assert all((m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (0, 0, 0, "", "", 0o644)
-                   for m in members)
+        assert all((m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (0, 0, 0, "", "", 0o644) for m in members)
         extensions = [m.name.split(".", 1)[1] for m in members]
         assert extensions == ["flac", "json"] * (len(members) // 2)
 
@@ -153,10 +165,10 @@ def test_webdataset_reads_the_shards_with_intact_keys(corpus, packed):
     assert {"flac", "json"} <= first.keys()
 
 
-def test_one_and_two_workers_give_byte_identical_shards_and_manifest(corpus, packed, make_shards,
-                                                                    tmp_path):
-    make_shards.pack_split([corpus.root], tmp_path, "train", trials=corpus.trials, workers=2,
-                           shard_size_mb=0.1, progress=False)
+def test_one_and_two_workers_give_byte_identical_shards_and_manifest(corpus, packed, make_shards, tmp_path):
+    make_shards.pack_split(
+        [corpus.root], tmp_path, "train", trials=corpus.trials, workers=2, shard_size_mb=0.1, progress=False
+    )
     ours = sorted(p.name for p in tmp_path.iterdir())
     assert ours == sorted(p.name for p in packed.parent.iterdir())
     for name in ours:
@@ -165,8 +177,7 @@ def test_one_and_two_workers_give_byte_identical_shards_and_manifest(corpus, pac
 
 def test_success_leaves_no_cache_partial_manifest_or_temporaries(packed):
     names = sorted(p.name for p in packed.parent.iterdir())
-    assert all(n.endswith(".tar") for n in names if n not in ("train.manifest.json",
-                                                               "train.trials.txt"))
+    assert all(n.endswith(".tar") for n in names if n not in ("train.manifest.json", "train.trials.txt"))
 
 
 def test_trial_list_is_copied_beside_the_manifest(corpus, packed):
@@ -179,32 +190,41 @@ def test_several_inputs_merge_into_one_split(make_shards, tmp_path):
     write_wav(first / "id1/v1/00001.wav", tone(1.0, 16000, 200), 16000)
     write_wav(second / "id2/v1/00001.wav", tone(1.0, 16000, 300), 16000)
     write_wav(second / "id1/v1/00001.wav", tone(1.0, 16000, 250), 16000)  # same key again
-    manifest = make_shards.pack_split([first, second], tmp_path / "out", "dev", workers=1,
-                                      progress=False)
+    manifest = make_shards.pack_split([first, second], tmp_path / "out", "dev", workers=1, progress=False)
     assert manifest["speakers"] == {"id1": 0, "id2": 1}
     assert manifest["total_samples"] == 2
-    assert [(e["path"], e["reason"]) for e in manifest["skipped"]] == [
-        (str(second / "id1/v1/00001.wav"), "duplicate")]
+    assert [(e["path"], e["reason"]) for e in manifest["skipped"]] == [(str(second / "id1/v1/00001.wav"), "duplicate")]
 
 
 def test_cli_summarises_skips_per_reason(corpus, tmp_path):
-    result = run_cli("--input", str(corpus.root), "--output", str(tmp_path), "--split", "dev",
-                     "--workers", "2")
+    result = run_cli("--input", str(corpus.root), "--output", str(tmp_path), "--split", "dev", "--workers", "2")
     assert result.returncode == 0, result.stderr
     for reason, count in Counter(corpus.broken.values()).items():
         assert f"{reason}: {count}" in result.stderr
 
 
-@pytest.mark.parametrize("missing, why", [
-    ("id00009/nope/00001", "no such file in --input"),
-    ("id00003/bad/00001", "skipped (too-short"),
-])
+@pytest.mark.parametrize(
+    "missing, why",
+    [
+        ("id00009/nope/00001", "no such file in --input"),
+        ("id00003/bad/00001", "skipped (too-short"),
+    ],
+)
 def test_missing_trial_utterance_fails_naming_it_and_why(corpus, tmp_path, missing, why):
     trials = tmp_path / "trials.txt"
-    trials.write_text(f"1 id00001/vidA/00001.wav id00001/vidB/00001.wav\n"
-                      f"0 id00001/vidA/00001.wav {missing}.wav\n")
-    result = run_cli("--input", str(corpus.root), "--output", str(tmp_path / "out"),
-                     "--split", "val", "--trials", str(trials), "--workers", "1")
+    trials.write_text(f"1 id00001/vidA/00001.wav id00001/vidB/00001.wav\n0 id00001/vidA/00001.wav {missing}.wav\n")
+    result = run_cli(
+        "--input",
+        str(corpus.root),
+        "--output",
+        str(tmp_path / "out"),
+        "--split",
+        "val",
+        "--trials",
+        str(trials),
+        "--workers",
+        "1",
+    )
     assert result.returncode != 0
     assert f"{missing}: {why}" in result.stderr
     assert not (tmp_path / "out" / "val.manifest.json").exists()
@@ -213,14 +233,12 @@ def test_missing_trial_utterance_fails_naming_it_and_why(corpus, tmp_path, missi
 def test_no_valid_input_exits_nonzero_with_a_clear_message(tmp_path):
     (tmp_path / "in" / "id1" / "v1").mkdir(parents=True)
     (tmp_path / "in" / "id1" / "v1" / "00001.wav").write_bytes(b"")
-    result = run_cli("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                     "--split", "train")
+    result = run_cli("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--split", "train")
     assert result.returncode != 0
     assert "no valid audio file" in result.stderr and "'empty': 1" in result.stderr
 
 
-def test_rerun_keeps_intact_shards_and_rewrites_lost_or_corrupt_ones(corpus, packed, make_shards,
-                                                                     tmp_path):
+def test_rerun_keeps_intact_shards_and_rewrites_lost_or_corrupt_ones(corpus, packed, make_shards, tmp_path):
     output = tmp_path / "out"
     shutil.copytree(packed.parent, output)
     shards = shard_paths(output / "train.manifest.json")
@@ -228,8 +246,9 @@ def test_rerun_keeps_intact_shards_and_rewrites_lost_or_corrupt_ones(corpus, pac
     shards[0].unlink()
     shards[1].write_bytes(shards[1].read_bytes()[:-3000])
     untouched = (shards[2].stat().st_ino, shards[2].stat().st_mtime_ns)
-    make_shards.pack_split([corpus.root], output, "train", trials=corpus.trials, workers=1,
-                           shard_size_mb=0.1, progress=False)
+    make_shards.pack_split(
+        [corpus.root], output, "train", trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False
+    )
     assert (shards[2].stat().st_ino, shards[2].stat().st_mtime_ns) == untouched
     for name in sorted(p.name for p in packed.parent.iterdir()):
         assert (output / name).read_bytes() == (packed.parent / name).read_bytes(), name
@@ -245,8 +264,7 @@ def crash_on_marked_files(task):
     return decode_to_cache(task)
 
 
-def test_interrupted_run_resumes_from_its_cache_to_the_same_result(corpus, packed, make_shards,
-                                                                   tmp_path, monkeypatch):
+def test_interrupted_run_resumes_from_its_cache_to_the_same_result(corpus, packed, make_shards, tmp_path, monkeypatch):
     write = make_shards.write_shard
     calls = []
 
@@ -271,40 +289,36 @@ def test_interrupted_run_resumes_from_its_cache_to_the_same_result(corpus, packe
     assert not list(tmp_path.glob(".*"))
 
 
-def test_rerun_of_a_finished_split_only_verifies_it(corpus, packed, make_shards, tmp_path,
-                                                    monkeypatch):
+def test_rerun_of_a_finished_split_only_verifies_it(corpus, packed, make_shards, tmp_path, monkeypatch):
     shutil.copytree(packed.parent, tmp_path / "out")
     monkeypatch.setattr(make_shards, "decode_to_cache", must_not_decode)
-    manifest = make_shards.pack_split([corpus.root], tmp_path / "out", "train",
-                                      trials=corpus.trials, workers=2, shard_size_mb=0.1,
-                                      progress=False)
+    manifest = make_shards.pack_split(
+        [corpus.root], tmp_path / "out", "train", trials=corpus.trials, workers=2, shard_size_mb=0.1, progress=False
+    )
     assert manifest == json.loads(packed.read_text())
 
 
 def test_a_decoder_crash_costs_only_the_file_that_caused_it(make_shards, tmp_path, monkeypatch):
     for speaker in ("id1", "id2"):
         for utterance in ("00001", "00002", "crash"):
-            write_wav(tmp_path / "in" / speaker / "v1" / f"{utterance}.wav",
-                      tone(1.0, 16000, 200), 16000)
+            write_wav(tmp_path / "in" / speaker / "v1" / f"{utterance}.wav", tone(1.0, 16000, 200), 16000)
     monkeypatch.setattr(make_shards, "decode_to_cache", crash_on_marked_files)
-    manifest = make_shards.pack_split([tmp_path / "in"], tmp_path / "out", "train", workers=2,
-                                      progress=False)
+    manifest = make_shards.pack_split([tmp_path / "in"], tmp_path / "out", "train", workers=2, progress=False)
     assert manifest["total_samples"] == 4
     assert [(Path(e["path"]).stem, e["reason"]) for e in manifest["skipped"]] == [
-        ("crash", "decoder-crashed"), ("crash", "decoder-crashed")]
+        ("crash", "decoder-crashed"),
+        ("crash", "decoder-crashed"),
+    ]
 
 
 def test_killed_process_resumes_to_the_same_result(tmp_path):
     corpus = build_corpus(tmp_path / "dev")
-    arguments = ("--input", str(corpus.root), "--split", "train", "--shard-size-mb", "0.05",
-                 "--workers", "1")
+    arguments = ("--input", str(corpus.root), "--split", "train", "--shard-size-mb", "0.05", "--workers", "1")
     command = [sys.executable, str(REPO / "launch" / "make_shards.py"), *arguments, "--no-progress"]
-    process = subprocess.Popen([*command, "--output", str(tmp_path / "a")],
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([*command, "--output", str(tmp_path / "a")], stderr=subprocess.DEVNULL)
     # Kill as soon as the first shard is on disk: mid pass 2 on this machine.
     deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline and not list(
-            (tmp_path / "a").glob("train-*.tar")):
+    while process.poll() is None and time.monotonic() < deadline and not list((tmp_path / "a").glob("train-*.tar")):
         time.sleep(0.005)
     process.kill()
     process.wait()
@@ -358,8 +372,12 @@ packing.pack_split([source], output, "train", trials=trials, workers=1, shard_si
 
 
 def start_killed_packer(corpus, output: Path, mode: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", KILLED_PACKER, str(corpus.root), str(output),
-                             str(corpus.trials), mode], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", KILLED_PACKER, str(corpus.root), str(output), str(corpus.trials), mode],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def final_shards(output: Path) -> dict[str, tuple[int, int, str]]:
@@ -367,8 +385,7 @@ def final_shards(output: Path) -> dict[str, tuple[int, int, str]]:
     shards = {}
     for path in sorted(output.glob("train-*.tar")):
         stat = path.stat()
-        shards[path.name] = (stat.st_ino, stat.st_mtime_ns,
-                             hashlib.sha256(path.read_bytes()).hexdigest())
+        shards[path.name] = (stat.st_ino, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
     return shards
 
 
@@ -415,7 +432,8 @@ def recorded_sha256(output: Path) -> dict[str, str | None]:
 
 
 def test_shard_renamed_into_place_just_before_a_hard_kill_is_kept_on_resume(
-        corpus, packed, make_shards, tmp_path, monkeypatch):
+    corpus, packed, make_shards, tmp_path, monkeypatch
+):
     process = start_killed_packer(corpus, tmp_path, "kill-self")
     _, errors = process.communicate(timeout=120)
     assert process.returncode == -9, errors
@@ -425,18 +443,23 @@ def test_shard_renamed_into_place_just_before_a_hard_kill_is_kept_on_resume(
     assert (tmp_path / ".train.tmp" / "shards" / "train-000001.tar.json").is_file()
 
     monkeypatch.setattr(make_shards, "decode_to_cache", must_not_decode)
-    written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path,
-                                   trials=corpus.trials, workers=1, shard_size_mb=0.1,
-                                   progress=False)
+    written = pack_tracking_writes(
+        make_shards,
+        monkeypatch,
+        [corpus.root],
+        tmp_path,
+        trials=corpus.trials,
+        workers=1,
+        shard_size_mb=0.1,
+        progress=False,
+    )
     assert not set(written) & set(at_kill)
     assert {name: final_shards(tmp_path)[name] for name in at_kill} == at_kill
-    assert json.loads((tmp_path / "train.manifest.json").read_text()) == json.loads(
-        packed.read_text())
+    assert json.loads((tmp_path / "train.manifest.json").read_text()) == json.loads(packed.read_text())
     assert_same_files(tmp_path, packed.parent)
 
 
-def test_sigkill_after_two_shards_keeps_every_shard_complete_at_the_kill(corpus, packed,
-                                                                       tmp_path):
+def test_sigkill_after_two_shards_keeps_every_shard_complete_at_the_kill(corpus, packed, tmp_path):
     process = start_killed_packer(corpus, tmp_path / "out", "stall")
     deadline = time.monotonic() + 60
     while len(list((tmp_path / "out").glob("train-*.tar"))) < 2:
@@ -448,9 +471,20 @@ def test_sigkill_after_two_shards_keeps_every_shard_complete_at_the_kill(corpus,
     at_kill = final_shards(tmp_path / "out")
     assert 2 <= len(at_kill) < len(shard_paths(packed))
 
-    result = run_cli("--input", str(corpus.root), "--output", str(tmp_path / "out"),
-                     "--split", "train", "--trials", str(corpus.trials), "--workers", "1",
-                     "--shard-size-mb", "0.1")
+    result = run_cli(
+        "--input",
+        str(corpus.root),
+        "--output",
+        str(tmp_path / "out"),
+        "--split",
+        "train",
+        "--trials",
+        str(corpus.trials),
+        "--workers",
+        "1",
+        "--shard-size-mb",
+        "0.1",
+    )
     assert result.returncode == 0, result.stderr
     assert {name: final_shards(tmp_path / "out")[name] for name in at_kill} == at_kill
     assert_same_files(tmp_path / "out", packed.parent)
@@ -458,7 +492,8 @@ def test_sigkill_after_two_shards_keeps_every_shard_complete_at_the_kill(corpus,
 
 @pytest.mark.parametrize("damage", ["truncated", "bytes-flipped"])
 def test_shard_whose_record_matches_but_whose_bytes_are_damaged_is_rewritten(
-        corpus, packed, make_shards, tmp_path, monkeypatch, damage):
+    corpus, packed, make_shards, tmp_path, monkeypatch, damage
+):
     arguments = dict(trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False)
     interrupt_after_renaming(make_shards, monkeypatch, [corpus.root], tmp_path, 2, **arguments)
     assert recorded_sha256(tmp_path)["train-000001.tar"] is None
@@ -475,7 +510,8 @@ def test_shard_whose_record_matches_but_whose_bytes_are_damaged_is_rewritten(
 
 @pytest.mark.parametrize("left_at_the_name", ["nothing", "an older file"])
 def test_record_written_before_a_kill_that_stopped_the_rename_keeps_no_shard(
-        corpus, packed, make_shards, tmp_path, monkeypatch, left_at_the_name):
+    corpus, packed, make_shards, tmp_path, monkeypatch, left_at_the_name
+):
     from mrl_dist.data import shard_writer
 
     replace = os.replace
@@ -492,8 +528,7 @@ def test_record_written_before_a_kill_that_stopped_the_rename_keeps_no_shard(
     monkeypatch.setattr(shard_writer.os, "replace", replace)
     record = json.loads((tmp_path / ".train.tmp/shards/train-000001.tar.json").read_text())
     assert record["sha256"] == json.loads(packed.read_text())["shards"][1]["sha256"]
-    assert list(tmp_path.glob(".train-000001.tar.tmp.*")) and not (
-        tmp_path / "train-000001.tar").exists()
+    assert list(tmp_path.glob(".train-000001.tar.tmp.*")) and not (tmp_path / "train-000001.tar").exists()
     if left_at_the_name == "an older file":
         shutil.copyfile(tmp_path / "train-000000.tar", tmp_path / "train-000001.tar")
     written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path, **arguments)
@@ -501,8 +536,7 @@ def test_record_written_before_a_kill_that_stopped_the_rename_keeps_no_shard(
     assert_same_files(tmp_path, packed.parent)
 
 
-def test_shard_record_of_another_input_does_not_keep_a_shard(corpus, make_shards, tmp_path,
-                                                            monkeypatch):
+def test_shard_record_of_another_input_does_not_keep_a_shard(corpus, make_shards, tmp_path, monkeypatch):
     source = tmp_path / "in"
     shutil.copytree(corpus.root, source)
     arguments = dict(workers=1, shard_size_mb=0.1, progress=False)
@@ -511,14 +545,16 @@ def test_shard_record_of_another_input_does_not_keep_a_shard(corpus, make_shards
     record = json.loads((tmp_path / "out/.train.tmp/shards/train-000001.tar.json").read_text())
     assert record["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
     # The input changes under an utterance of that shard: its record is for another plan.
-    key = next(info.name.split(".")[0] for info, _ in tar_members(shard)
-               if (source / f"{info.name.split('.')[0]}.wav").is_file())
+    key = next(
+        info.name.split(".")[0]
+        for info, _ in tar_members(shard)
+        if (source / f"{info.name.split('.')[0]}.wav").is_file()
+    )
     wave, rate = sf.read(str(source / f"{key}.wav"), dtype="float32")
     write_wav(source / f"{key}.wav", -wave, rate)
     stale = shard.read_bytes()
 
-    written = pack_tracking_writes(make_shards, monkeypatch, [source], tmp_path / "out",
-                                   **arguments)
+    written = pack_tracking_writes(make_shards, monkeypatch, [source], tmp_path / "out", **arguments)
     assert "train-000001.tar" in written
     make_shards.pack_split([source], tmp_path / "reference", "train", **arguments)
     assert_same_files(tmp_path / "out", tmp_path / "reference")
@@ -526,23 +562,25 @@ def test_shard_record_of_another_input_does_not_keep_a_shard(corpus, make_shards
 
 
 def test_sealed_shards_free_their_cache_files_and_a_lost_one_is_decoded_again_on_resume(
-        corpus, packed, make_shards, tmp_path, monkeypatch):
+    corpus, packed, make_shards, tmp_path, monkeypatch
+):
     from mrl_dist.data import shard_writer
 
     arguments = dict(trials=corpus.trials, workers=1, shard_size_mb=0.1, progress=False)
     interrupt_after_renaming(make_shards, monkeypatch, [corpus.root], tmp_path, 2, **arguments)
     cache = tmp_path / ".train.tmp" / "cache"
-    sealed = {name: [info.name.split(".")[0] for info, _ in tar_members(tmp_path / name)
-                     if info.name.endswith(".flac")]
-              for name in ("train-000000.tar", "train-000001.tar")}
+    sealed = {
+        name: [info.name.split(".")[0] for info, _ in tar_members(tmp_path / name) if info.name.endswith(".flac")]
+        for name in ("train-000000.tar", "train-000001.tar")
+    }
     in_sealed = {key for keys in sealed.values() for key in keys}
     assert {key for key in corpus.good if shard_writer.cache_path(cache, key).exists()} == (
-        corpus.good.keys() - in_sealed)
+        corpus.good.keys() - in_sealed
+    )
     (tmp_path / "train-000001.tar").unlink()  # lost after sealing: its samples are nowhere now
 
     decode, decoded = shard_writer.decode_file, []
-    monkeypatch.setattr(shard_writer, "decode_file",
-                        lambda path: decoded.append(path) or decode(path))
+    monkeypatch.setattr(shard_writer, "decode_file", lambda path: decoded.append(path) or decode(path))
     monkeypatch.setattr(make_shards, "decode_to_cache", must_not_decode)  # pass 1 keeps records
     written = pack_tracking_writes(make_shards, monkeypatch, [corpus.root], tmp_path, **arguments)
     assert written[0] == "train-000001.tar" and "train-000000.tar" not in written

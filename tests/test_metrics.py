@@ -20,6 +20,7 @@ from mrl_dist.eval.metrics import (
 
 # --- brute-force references: one full pass over the trials per candidate threshold ---
 
+
 def _reference_points(scores, labels):
     """(far, frr, threshold) lists over every distinct score plus a reject-all threshold."""
     scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
@@ -43,8 +44,10 @@ def _reference_eer(scores, labels):
 
 
 def _reference_min_dcf(scores, labels, p_target):
-    costs = [(frr * p_target + far * (1 - p_target)) / min(p_target, 1 - p_target)
-             for far, frr, _ in _reference_points(scores, labels)]
+    costs = [
+        (frr * p_target + far * (1 - p_target)) / min(p_target, 1 - p_target)
+        for far, frr, _ in _reference_points(scores, labels)
+    ]
     return min(costs)
 
 
@@ -59,6 +62,7 @@ def _random_trials(size, seed, quantise):
 
 
 # --- EER ---
+
 
 @pytest.mark.parametrize("size", [2, 3, 10, 57, 400])
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -133,6 +137,7 @@ def test_labels_may_be_bool_or_float():
 
 # --- minDCF ---
 
+
 def test_min_dcf_hand_case_at_equal_priors():
     # Normalised DCF at p_target 0.5 is FAR + FRR: 1, .5, 1, .5, 1 over the five points.
     min_dcf, threshold = compute_min_dcf([0.1, 0.35, 0.4, 0.8], [0, 1, 0, 1], p_target=0.5)
@@ -159,6 +164,7 @@ def test_min_dcf_rejects_p_target_outside_unit_interval():
 
 # --- DET curve ---
 
+
 def test_det_curve_runs_from_accept_all_to_reject_all():
     far, frr, thresholds = det_curve([0.1, 0.35, 0.4, 0.8, 0.4], [0, 1, 0, 1, 1])
     assert (far[0], frr[0]) == (1.0, 0.0)
@@ -175,6 +181,7 @@ def test_eer_from_curve_agrees_with_compute_eer():
 
 
 # --- input errors ---
+
 
 @pytest.mark.parametrize(
     "scores, labels, message",
@@ -198,11 +205,10 @@ def test_bad_input_raises_value_error_saying_what_is_wrong(scores, labels, messa
 
 # --- reports ---
 
+
 def _two_dim_report():
     labels = np.array([0, 1, 0, 1])
-    return verification_report(
-        {"64": np.array([0.1, 0.35, 0.4, 0.8]), 128: np.array([0.1, 0.2, 0.8, 0.9])}, labels
-    )
+    return verification_report({"64": np.array([0.1, 0.35, 0.4, 0.8]), 128: np.array([0.1, 0.2, 0.8, 0.9])}, labels)
 
 
 def test_verification_report_is_keyed_metric_then_dim():
@@ -238,6 +244,7 @@ def test_select_metric_reads_mean_eer_over_numeric_dims_and_eer_at_dim():
 
 # --- cosine scores ---
 
+
 def test_cosine_scores_numpy():
     a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     b = np.array([[2.0, 0.0], [-1.0, -1.0], [1.0, 0.0]])
@@ -258,6 +265,7 @@ def test_cosine_scores_rejects_mismatched_shapes():
 
 
 # --- DET plot ---
+
 
 def test_plot_det_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")

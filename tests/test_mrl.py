@@ -176,8 +176,9 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, pretrained, pooled):
 
 
 def test_centred_pca_is_available_and_folds_the_mean_into_the_bias(pretrained, pooled):
-    model = ReDimNetMRL.from_redimnet(pretrained, dims=[192], head_init="pca", pooled_features=pooled,
-                                      pca_center=True).eval()
+    model = ReDimNetMRL.from_redimnet(
+        pretrained, dims=[192], head_init="pca", pooled_features=pooled, pca_center=True
+    ).eval()
     with torch.no_grad():
         centred = model.head(pooled)
     assert centred.mean(dim=0).abs().max() < 1e-3

@@ -30,15 +30,17 @@ JOIN_TIMEOUT_S = 30
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return prepare_demo_shards(tmp_path_factory.mktemp("multinode"), speakers=10, utterances=6, seed=10,
-                               shard_size_mb=1)
+    return prepare_demo_shards(
+        tmp_path_factory.mktemp("multinode"), speakers=10, utterances=6, seed=10, shard_size_mb=1
+    )
 
 
 def launcher_config(tmp_path: Path, port: int) -> Path:
     """configs/accelerate/multi-node.yaml with this machine's address and sizes: 2 x 1 process."""
     config = yaml.safe_load((REPO / "configs" / "accelerate" / "multi-node.yaml").read_text())
-    config.update(main_process_ip="127.0.0.1", main_process_port=port, num_machines=2, num_processes=2,
-                  mixed_precision="no")
+    config.update(
+        main_process_ip="127.0.0.1", main_process_port=port, num_machines=2, num_processes=2, mixed_precision="no"
+    )
     path = tmp_path / f"multi-node-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -67,8 +69,9 @@ class Node:
         self.log = log
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(log, "w") as sink:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                            text=True, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
         self.pid = self.process.pid
         STARTED.append(self)
 
@@ -83,9 +86,22 @@ class Node:
 
 def start_node(launcher: Path, rank: int, config: Path, cwd: Path, extra: list[str] = ()) -> Node:
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(launcher), "--machine_rank", str(rank),
-               "--rdzv_backend", "c10d", "--rdzv_conf", f"join_timeout={JOIN_TIMEOUT_S}", str(REPO / "launch" / "train.py"),
-               "--config", str(config), *extra]
+    command = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(launcher),
+        "--machine_rank",
+        str(rank),
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_conf",
+        f"join_timeout={JOIN_TIMEOUT_S}",
+        str(REPO / "launch" / "train.py"),
+        "--config",
+        str(config),
+        *extra,
+    ]
     return Node(command, cwd, cwd / f"node{rank}-{launcher.stem}-{len(extra)}.log")
 
 
@@ -131,10 +147,16 @@ def wait_for(path: Path, text: str, timeout: float) -> None:
 
 
 def run_config(tmp_path: Path, shards: Path, run_dir: Path, **training) -> Path:
-    return write_config(tmp_path / "run.yaml", tiny_config(
-        run_dir, shards, training={"max_steps": 6, "collective_timeout_minutes": 0.5, **training},
-        validation={"every_steps": 2, "batch_size": 8, "max_seconds": 2.0, "timeout_minutes": 2},
-        checkpoint={"every_steps": 2, "keep_last": 2}))
+    return write_config(
+        tmp_path / "run.yaml",
+        tiny_config(
+            run_dir,
+            shards,
+            training={"max_steps": 6, "collective_timeout_minutes": 0.5, **training},
+            validation={"every_steps": 2, "batch_size": 8, "max_seconds": 2.0, "timeout_minutes": 2},
+            checkpoint={"every_steps": 2, "keep_last": 2},
+        ),
+    )
 
 
 def test_two_nodes_train_validate_checkpoint_once_stop_and_resume(shards, tmp_path):
@@ -195,5 +217,13 @@ def test_a_node_that_dies_mid_run_ends_the_other_with_an_error(shards, tmp_path)
     output, _ = nodes[0].communicate(timeout=240)
     assert nodes[0].returncode != 0, output[-3000:]
     assert time.time() - began < 150  # the 30 s collective timeout, the launcher's own checks, no hang
-    assert any(word in output for word in ("CollectiveError", "Connection closed by peer", "ChildFailedError",
-                                           "RendezvousClosedError", "collective")), output[-3000:]
+    assert any(
+        word in output
+        for word in (
+            "CollectiveError",
+            "Connection closed by peer",
+            "ChildFailedError",
+            "RendezvousClosedError",
+            "collective",
+        )
+    ), output[-3000:]

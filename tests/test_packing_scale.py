@@ -29,8 +29,7 @@ def many_small_files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small") / "dev"
     for index in range(48):
         key = f"id{index % 4:05d}/v{index // 16}/{index:05d}"
-        write_wav(root / f"{key}.wav", tone(1.0, 16000, 150 + 7 * index,
-                                            seed=zlib.crc32(key.encode())), 16000)
+        write_wav(root / f"{key}.wav", tone(1.0, 16000, 150 + 7 * index, seed=zlib.crc32(key.encode())), 16000)
     return root
 
 
@@ -38,8 +37,7 @@ def shard_sizes(output: Path) -> list[int]:
     return [path.stat().st_size for path in output.glob("train-*.tar")]
 
 
-def test_peak_disk_of_one_worker_is_the_final_size_plus_one_shard(many_small_files, make_shards,
-                                                                 tmp_path, monkeypatch):
+def test_peak_disk_of_one_worker_is_the_final_size_plus_one_shard(many_small_files, make_shards, tmp_path, monkeypatch):
     release, sizes = shard_writer.release_cache, []
 
     def measure_then_release(records, cache_dir):
@@ -48,19 +46,20 @@ def test_peak_disk_of_one_worker_is_the_final_size_plus_one_shard(many_small_fil
         release(records, cache_dir)
 
     monkeypatch.setattr(shard_writer, "release_cache", measure_then_release)
-    make_shards.pack_split([many_small_files], tmp_path, "train", workers=1,
-                           shard_size_mb=SHARD_SIZE_MB, progress=False)
+    make_shards.pack_split(
+        [many_small_files], tmp_path, "train", workers=1, shard_size_mb=SHARD_SIZE_MB, progress=False
+    )
     final, largest = folder_bytes(tmp_path), max(shard_sizes(tmp_path))
     assert len(sizes) == len(shard_sizes(tmp_path)) >= 15
     assert final > 10 * largest  # twice the final size is far above the bound
     assert final <= max(sizes) <= 1.1 * final + largest, (max(sizes), final, largest)
 
 
-def test_peak_disk_of_two_workers_stays_within_a_shard_per_worker(many_small_files,
-                                                                  make_shards, tmp_path):
+def test_peak_disk_of_two_workers_stays_within_a_shard_per_worker(many_small_files, make_shards, tmp_path):
     with FolderSampler(tmp_path, interval=0.0005) as sampler:
-        make_shards.pack_split([many_small_files], tmp_path, "train", workers=2,
-                               shard_size_mb=SHARD_SIZE_MB, progress=False)
+        make_shards.pack_split(
+            [many_small_files], tmp_path, "train", workers=2, shard_size_mb=SHARD_SIZE_MB, progress=False
+        )
     final, largest = folder_bytes(tmp_path), max(shard_sizes(tmp_path))
     assert final > 10 * largest
     assert final <= sampler.peak <= 1.1 * final + 2 * largest, (sampler.peak, final, largest)
@@ -69,8 +68,9 @@ def test_peak_disk_of_two_workers_stays_within_a_shard_per_worker(many_small_fil
 @pytest.mark.slow
 def test_a_voxceleb2_sized_listing_plans_in_under_a_minute_and_2_gb_and_reads_back(tmp_path):
     result = measure_planning(tmp_path, VOXCELEB2_UTTERANCES, VOXCELEB2_SPEAKERS)
-    planning = {stage: seconds for stage, seconds in result["seconds"].items()
-                if stage != "pass-1 log"}  # written during pass 1's hours of decoding
+    planning = {
+        stage: seconds for stage, seconds in result["seconds"].items() if stage != "pass-1 log"
+    }  # written during pass 1's hours of decoding
     assert sum(planning.values()) < 60, result["seconds"]
     assert result["peak_rss"] < 2 * 2**30, result
     manifest = read_manifest(tmp_path / "train.manifest.json")
@@ -83,10 +83,38 @@ def test_a_voxceleb2_sized_listing_plans_in_under_a_minute_and_2_gb_and_reads_ba
 def test_packing_benchmark_prints_every_table(capsys):
     from mrl_dist.tools.packing_cli import bench_packing_main
 
-    assert bench_packing_main(["--utterances", "2", "--formats", "16k-mono", "--levels", "0", "5",
-                               "--crops", "20", "--disk-workers", "1", "--shard-size-mb", "0.1",
-                               "--scale-utterances", "500", "--cores", "8"]) == 0
+    assert (
+        bench_packing_main(
+            [
+                "--utterances",
+                "2",
+                "--formats",
+                "16k-mono",
+                "--levels",
+                "0",
+                "5",
+                "--crops",
+                "20",
+                "--disk-workers",
+                "1",
+                "--shard-size-mb",
+                "0.1",
+                "--scale-utterances",
+                "500",
+                "--cores",
+                "8",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    for heading in ("| 16 kHz mono AAC | 2 |", "| 5 |", "Pass 2 (`write_shard`", "| 1 | ",
-                    "| plan_split |", "Peak RSS", "| 8 | "):
+    for heading in (
+        "| 16 kHz mono AAC | 2 |",
+        "| 5 |",
+        "Pass 2 (`write_shard`",
+        "| 1 | ",
+        "| plan_split |",
+        "Peak RSS",
+        "| 8 | ",
+    ):
         assert heading in printed, heading

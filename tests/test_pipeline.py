@@ -19,8 +19,9 @@ from mrl_dist.data.trials import read_trials, trial_keys
 
 
 def train_loader(source, **overrides):
-    options = dict(batch_size=4, crop_seconds=1.0, num_workers=0, seed=7, rank=0, world_size=1,
-                   shuffle_buffer=8, steps_per_epoch=4)
+    options = dict(
+        batch_size=4, crop_seconds=1.0, num_workers=0, seed=7, rank=0, world_size=1, shuffle_buffer=8, steps_per_epoch=4
+    )
     return make_train_loader(source, **{**options, **overrides})
 
 
@@ -36,8 +37,9 @@ def packed_audio(manifest_path: Path) -> dict[str, tuple[np.ndarray, dict]]:
             for member in tar:
                 key, extension = member.name.split(".", 1)
                 samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
-    return {key: (sf.read(io.BytesIO(s["flac"]), dtype="float32")[0], json.loads(s["json"]))
-            for key, s in samples.items()}
+    return {
+        key: (sf.read(io.BytesIO(s["flac"]), dtype="float32")[0], json.loads(s["json"])) for key, s in samples.items()
+    }
 
 
 def largest_shard(manifest_path: Path) -> str:
@@ -69,8 +71,9 @@ def test_every_rank_gets_the_same_number_of_batches_per_epoch(packed):
     # 19 utterances, batch 2, 3 ranks: 19 // 6 = 3 steps on every rank, with any worker count.
     for rank in range(3):
         for workers in (0, 2):
-            loader = train_loader(packed, batch_size=2, rank=rank, world_size=3,
-                                  num_workers=workers, steps_per_epoch=None)
+            loader = train_loader(
+                packed, batch_size=2, rank=rank, world_size=3, num_workers=workers, steps_per_epoch=None
+            )
             assert len(loader) == 3
             assert len(list(loader)) == 3
 
@@ -107,7 +110,7 @@ def test_crops_are_exact_slices_of_the_utterance(packed):
         for key, crop in zip(keys, waves):
             whole = audio[key][0]
             starts = np.flatnonzero(whole[: len(whole) - len(crop) + 1] == crop[0])
-            assert any(np.array_equal(whole[s:s + len(crop)], crop) for s in starts), key
+            assert any(np.array_equal(whole[s : s + len(crop)], crop) for s in starts), key
 
 
 def test_short_utterances_are_repeated_to_the_crop_length(packed):
@@ -151,8 +154,7 @@ def test_undecodable_members_are_skipped_and_counted(packed, tmp_path, caplog):
         flacs.append(name)
         return b"not flac" if len(flacs) % 2 else data
 
-    url = rewrite_shard(largest_shard(packed), tmp_path / "garbage.tar",
-                        break_every_other_flac)
+    url = rewrite_shard(largest_shard(packed), tmp_path / "garbage.tar", break_every_other_flac)
     broken = set(flacs[0::2])
     loader = train_loader([url], steps_per_epoch=3, batch_size=2)
     batches = list(loader)
@@ -208,7 +210,7 @@ def test_eval_cap_keeps_the_first_max_seconds(packed):
         for row, key in enumerate(batch["key"]):
             expected = audio[key][0][:19200]
             assert batch["lengths"][row] == len(expected)
-            np.testing.assert_array_equal(batch["wave"][row, :len(expected)].numpy(), expected)
+            np.testing.assert_array_equal(batch["wave"][row, : len(expected)].numpy(), expected)
 
 
 def test_eval_raises_naming_trial_utterances_missing_from_the_shards(packed):
@@ -227,8 +229,7 @@ def test_manifest_errors_name_the_file(tmp_path):
     other = tmp_path / "other.manifest.json"
     other.write_text('{"hello": 1}')
     with pytest.raises(ManifestError, match="other.manifest.json: 'format'"):
-        make_train_loader(other, batch_size=2, crop_seconds=1.0, num_workers=0, seed=0, rank=0,
-                          world_size=1)
+        make_train_loader(other, batch_size=2, crop_seconds=1.0, num_workers=0, seed=0, rank=0, world_size=1)
 
 
 def test_sources_without_a_manifest_need_steps_per_epoch(packed):
@@ -238,10 +239,23 @@ def test_sources_without_a_manifest_need_steps_per_epoch(packed):
 
 def test_fixed_crops_cut_every_key_at_the_same_place_in_every_epoch(packed):
     def crops(epoch: int, seed: int) -> dict:
-        loader = make_train_loader(packed, batch_size=4, crop_seconds=0.5, num_workers=0, seed=seed,
-                                   rank=0, world_size=1, epoch=epoch, steps_per_epoch=6, fixed_crops=True)
-        return {key: (int(start), wave) for batch in loader
-                for key, start, wave in zip(batch["key"], batch["start"], batch["wave"])}
+        loader = make_train_loader(
+            packed,
+            batch_size=4,
+            crop_seconds=0.5,
+            num_workers=0,
+            seed=seed,
+            rank=0,
+            world_size=1,
+            epoch=epoch,
+            steps_per_epoch=6,
+            fixed_crops=True,
+        )
+        return {
+            key: (int(start), wave)
+            for batch in loader
+            for key, start, wave in zip(batch["key"], batch["start"], batch["wave"])
+        }
 
     first, second = crops(epoch=0, seed=0), crops(epoch=3, seed=7)
     shared = set(first) & set(second)
@@ -252,6 +266,7 @@ def test_fixed_crops_cut_every_key_at_the_same_place_in_every_epoch(packed):
 
 
 def test_random_crops_report_no_start(packed):
-    loader = make_train_loader(packed, batch_size=4, crop_seconds=0.5, num_workers=0, seed=0,
-                               rank=0, world_size=1, steps_per_epoch=1)
+    loader = make_train_loader(
+        packed, batch_size=4, crop_seconds=0.5, num_workers=0, seed=0, rank=0, world_size=1, steps_per_epoch=1
+    )
     assert (next(iter(loader))["start"] == -1).all()

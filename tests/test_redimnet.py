@@ -70,13 +70,16 @@ def test_tiny_preset_is_small_enough_for_cpu_demos():
         assert model.eval()(torch.randn(2, 16000)).shape == (2, 192)
 
 
-@pytest.mark.parametrize("key, value", [
-    ("feat_type", "tf"),
-    ("tf_optimized_arch", True),
-    ("block_1d_type", "lstm"),
-    ("block_2d_type", "dense"),
-    ("pooling_func", "XVEC"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("feat_type", "tf"),
+        ("tf_optimized_arch", True),
+        ("block_1d_type", "lstm"),
+        ("block_2d_type", "dense"),
+        ("pooling_func", "XVEC"),
+    ],
+)
 def test_unsupported_config_value_is_an_error_naming_key_and_value(key, value):
     with pytest.raises(ValueError, match=f"{key}.*{value}"):
         ReDimNet(**preset_config("b0", **{key: value}))
@@ -97,8 +100,9 @@ def test_every_block_type_builds_and_runs(block_1d, block_2d):
 
 
 def test_optional_official_layers_build_and_round_trip():
-    config = preset_config("tiny", out_channels=96, emb_bn=True, num_classes=7,
-                           head_activation="nn.Sigmoid()", pooling_func="TSTP")
+    config = preset_config(
+        "tiny", out_channels=96, emb_bn=True, num_classes=7, head_activation="nn.Sigmoid()", pooling_func="TSTP"
+    )
     model = ReDimNet(**config).eval()
     wave = torch.randn(2, 8000)
     with torch.no_grad():
@@ -140,7 +144,13 @@ def test_spec_augment_masks_only_in_training_mode():
 def test_frontend_matches_torchaudio_when_available():
     torchaudio = pytest.importorskip("torchaudio")
     reference = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=512, win_length=400, hop_length=160, f_min=20, f_max=7600, n_mels=72,
+        sample_rate=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        f_min=20,
+        f_max=7600,
+        n_mels=72,
         window_fn=torch.hamming_window,
     )
     frontend = MelFrontend(n_mels=72, do_preemph=False, spec_norm=None)

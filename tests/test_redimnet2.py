@@ -95,11 +95,19 @@ def test_families_are_told_apart_by_model_config():
     assert model_family(minimal) == "redimnet2" and isinstance(build_model(minimal), ReDimNet2)
 
 
-@pytest.mark.parametrize("key, value", [
-    ("causal", "full"), ("feat_type", "tf_spec"), ("block_1d_type", "v2_conv+att"),
-    ("block_2d_type", "convnext_like_post_ln"), ("fm_weigthing_type", "X"), ("spec_in_channels", 2),
-    ("att_dos", {"att_do": 0.1}), ("agg_gnorm", 7),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("causal", "full"),
+        ("feat_type", "tf_spec"),
+        ("block_1d_type", "v2_conv+att"),
+        ("block_2d_type", "convnext_like_post_ln"),
+        ("fm_weigthing_type", "X"),
+        ("spec_in_channels", 2),
+        ("att_dos", {"att_do": 0.1}),
+        ("agg_gnorm", 7),
+    ],
+)
 def test_unsupported_config_value_is_an_error_naming_key_and_value(key, value):
     with pytest.raises(ValueError, match=rf"ReDimNet2 model_config: {key}="):
         ReDimNet2(**preset_config("redimnet2-tiny", **{key: value}))
@@ -130,10 +138,21 @@ def test_every_preset_builds_and_embeds(name):
 
 
 def test_optional_layers_build_and_run():
-    config = preset_config("redimnet2-tiny", dual_agg=True, use_freq_pos_enc=True, return_2d_output=False,
-                           out_channels=96, feat_type="pt", spec_params={"do_preemph": True},
-                           pad_right_samples=160, before_pool_offset=2, emb_bn=True, fm_weigthing_type="N",
-                           agg_gnorm=False, block_1d_type="att")
+    config = preset_config(
+        "redimnet2-tiny",
+        dual_agg=True,
+        use_freq_pos_enc=True,
+        return_2d_output=False,
+        out_channels=96,
+        feat_type="pt",
+        spec_params={"do_preemph": True},
+        pad_right_samples=160,
+        before_pool_offset=2,
+        emb_bn=True,
+        fm_weigthing_type="N",
+        agg_gnorm=False,
+        block_1d_type="att",
+    )
     model = ReDimNet2(**config).eval()
     assert hasattr(model.backbone, "stage0_pre") and hasattr(model.backbone, "stage0_1d")
     with torch.no_grad():
@@ -142,6 +161,7 @@ def test_optional_layers_build_and_run():
 
 
 # ---------------------------------------------------------------------------- names and files
+
 
 def test_redimnet2_name_resolves_to_the_official_file_name(tmp_path, isolated_hub, monkeypatch):
     folder = tmp_path / "mine"
@@ -187,14 +207,18 @@ def test_redimnet2_presets_are_presets():
 
 # ---------------------------------------------------------------------------- MRL over ReDimNet2
 
+
 @pytest.mark.parametrize("head_init", ["pretrained", "pca", "random"])
 def test_mrl_model_over_a_redimnet2_trunk(head_init, tmp_path):
     trunk = load_pretrained(redimnet2_fixture("v2small-random.pt"))
     ref = reference("v2small")
     pooled = trunk.pooled(ref["wave"]).detach()
-    features = pooled.repeat(150, 1) + 0.05 * torch.randn(300, pooled.shape[1], generator=torch.Generator().manual_seed(0))
-    model = ReDimNetMRL.from_redimnet(trunk, dims=[64, 128, 192, 256], head_init=head_init,
-                                      pooled_features=features).eval()
+    features = pooled.repeat(150, 1) + 0.05 * torch.randn(
+        300, pooled.shape[1], generator=torch.Generator().manual_seed(0)
+    )
+    model = ReDimNetMRL.from_redimnet(
+        trunk, dims=[64, 128, 192, 256], head_init=head_init, pooled_features=features
+    ).eval()
     with torch.no_grad():
         every = model.forward_all(ref["wave"])
         native = model.native_embedding(model.pooled(ref["wave"]))

@@ -73,8 +73,11 @@ def quick_retries(monkeypatch, tmp_path):
 
 
 def embeddings_of(loader) -> dict[str, np.ndarray]:
-    return {key: wave[:length].numpy() for batch in loader
-            for key, wave, length in zip(batch["key"], batch["wave"], batch["lengths"])}
+    return {
+        key: wave[:length].numpy()
+        for batch in loader
+        for key, wave, length in zip(batch["key"], batch["wave"], batch["lengths"])
+    }
 
 
 def test_a_manifest_url_reads_every_shard_and_the_trials_through_drops(shards, server):
@@ -88,16 +91,27 @@ def test_a_manifest_url_reads_every_shard_and_the_trials_through_drops(shards, s
 
 
 def test_training_batches_stream_over_http_with_nothing_skipped(shards, server):
-    loader = make_train_loader(f"{server}/train.manifest.json", batch_size=4, crop_seconds=0.5, num_workers=0,
-                               seed=0, rank=0, world_size=1, steps_per_epoch=6)
+    loader = make_train_loader(
+        f"{server}/train.manifest.json",
+        batch_size=4,
+        crop_seconds=0.5,
+        num_workers=0,
+        seed=0,
+        rank=0,
+        world_size=1,
+        steps_per_epoch=6,
+    )
     batches = list(loader)
     assert len(batches) == 6 and loader.skipped == 0
 
 
 def test_an_unreachable_shard_is_skipped_and_counted_not_waited_for(shards, server):
     skips = SkipCounter("test")
-    urls = [f"{server}/no-such-shard.tar", "http://127.0.0.1:9/closed-port.tar",
-            str(sorted(shards.glob("val-*.tar"))[0])]
+    urls = [
+        f"{server}/no-such-shard.tar",
+        "http://127.0.0.1:9/closed-port.tar",
+        str(sorted(shards.glob("val-*.tar"))[0]),
+    ]
     samples = list(iter_tar_samples(urls, skips))
     assert samples and skips.by_reason == {"unreadable-shard": 2}
 

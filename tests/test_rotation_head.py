@@ -25,8 +25,9 @@ def pretrained():
 @pytest.fixture()
 def rotation_model(pretrained):
     pooled = collect_pooled(pretrained, WAVES, max_batches=4)
-    return ReDimNetMRL.from_redimnet(pretrained, dims=[16, 64, 192, 256], head_init="pca", pooled_features=pooled,
-                                     head_type="rotation").eval()
+    return ReDimNetMRL.from_redimnet(
+        pretrained, dims=[16, 64, 192, 256], head_init="pca", pooled_features=pooled, head_type="rotation"
+    ).eval()
 
 
 def _cosines(embedding):
@@ -37,8 +38,9 @@ def _cosines(embedding):
 def test_the_rotation_head_starts_as_the_pca_linear_head(pretrained):
     pooled = collect_pooled(pretrained, WAVES, max_batches=4)
     linear = ReDimNetMRL.from_redimnet(pretrained, dims=[16, 64, 192, 256], head_init="pca", pooled_features=pooled)
-    rotation = ReDimNetMRL.from_redimnet(pretrained, dims=[16, 64, 192, 256], head_init="pca",
-                                         pooled_features=pooled, head_type="rotation")
+    rotation = ReDimNetMRL.from_redimnet(
+        pretrained, dims=[16, 64, 192, 256], head_init="pca", pooled_features=pooled, head_type="rotation"
+    )
     with torch.no_grad():
         assert torch.allclose(linear.eval()(WAVE, dim=192), rotation.eval()(WAVE, dim=192), atol=1e-5)
 
@@ -61,8 +63,9 @@ def test_only_the_rotation_and_the_extra_dims_train(rotation_model):
 
 
 def test_extra_dims_train_when_asked(pretrained):
-    model = ReDimNetMRL.from_redimnet(pretrained, dims=[64, 192, 256], head_init="pretrained", head_type="rotation",
-                                      train_extra_dims=True)
+    model = ReDimNetMRL.from_redimnet(
+        pretrained, dims=[64, 192, 256], head_init="pretrained", head_type="rotation", train_extra_dims=True
+    )
     model(WAVE).square().sum().backward()
     assert model.head.extra.weight.requires_grad and model.head.extra.weight.grad.abs().sum() > 0
 

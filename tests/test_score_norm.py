@@ -30,8 +30,9 @@ def test_as_norm_equals_the_brute_force_formula():
     rng = np.random.default_rng(0)
     keys = [f"id{s:02d}/v/{u}" for s in range(4) for u in range(3)]
     embeddings = {k: {"mrl": rng.standard_normal(16).astype(np.float32)} for k in keys}
-    cohort_embeddings = {f"c{s:02d}/v/{u}": {"mrl": rng.standard_normal(16).astype(np.float32)}
-                         for s in range(7) for u in range(2)}
+    cohort_embeddings = {
+        f"c{s:02d}/v/{u}": {"mrl": rng.standard_normal(16).astype(np.float32)} for s in range(7) for u in range(2)
+    }
     trials = [Trial(int(a[:4] == b[:4]), a + ".wav", b + ".wav") for a, b in zip(keys, keys[1:] + keys[:1])]
     for name, dim in (("8", 8), ("16", 16)):
         vectors = {k: unit(v["mrl"][:dim].astype(np.float64)) for k, v in embeddings.items()}
@@ -39,8 +40,9 @@ def test_as_norm_equals_the_brute_force_formula():
         cohort = speaker_cohort(cohort_embeddings, name)
         assert cohort.shape == (7, dim) and np.allclose(np.linalg.norm(cohort, axis=1), 1)
         ours = as_norm(raw, trials, embeddings, cohort, name, top=4)
-        expected = [brute_force_as_norm(s, vectors[t.enroll[:-4]], vectors[t.test[:-4]], cohort, 4)
-                    for s, t in zip(raw, trials)]
+        expected = [
+            brute_force_as_norm(s, vectors[t.enroll[:-4]], vectors[t.test[:-4]], cohort, 4) for s, t in zip(raw, trials)
+        ]
         assert np.allclose(ours, expected, atol=1e-12)
     assert set(normalise_all({"8": raw, "16": raw}, trials, embeddings, cohort_embeddings, top=300)) == {"8", "16"}
 
@@ -52,6 +54,7 @@ def test_a_cohort_speaker_is_the_mean_of_its_normalised_utterances():
 
 
 # ---------------------------------------------------------------------------- the CLI
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, make_shards):
@@ -71,12 +74,25 @@ def test_two_checkpoints_share_one_table_one_det_plot_and_asnorm_rows(shards, tm
     torch.manual_seed(0)
     (tmp_path / "runA").mkdir()
     ReDimNetMRL.from_redimnet(build_preset("tiny"), dims=[32, 64, 192], head_init="pretrained").save_checkpoint(
-        tmp_path / "runA" / "best.pt")
+        tmp_path / "runA" / "best.pt"
+    )
     save_official_checkpoint(build_preset("tiny"), tmp_path / "plain.pt")
-    code = evaluate_main(["--checkpoint", str(tmp_path / "runA"), "--checkpoint", str(tmp_path / "plain.pt"),
-                          "--data", str(shards / "val.manifest.json"), "--asnorm-cohort",
-                          str(shards / "train.manifest.json"), "--asnorm-top", "3",
-                          "--det", str(tmp_path / "both.png")])
+    code = evaluate_main(
+        [
+            "--checkpoint",
+            str(tmp_path / "runA"),
+            "--checkpoint",
+            str(tmp_path / "plain.pt"),
+            "--data",
+            str(shards / "val.manifest.json"),
+            "--asnorm-cohort",
+            str(shards / "train.manifest.json"),
+            "--asnorm-top",
+            "3",
+            "--det",
+            str(tmp_path / "both.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     header = next(line for line in out.splitlines() if line.startswith("| dim"))
@@ -86,8 +102,18 @@ def test_two_checkpoints_share_one_table_one_det_plot_and_asnorm_rows(shards, tm
     assert rows["32"].rstrip(" |").endswith("- | -")  # the plain model has no 32-D embedding
     assert (tmp_path / "both.png").is_file()
 
-    code = evaluate_main(["--checkpoint", str(tmp_path / "runA"), "--checkpoint", str(tmp_path / "plain.pt"),
-                          "--data", str(shards / "val.manifest.json"), "--json", "--no-det"])
+    code = evaluate_main(
+        [
+            "--checkpoint",
+            str(tmp_path / "runA"),
+            "--checkpoint",
+            str(tmp_path / "plain.pt"),
+            "--data",
+            str(shards / "val.manifest.json"),
+            "--json",
+            "--no-det",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert [c["label"] for c in result["checkpoints"]] == ["runA", "plain"]
     assert result["checkpoints"][0]["num_trials"] == result["checkpoints"][1]["num_trials"]
@@ -109,8 +135,21 @@ def test_asnorm_does_not_raise_the_eer_on_the_demo_corpus(tmp_path):
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        assert evaluate_main(["--checkpoint", str(run / "best.pt"), "--data", str(shards / "val.manifest.json"),
-                              "--asnorm-cohort", str(shards / "train.manifest.json"), "--json", "--no-det"]) == 0
+        assert (
+            evaluate_main(
+                [
+                    "--checkpoint",
+                    str(run / "best.pt"),
+                    "--data",
+                    str(shards / "val.manifest.json"),
+                    "--asnorm-cohort",
+                    str(shards / "train.manifest.json"),
+                    "--json",
+                    "--no-det",
+                ]
+            )
+            == 0
+        )
     report = json.loads(buffer.getvalue())
     out.write_text(json.dumps(report["eer"]))
     assert report["eer"]["asnorm@native"] <= report["eer"]["native"], report["eer"]

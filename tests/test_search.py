@@ -103,10 +103,11 @@ def test_bfloat16_keys_pick_the_groups_of_bfloat16_maxima(population, monkeypatc
     maxima = padded.view(-1, exhaustive.GROUP, len(queries)).amax(dim=1)
     positive = maxima > 0.01  # such keys order like the values; a group with no positive score keys below them
     assert positive.float().mean() > 0.9 and (levels[0][maxima < -0.01] < 0).all()
-    assert torch.allclose(decoded[0][positive], maxima[positive], rtol=2 ** -7, atol=2 ** -8)  # bfloat16 inputs and scores
+    assert torch.allclose(decoded[0][positive], maxima[positive], rtol=2**-7, atol=2**-8)  # bfloat16 inputs and scores
     for k in (5, 20):
-        assert torch.equal(exhaustive._descend(levels, k), exhaustive._descend([level.where(level >= 0, -1.0)
-                                                                                  for level in decoded], k))
+        assert torch.equal(
+            exhaustive._descend(levels, k), exhaustive._descend([level.where(level >= 0, -1.0) for level in decoded], k)
+        )
 
 
 def test_a_bfloat16_scan_with_negative_best_scores_falls_back_to_float32():
@@ -224,17 +225,48 @@ def test_cli_enrols_and_queries_embedding_files(tmp_path, capsys):
     queries = centres[[4, 11]] + 0.05
     write_embeddings(tmp_path / "queries.npy", queries, ["q/one", "q/two"])
 
-    assert search_main(["enrol", "--embeddings", str(tmp_path / "enrol.npy"), "--output", str(tmp_path / "ix.npz")]) == 0
+    assert (
+        search_main(["enrol", "--embeddings", str(tmp_path / "enrol.npy"), "--output", str(tmp_path / "ix.npz")]) == 0
+    )
     assert "20 rows (20 speakers" in capsys.readouterr().err
-    assert search_main(["query", "--index", str(tmp_path / "ix.npz"), "--embeddings", str(tmp_path / "queries.npy"),
-                        "--top", "3", "--shortlist", "10"]) == 0
+    assert (
+        search_main(
+            [
+                "query",
+                "--index",
+                str(tmp_path / "ix.npz"),
+                "--embeddings",
+                str(tmp_path / "queries.npy"),
+                "--top",
+                "3",
+                "--shortlist",
+                "10",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| query | #1 | #2 | #3 |"
     assert table[2].startswith("| q/one | id004 (") and table[3].startswith("| q/two | id011 (")
 
     output = tmp_path / "results.json"
-    assert search_main(["query", "--index", str(tmp_path / "ix.npz"), "--embeddings", str(tmp_path / "queries.npy"),
-                        "--brute", "--top", "2", "--output", str(output)]) == 0
+    assert (
+        search_main(
+            [
+                "query",
+                "--index",
+                str(tmp_path / "ix.npz"),
+                "--embeddings",
+                str(tmp_path / "queries.npy"),
+                "--brute",
+                "--top",
+                "2",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     results = json.loads(output.read_text())
     assert [r["key"] for r in results] == ["q/one", "q/two"]
     assert results[0]["results"][0]["label"] == "id004" and len(results[0]["results"]) == 2
@@ -243,16 +275,35 @@ def test_cli_enrols_and_queries_embedding_files(tmp_path, capsys):
 def test_cli_errors_name_the_bad_value(tmp_path, capsys):
     write_embeddings(tmp_path / "enrol.npy", synthetic_centres(4), ["a/1", "b/1", "c/1", "d/1"])
     np.save(tmp_path / "lonely.npy", np.ones((1, 256), dtype=np.float32))
-    assert search_main(["enrol", "--embeddings", str(tmp_path / "lonely.npy"), "--output", str(tmp_path / "x.npz")]) == 2
+    assert (
+        search_main(["enrol", "--embeddings", str(tmp_path / "lonely.npy"), "--output", str(tmp_path / "x.npz")]) == 2
+    )
     assert "lonely.keys.txt" in capsys.readouterr().err
-    assert search_main(["enrol", "--embeddings", str(tmp_path / "enrol.npy"), "--output", str(tmp_path / "ix.npz")]) == 0
+    assert (
+        search_main(["enrol", "--embeddings", str(tmp_path / "enrol.npy"), "--output", str(tmp_path / "ix.npz")]) == 0
+    )
     write_embeddings(tmp_path / "short.npy", np.ones((1, 64)), ["q"])
     assert search_main(["query", "--index", str(tmp_path / "ix.npz"), "--embeddings", str(tmp_path / "short.npy")]) == 2
     assert "fewer than the 256 dims" in capsys.readouterr().err
-    assert search_main(["query", "--index", str(tmp_path / "ix.npz"), "--embeddings", str(tmp_path / "enrol.npy"),
-                        "--first-dim", "32"]) == 2
+    assert (
+        search_main(
+            [
+                "query",
+                "--index",
+                str(tmp_path / "ix.npz"),
+                "--embeddings",
+                str(tmp_path / "enrol.npy"),
+                "--first-dim",
+                "32",
+            ]
+        )
+        == 2
+    )
     assert "dim 32 is not a dim of this index" in capsys.readouterr().err
-    assert search_main(["query", "--index", str(tmp_path / "missing.npz"), "--embeddings", str(tmp_path / "enrol.npy")]) == 2
+    assert (
+        search_main(["query", "--index", str(tmp_path / "missing.npz"), "--embeddings", str(tmp_path / "enrol.npy")])
+        == 2
+    )
     assert "missing.npz not found" in capsys.readouterr().err
 
 
@@ -261,14 +312,31 @@ def test_cli_enrols_from_shards_through_a_checkpoint(tmp_path, capsys, make_shar
     from mrl_dist.models import ReDimNetMRL, build_preset
 
     corpus = make_demo_corpus(tmp_path / "corpus", speakers=4, utterances=3, seed=0, test_fraction=0.5)
-    make_shards.pack_split([corpus.test_dir], tmp_path / "shards", "val", trials=corpus.trials, workers=1,
-                           progress=False)
+    make_shards.pack_split(
+        [corpus.test_dir], tmp_path / "shards", "val", trials=corpus.trials, workers=1, progress=False
+    )
     torch.manual_seed(0)
     checkpoint = tmp_path / "best.pt"
-    ReDimNetMRL.from_redimnet(build_preset("tiny"), dims=[32, 64, 128], head_init="pretrained").save_checkpoint(checkpoint)
-    assert search_main(["enrol", "--shards", str(tmp_path / "shards" / "val.manifest.json"), "--checkpoint",
-                        str(checkpoint), "--per-utterance", "--max-seconds", "1", "--output",
-                        str(tmp_path / "ix.npz")]) == 0, capsys.readouterr().err
+    ReDimNetMRL.from_redimnet(build_preset("tiny"), dims=[32, 64, 128], head_init="pretrained").save_checkpoint(
+        checkpoint
+    )
+    assert (
+        search_main(
+            [
+                "enrol",
+                "--shards",
+                str(tmp_path / "shards" / "val.manifest.json"),
+                "--checkpoint",
+                str(checkpoint),
+                "--per-utterance",
+                "--max-seconds",
+                "1",
+                "--output",
+                str(tmp_path / "ix.npz"),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     index = CascadeIndex.load(tmp_path / "ix.npz")
     assert len(index) == 6 and len(set(index.labels)) == 2 and index.dims == [32, 64, 128]
     assert all(label == key.split("/")[0] for key, label in zip(index.keys, index.labels))
@@ -281,11 +349,29 @@ def test_demo_split_enrols_half_of_each_speaker():
 
 
 def test_bench_prints_both_modes_and_says_how_to_make_the_demo(tmp_path, capsys):
-    assert bench_search_main(["--sizes", "3000", "--queries", "50", "--batch", "25", "--repeats", "1",
-                              "--demo", str(tmp_path / "no-demo")]) == 0
+    assert (
+        bench_search_main(
+            [
+                "--sizes",
+                "3000",
+                "--queries",
+                "50",
+                "--batch",
+                "25",
+                "--repeats",
+                "1",
+                "--demo",
+                str(tmp_path / "no-demo"),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     rows = [line for line in captured.out.splitlines() if line.startswith("| 3,000 |")]
     assert [row.split("|")[2].strip() for row in rows] == [
-        "brute force 256-D", "cascade 64 -> 256, K = 100", "cascade 64 -> 256, K = 100, bfloat16 scan",
-        "brute force 256-D, bfloat16 scan"]
+        "brute force 256-D",
+        "cascade 64 -> 256, K = 100",
+        "cascade 64 -> 256, K = 100, bfloat16 scan",
+        "brute force 256-D, bfloat16 scan",
+    ]
     assert "python launch/demo.py" in captured.err

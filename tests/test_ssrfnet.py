@@ -92,14 +92,22 @@ def test_lengths_that_are_not_multiples_of_320_align(samples):
 def test_interpolating_alignment_loads_an_official_redimnet_backend(tmp_path):
     redimnet = build_preset("tiny", F=32)  # the tiny ReDimNet: F 32, C 8, three stages
     save_official_checkpoint(redimnet.eval(), tmp_path / "redimnet.pt")
-    config = apply_fusion_overrides(preset_config("ssrfnet-tiny", mel_bins=32, block_2d_type="convnext_like",
-                                                  stages_setup=redimnet.model_config["stages_setup"]),
-                                    {"time_align": "interpolate"})
+    config = apply_fusion_overrides(
+        preset_config(
+            "ssrfnet-tiny",
+            mel_bins=32,
+            block_2d_type="convnext_like",
+            stages_setup=redimnet.model_config["stages_setup"],
+        ),
+        {"time_align": "interpolate"},
+    )
     model = SSRFNet(**config)
     official = official_to_local(read_checkpoint(tmp_path / "redimnet.pt")["state_dict"])
     fresh = load_redimnet_weights(model, official, str(tmp_path / "redimnet.pt"))
-    assert torch.equal(model.backbone.backend.stage1[3].conv_block.pwconv1.weight,
-                       redimnet.backbone.stage1[3].conv_block.pwconv1.weight)
+    assert torch.equal(
+        model.backbone.backend.stage1[3].conv_block.pwconv1.weight,
+        redimnet.backbone.stage1[3].conv_block.pwconv1.weight,
+    )
     assert torch.equal(model.linear.weight, redimnet.linear.weight)
     assert "backbone.backend.stage1.0.w" in fresh and all(not k.startswith("backbone.backend.stem") for k in fresh)
     with torch.no_grad():
@@ -122,8 +130,7 @@ def test_a_named_ptm_offline_fails_naming_the_model_and_the_folders(tmp_path, mo
     monkeypatch.setenv("MRL_DIST_OFFLINE", "1")
     with pytest.raises(PTMError, match=r"'microsoft/wavlm-large' could not be loaded; looked in .*hf/hub.*offline"):
         load_wavlm("microsoft/wavlm-large")
-    cfg = config_from_dict({"model": {"backbone": "ssrfnet", "pretrained": None},
-                            "training": {"mode": "classifier"}})
+    cfg = config_from_dict({"model": {"backbone": "ssrfnet", "pretrained": None}, "training": {"mode": "classifier"}})
     from mrl_dist.train.modes import make_mode
 
     with pytest.raises(PTMError, match="microsoft/wavlm-large"):  # at build time, before any step
@@ -131,6 +138,7 @@ def test_a_named_ptm_offline_fails_naming_the_model_and_the_folders(tmp_path, mo
 
 
 # ---------------------------------------------------------------------------- in the trainer
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -140,21 +148,37 @@ def shards(tmp_path_factory):
 
 def test_classifier_training_lowers_the_loss_then_the_file_is_an_mrl_trunk_and_a_teacher(shards, tmp_path):
     run_dir = tmp_path / "classifier"
-    cfg = config_from_dict(tiny_config(run_dir, shards, model={"backbone": "ssrfnet-tiny"},
-                                       training={"max_steps": 16, "optimizer": {"name": "adamw", "lr": 0.003}},
-                                       validation={"every_steps": 16}, checkpoint={"every_steps": 16},
-                                       logging={"every_steps": 4}))
+    cfg = config_from_dict(
+        tiny_config(
+            run_dir,
+            shards,
+            model={"backbone": "ssrfnet-tiny"},
+            training={"max_steps": 16, "optimizer": {"name": "adamw", "lr": 0.003}},
+            validation={"every_steps": 16},
+            checkpoint={"every_steps": 16},
+            logging={"every_steps": 4},
+        )
+    )
     assert train(cfg)["status"] == "finished"
-    losses = [float(part.split("=")[1]) for line in (run_dir / "train.log").read_text().splitlines()
-              for part in line.split() if part.startswith("loss=")]
+    losses = [
+        float(part.split("=")[1])
+        for line in (run_dir / "train.log").read_text().splitlines()
+        for part in line.split()
+        if part.startswith("loss=")
+    ]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     assert "layer_prediction=" in (run_dir / "train.log").read_text()
 
     mrl_dir = tmp_path / "mrl"
-    cfg = config_from_dict(tiny_config(mrl_dir, shards, model={"backbone": str(run_dir / "best.pt"),
-                                                               "head_init": "pca", "pca_batches": 2},
-                                       data={"features": "auto", "feature_crops_per_utterance": 1},
-                                       training={"mode": "mrl", "freeze_backbone": True}))
+    cfg = config_from_dict(
+        tiny_config(
+            mrl_dir,
+            shards,
+            model={"backbone": str(run_dir / "best.pt"), "head_init": "pca", "pca_batches": 2},
+            data={"features": "auto", "feature_crops_per_utterance": 1},
+            training={"mode": "mrl", "freeze_backbone": True},
+        )
+    )
     assert train(cfg)["status"] == "finished"
     assert set(read_metrics(mrl_dir)[-1]["eer"]) >= {"32", "64", "192", "native"}
     assert type(ReDimNetMRL.from_checkpoint(mrl_dir / "best.pt").backbone).__name__ == "SSRFNetTrunk"
@@ -167,8 +191,10 @@ def test_classifier_training_lowers_the_loss_then_the_file_is_an_mrl_trunk_and_a
 @pytest.mark.slow
 def test_two_processes_train_an_ssrfnet(shards, tmp_path):
     run_dir = tmp_path / "ddp"
-    config = write_config(tmp_path / "ssrfnet.yaml", tiny_config(run_dir, shards, model={"backbone": "ssrfnet-tiny"},
-                                                                 training={"mixed_precision": "bf16"}))
+    config = write_config(
+        tmp_path / "ssrfnet.yaml",
+        tiny_config(run_dir, shards, model={"backbone": "ssrfnet-tiny"}, training={"mixed_precision": "bf16"}),
+    )
     process = launch(accelerate_two_cpu_processes(config, 29720, "bf16"), tmp_path)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
-    return prepare_demo_shards(tmp_path_factory.mktemp("train-demo"), speakers=12, utterances=6, seed=3,
-                               shard_size_mb=1)
+    return prepare_demo_shards(
+        tmp_path_factory.mktemp("train-demo"), speakers=12, utterances=6, seed=3, shard_size_mb=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,12 @@ def test_classifier_exports_official_format_checkpoints(classifier_run):
 
 
 def test_mrl_run_trains_only_the_head_of_a_frozen_backbone(classifier_run, demo_shards, tmp_path):
-    config = tiny_config(tmp_path / "mrl", demo_shards,
-                         model={"backbone": str(classifier_run / "best.pt"), "head_init": "pca", "pca_batches": 2},
-                         training={"mode": "mrl", "freeze_backbone": True})
+    config = tiny_config(
+        tmp_path / "mrl",
+        demo_shards,
+        model={"backbone": str(classifier_run / "best.pt"), "head_init": "pca", "pca_batches": 2},
+        training={"mode": "mrl", "freeze_backbone": True},
+    )
     assert train(config_from_dict(config))["status"] == "finished"
     best = ReDimNetMRL.from_checkpoint(tmp_path / "mrl" / "best.pt")
     assert best.dims == [32, 64, 192]
@@ -104,8 +108,9 @@ def test_repeated_non_finite_losses_stop_the_run(demo_shards, tmp_path, monkeypa
 
 
 def test_lr_warms_up_then_decays_to_the_floor():
-    schedule = config_from_dict({"training": {"schedule": {"warmup_steps": 10, "decay": "cosine",
-                                                           "min_lr_ratio": 0.1}}}).training.schedule
+    schedule = config_from_dict(
+        {"training": {"schedule": {"warmup_steps": 10, "decay": "cosine", "min_lr_ratio": 0.1}}}
+    ).training.schedule
     values = [lr_multiplier(step, schedule, max_steps=110) for step in range(111)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert all(b <= a for a, b in zip(values[10:], values[11:]))
@@ -115,9 +120,16 @@ def test_lr_warms_up_then_decays_to_the_floor():
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path):
     run_dir = tmp_path / "preempted"
-    config = write_config(tmp_path / "run.yaml", tiny_config(
-        run_dir, demo_shards, training={"max_steps": 1000},
-        validation={"every_steps": 1000}, checkpoint={"every_steps": 1000, "keep_last": 2}))
+    config = write_config(
+        tmp_path / "run.yaml",
+        tiny_config(
+            run_dir,
+            demo_shards,
+            training={"max_steps": 1000},
+            validation={"every_steps": 1000},
+            checkpoint={"every_steps": 1000, "keep_last": 2},
+        ),
+    )
     process = launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config)], tmp_path)
     log = run_dir / "train.log"
     deadline = time.time() + 120
@@ -131,8 +143,19 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path
     stopped_at = ckpt.read_trainer_state(saved[0])["step"]
     assert stopped_at >= 2 and "stop requested by signal" in log.read_text()
 
-    resumed = launch([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(config), "--resume", "latest",
-                       "--set", f"training.max_steps={stopped_at + 2}"], tmp_path)
+    resumed = launch(
+        [
+            sys.executable,
+            str(REPO / "launch" / "train.py"),
+            "--config",
+            str(config),
+            "--resume",
+            "latest",
+            "--set",
+            f"training.max_steps={stopped_at + 2}",
+        ],
+        tmp_path,
+    )
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert f"start_step={stopped_at}" in log.read_text()
@@ -144,10 +167,27 @@ def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, 
     run_dir = tmp_path / "ddp"
     config = write_config(tmp_path / "ddp.yaml", tiny_config(run_dir, demo_shards))
     accelerate = Path(sys.executable).with_name("accelerate")
-    process = launch([str(accelerate), "launch", "--cpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                       "--main_process_port", "29517", str(REPO / "launch" / "train.py"), "--config", str(config)],
-                      tmp_path)
+    process = launch(
+        [
+            str(accelerate),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29517",
+            str(REPO / "launch" / "train.py"),
+            "--config",
+            str(config),
+        ],
+        tmp_path,
+    )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert "ranks=2" in (run_dir / "train.log").read_text()
@@ -159,11 +199,17 @@ def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, 
 
 def test_unfreeze_after_steps_trains_the_backbone_from_that_step(classifier_run, demo_shards, tmp_path):
     run_dir = tmp_path / "unfreeze"
-    config = tiny_config(run_dir, demo_shards,
-                         model={"backbone": str(classifier_run / "best.pt"), "head_init": "pretrained",
-                                "head_type": "linear"},  # its parameters compare one to one with last.pt's
-                         training={"mode": "mrl", "freeze_backbone": True, "unfreeze_after_steps": 2},
-                         validation={"at_start": False})
+    config = tiny_config(
+        run_dir,
+        demo_shards,
+        model={
+            "backbone": str(classifier_run / "best.pt"),
+            "head_init": "pretrained",
+            "head_type": "linear",
+        },  # its parameters compare one to one with last.pt's
+        training={"mode": "mrl", "freeze_backbone": True, "unfreeze_after_steps": 2},
+        validation={"at_start": False},
+    )
     trainer = Trainer(config_from_dict(config))
     before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.module).model.state_dict().items()}
     assert trainer.fit()["step"] == 4

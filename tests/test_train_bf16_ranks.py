@@ -41,9 +41,14 @@ def case_sections(case: str, root: Path) -> dict:
     if case == "mrl-unfrozen-pretrained":
         return {"model": pretrained, "training": {"mode": "mrl", "freeze_backbone": False}}
     if case == "distill":
-        return {"model": pretrained, "training": {"mode": "distill", "freeze_backbone": False},
-                "distill": {"teachers": [{"source": str(root / "teacher.pt"), "dims": [32, 64, 192]}],
-                            "losses": {"embedding": 1.0, "similarity": 1.0, "aam": 0.5}}}
+        return {
+            "model": pretrained,
+            "training": {"mode": "distill", "freeze_backbone": False},
+            "distill": {
+                "teachers": [{"source": str(root / "teacher.pt"), "dims": [32, 64, 192]}],
+                "losses": {"embedding": 1.0, "similarity": 1.0, "aam": 0.5},
+            },
+        }
     raise ValueError(case)
 
 
@@ -68,8 +73,10 @@ def test_two_bf16_ranks_train_validate_checkpoint_and_resume(case, setup, tmp_pa
     assert ckpt.list_checkpoints(run_dir / "checkpoints")[-1].name == "step-4"
     assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
 
-    resumed = launch(accelerate_two_cpu_processes(config, port + 1, "bf16",
-                                                  ["--resume", "latest", "--set", "training.max_steps=6"]), tmp_path)
+    resumed = launch(
+        accelerate_two_cpu_processes(config, port + 1, "bf16", ["--resume", "latest", "--set", "training.max_steps=6"]),
+        tmp_path,
+    )
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     log = (run_dir / "train.log").read_text()

@@ -48,28 +48,49 @@ def setup(tmp_path_factory):
 
 
 def distill_config(root: Path, run_dir: Path, train=None, aam: float = 0.5, cache: bool = False, steps: int = 12):
-    return config_from_dict({
-        "run_dir": str(run_dir),
-        "model": {"backbone": "tiny", "pretrained": None, "mrl_dims": [32, 64, 192], "head_init": "random"},
-        "data": {"train": train or str(root / "shards" / "train.manifest.json"),
-                 "val": str(root / "shards" / "val.manifest.json"), "crop_seconds": 1.0, "num_workers": 0,
-                 "shuffle_buffer": 16},
-        "training": {"mode": "distill", "freeze_backbone": False, "batch_size": 8, "max_steps": steps,
-                     "steps_per_epoch": 4, "mixed_precision": "no",
-                     "schedule": {"warmup_steps": 1, "decay": "none"}, "optimizer": {"lr": 0.003}},
-        "distill": {"teachers": [{"source": str(root / "teacher-small.pt"), "dims": [32, 64]},
-                                 {"source": str(root / "teacher-large.pt"), "dims": [192], "weight": 2.0}],
-                    "losses": {"embedding": 1.0, "similarity": 1.0, "aam": aam},
-                    "cache_teacher_embeddings": cache},
-        "validation": {"every_steps": steps, "batch_size": 8, "max_seconds": 2.0},
-        "checkpoint": {"every_steps": steps, "keep_last": 1},
-        "logging": {"every_steps": 4, "tensorboard": False},
-    })
+    return config_from_dict(
+        {
+            "run_dir": str(run_dir),
+            "model": {"backbone": "tiny", "pretrained": None, "mrl_dims": [32, 64, 192], "head_init": "random"},
+            "data": {
+                "train": train or str(root / "shards" / "train.manifest.json"),
+                "val": str(root / "shards" / "val.manifest.json"),
+                "crop_seconds": 1.0,
+                "num_workers": 0,
+                "shuffle_buffer": 16,
+            },
+            "training": {
+                "mode": "distill",
+                "freeze_backbone": False,
+                "batch_size": 8,
+                "max_steps": steps,
+                "steps_per_epoch": 4,
+                "mixed_precision": "no",
+                "schedule": {"warmup_steps": 1, "decay": "none"},
+                "optimizer": {"lr": 0.003},
+            },
+            "distill": {
+                "teachers": [
+                    {"source": str(root / "teacher-small.pt"), "dims": [32, 64]},
+                    {"source": str(root / "teacher-large.pt"), "dims": [192], "weight": 2.0},
+                ],
+                "losses": {"embedding": 1.0, "similarity": 1.0, "aam": aam},
+                "cache_teacher_embeddings": cache,
+            },
+            "validation": {"every_steps": steps, "batch_size": 8, "max_seconds": 2.0},
+            "checkpoint": {"every_steps": steps, "keep_last": 1},
+            "logging": {"every_steps": 4, "tensorboard": False},
+        }
+    )
 
 
 def logged(run_dir: Path, name: str) -> list[float]:
-    return [float(part.split("=")[1]) for line in (run_dir / "train.log").read_text().splitlines()
-            for part in line.split() if part.startswith(name + "=")]
+    return [
+        float(part.split("=")[1])
+        for line in (run_dir / "train.log").read_text().splitlines()
+        for part in line.split()
+        if part.startswith(name + "=")
+    ]
 
 
 def test_distillation_loss_falls_and_per_dim_eer_is_recorded(setup, tmp_path):
@@ -91,8 +112,9 @@ def test_saved_student_holds_no_teacher_or_adapter_weight(setup, tmp_path):
         payload = torch.load(run_dir / name, weights_only=True)
         keys = set(payload["state_dict"])
         assert not any(k.startswith(("teacher", "adapters", "loss.")) for k in keys)
-        student = ReDimNetMRL(payload["model_config"], payload["mrl_config"]["dims"],
-                              keep_native=payload["mrl_config"]["keep_native"])
+        student = ReDimNetMRL(
+            payload["model_config"], payload["mrl_config"]["dims"], keep_native=payload["mrl_config"]["keep_native"]
+        )
         assert keys == set(ReDimNetMRL.checkpoint_payload(student)["state_dict"])
     training_state = torch.load(next((run_dir / "checkpoints").glob("step-*/pytorch_model.bin")), weights_only=True)
     teacher_size = sum(p.numel() for p in build_preset("tiny").parameters())
@@ -147,11 +169,30 @@ def test_two_cpu_processes_distil_into_an_unfrozen_pretrained_student(setup, tmp
     raw["model"].update(backbone=str(root / "teacher-small.pt"), head_init="pretrained")
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw))
     accelerate = Path(sys.executable).with_name("accelerate")
-    result = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-                             str(REPO / "launch" / "train.py"), "--config", str(tmp_path / "ddp.yaml")],
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29531",
+            str(REPO / "launch" / "train.py"),
+            "--config",
+            str(tmp_path / "ddp.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ranks=2" in (run_dir / "train.log").read_text()
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])

@@ -33,8 +33,9 @@ from train_configs import REPO, read_metrics, tiny_config
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
-    return prepare_demo_shards(tmp_path_factory.mktemp("policy-demo"), speakers=10, utterances=6, seed=4,
-                               shard_size_mb=1)
+    return prepare_demo_shards(
+        tmp_path_factory.mktemp("policy-demo"), speakers=10, utterances=6, seed=4, shard_size_mb=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,11 @@ def pretrained_file(tmp_path_factory) -> Path:
 
 def _mrl(pretrained_file: Path, extra: dict | None = None, **training) -> dict:
     """Sections of an mrl run on the pretrained file (no step-0 validation); `extra` merges in."""
-    sections = {"model": {"backbone": str(pretrained_file), "head_init": "pretrained"},
-                "training": {"mode": "mrl", **training}, "validation": {"at_start": False}}
+    sections = {
+        "model": {"backbone": str(pretrained_file), "head_init": "pretrained"},
+        "training": {"mode": "mrl", **training},
+        "validation": {"at_start": False},
+    }
     for name, values in (extra or {}).items():
         sections[name] = {**sections.get(name, {}), **values}
     return sections
@@ -57,10 +61,20 @@ def _mrl(pretrained_file: Path, extra: dict | None = None, **training) -> dict:
 
 # ---------------------------------------------------------------------------- unfreezing once
 
+
 def test_unfreezing_under_bf16_happens_once_and_keeps_one_forward_wrapper(demo_shards, pretrained_file, tmp_path):
-    config = tiny_config(tmp_path / "run", demo_shards, **_mrl(
-        pretrained_file, {"validation": {"every_steps": 100}, "checkpoint": {"every_steps": 100}},
-        freeze_backbone=True, unfreeze_after_steps=1, max_steps=5, mixed_precision="bf16"))
+    config = tiny_config(
+        tmp_path / "run",
+        demo_shards,
+        **_mrl(
+            pretrained_file,
+            {"validation": {"every_steps": 100}, "checkpoint": {"every_steps": 100}},
+            freeze_backbone=True,
+            unfreeze_after_steps=1,
+            max_steps=5,
+            mixed_precision="bf16",
+        ),
+    )
     trainer = Trainer(config_from_dict(config))
     raw = trainer.accelerator.unwrap_model(trainer.module)
     forward_before = raw.forward
@@ -77,6 +91,7 @@ def test_unfreezing_under_bf16_happens_once_and_keeps_one_forward_wrapper(demo_s
 
 # ---------------------------------------------------------------------------- BatchNorm policy
 
+
 def _bn_snapshot(layers):
     return [(layer.training, layer.running_mean.clone()) for layer in layers]
 
@@ -85,10 +100,18 @@ def _one_step(trainer: Trainer) -> None:
     trainer.training_step(trainer.module, trainer._batches(), trainer._agree)
 
 
-@pytest.mark.parametrize("case", ["mrl-frozen-pretrained", "mrl-unfrozen-pretrained",
-                                  "mrl-unfrozen-pretrained-freeze-bn-stats", "classifier-preset",
-                                  "classifier-pretrained-freeze-bn-stats", "distill-unfrozen-pretrained",
-                                  "distill-frozen-pretrained"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mrl-frozen-pretrained",
+        "mrl-unfrozen-pretrained",
+        "mrl-unfrozen-pretrained-freeze-bn-stats",
+        "classifier-preset",
+        "classifier-pretrained-freeze-bn-stats",
+        "distill-unfrozen-pretrained",
+        "distill-frozen-pretrained",
+    ],
+)
 def test_batchnorm_training_flags_and_statistics_follow_the_policy(case, demo_shards, pretrained_file, tmp_path):
     freeze_stats = case.endswith("freeze-bn-stats")
     frozen = case.endswith("-frozen-pretrained")
@@ -119,8 +142,9 @@ def test_batchnorm_training_flags_and_statistics_follow_the_policy(case, demo_sh
 
 
 def test_validation_runs_in_eval_mode_and_training_resumes_in_train_mode(demo_shards, pretrained_file, tmp_path):
-    trainer = Trainer(config_from_dict(tiny_config(tmp_path / "run", demo_shards,
-                                                   **_mrl(pretrained_file, freeze_backbone=False))))
+    trainer = Trainer(
+        config_from_dict(tiny_config(tmp_path / "run", demo_shards, **_mrl(pretrained_file, freeze_backbone=False)))
+    )
     model = trainer.accelerator.unwrap_model(trainer.module).model
     seen = []
     hook = model.backbone.register_forward_pre_hook(lambda module, args: seen.append(module.training))
@@ -131,6 +155,7 @@ def test_validation_runs_in_eval_mode_and_training_resumes_in_train_mode(demo_sh
 
 
 # ---------------------------------------------------------------------------- resume at an epoch boundary
+
 
 def _record_positions(monkeypatch) -> list[tuple[int, int, int]]:
     positions: list[tuple[int, int, int]] = []
@@ -153,8 +178,11 @@ def _trainer(config: dict, resume: str | None = None) -> Trainer:
 
 def test_resuming_at_an_epoch_boundary_continues_the_same_epoch_sequence(demo_shards, tmp_path, monkeypatch):
     positions = _record_positions(monkeypatch)
-    sections = {"training": {"max_steps": 6, "steps_per_epoch": 2},
-                "validation": {"every_steps": 100}, "checkpoint": {"every_steps": 2, "keep_last": 3}}
+    sections = {
+        "training": {"max_steps": 6, "steps_per_epoch": 2},
+        "validation": {"every_steps": 100},
+        "checkpoint": {"every_steps": 2, "keep_last": 3},
+    }
     _trainer(tiny_config(tmp_path / "straight", demo_shards, **sections)).fit()
     straight = list(positions)
     positions.clear()
@@ -165,6 +193,7 @@ def test_resuming_at_an_epoch_boundary_continues_the_same_epoch_sequence(demo_sh
 
 
 # ---------------------------------------------------------------------------- AAM and margin
+
 
 def test_aam_logits_under_bf16_autocast_are_float32_and_equal_the_fp32_computation():
     torch.manual_seed(0)
@@ -182,8 +211,15 @@ def test_aam_logits_under_bf16_autocast_are_float32_and_equal_the_fp32_computati
 
 def test_margin_warms_up_linearly_from_its_start_step_and_is_constant_without_warmup():
     loss = config_from_dict({"loss": {"margin": 0.2, "margin_warmup_start": 10, "margin_warmup_steps": 4}}).loss
-    assert [round(margin_at(step, loss), 6) for step in (0, 9, 10, 11, 12, 13, 100)] == \
-        [0.0, 0.0, 0.05, 0.1, 0.15, 0.2, 0.2]
+    assert [round(margin_at(step, loss), 6) for step in (0, 9, 10, 11, 12, 13, 100)] == [
+        0.0,
+        0.0,
+        0.05,
+        0.1,
+        0.15,
+        0.2,
+        0.2,
+    ]
     assert margin_at(0, config_from_dict({}).loss) == 0.2
 
 
@@ -197,6 +233,7 @@ def test_the_trainer_applies_the_margin_schedule_each_step(demo_shards, tmp_path
 
 
 # ---------------------------------------------------------------------------- DeepSpeed
+
 
 def _shipped_deepspeed_plugin() -> DeepSpeedPlugin:
     """The plugin `accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml` builds."""
@@ -230,6 +267,7 @@ def test_unfreezing_mid_run_is_refused_under_deepspeed_naming_the_key():
 
 # ---------------------------------------------------------------------------- collectives
 
+
 def _collective_worker(rank: int, port: int, results) -> None:
     import os
 
@@ -239,8 +277,9 @@ def _collective_worker(rank: int, port: int, results) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=2))
-    collectives = Collectives(rank, 2, torch.device("cpu"), step_timeout=timedelta(seconds=2),
-                              main_wait_timeout=timedelta(seconds=30))
+    collectives = Collectives(
+        rank, 2, torch.device("cpu"), step_timeout=timedelta(seconds=2), main_wait_timeout=timedelta(seconds=30)
+    )
     head = torch.full((3,), float(rank + 1))
     if rank == 0:
         time.sleep(3)  # rank 0 "fits the PCA head" longer than the step timeout
@@ -265,20 +304,24 @@ def test_a_hung_rank_fails_the_step_collective_quickly_while_waits_for_rank_0_ar
         mp.spawn(_collective_worker, args=(29631, results), nprocs=2)
         results = dict(results)
     assert results["head0"] == results["head1"] == [1.0, 1.0, 1.0]  # waited 3 s past the 2 s step limit
-    assert results["error"].startswith("rank 0 of 2: step 7: all-reduce of the skip/stop decision failed or "
-                                       "timed out (limit 2 s, training.collective_timeout_minutes)")
+    assert results["error"].startswith(
+        "rank 0 of 2: step 7: all-reduce of the skip/stop decision failed or "
+        "timed out (limit 2 s, training.collective_timeout_minutes)"
+    )
     assert time.time() - start < 30
 
 
 def test_collective_timeouts_come_from_the_config(demo_shards, tmp_path):
-    config = tiny_config(tmp_path / "run", demo_shards, training={"collective_timeout_minutes": 3.5},
-                         validation={"timeout_minutes": 90})
+    config = tiny_config(
+        tmp_path / "run", demo_shards, training={"collective_timeout_minutes": 3.5}, validation={"timeout_minutes": 90}
+    )
     trainer = Trainer(config_from_dict(config))
     assert trainer.collectives.step_timeout == timedelta(minutes=3.5)
     assert trainer.collectives.main_wait_timeout == timedelta(minutes=90)
 
 
 # ---------------------------------------------------------------------------- frozen-trunk validation
+
 
 def test_a_frozen_trunk_is_run_once_over_the_validation_set(demo_shards, pretrained_file, tmp_path):
     config = tiny_config(tmp_path / "run", demo_shards, **_mrl(pretrained_file, freeze_backbone=True))
@@ -294,8 +337,13 @@ def test_a_frozen_trunk_is_run_once_over_the_validation_set(demo_shards, pretrai
 
 
 def test_validation_from_cached_pooled_features_equals_a_full_pass(demo_shards, pretrained_file, tmp_path):
-    config = tiny_config(tmp_path / "run", demo_shards, **_mrl(
-        pretrained_file, {"validation": {"every_steps": 1, "at_start": True}}, freeze_backbone=True, max_steps=2))
+    config = tiny_config(
+        tmp_path / "run",
+        demo_shards,
+        **_mrl(
+            pretrained_file, {"validation": {"every_steps": 1, "at_start": True}}, freeze_backbone=True, max_steps=2
+        ),
+    )
     trainer = Trainer(config_from_dict(config))
     trainer.fit()
     cached = read_metrics(tmp_path / "run")
@@ -308,10 +356,14 @@ def test_validation_from_cached_pooled_features_equals_a_full_pass(demo_shards, 
 
 # ---------------------------------------------------------------------------- resume continuity
 
+
 def test_wandb_continues_the_same_run_on_resume(tmp_path, monkeypatch):
     calls = []
-    fake = types.SimpleNamespace(init=lambda **kwargs: calls.append(kwargs) or types.SimpleNamespace(
-        log=lambda *a, **k: None, finish=lambda: None))
+    fake = types.SimpleNamespace(
+        init=lambda **kwargs: (
+            calls.append(kwargs) or types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+        )
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     cfg = config_from_dict({"logging": {"wandb": True, "tensorboard": False}})
     for _ in range(2):
@@ -353,7 +405,8 @@ def test_skipped_sample_counts_add_up_across_a_resume_and_its_partial_epoch(demo
     this_run = second.train_loader.skipped + second.partial_epoch_loader.skipped
     assert second.state["skipped_samples"] == before + this_run
     assert (tmp_path / "run" / "checkpoints" / "step-4" / "trainer_state.json").read_text().count(
-        f'"skipped_samples": {before + this_run}') == 1
+        f'"skipped_samples": {before + this_run}'
+    ) == 1
 
 
 def test_library_warnings_reach_the_run_folder_s_log(tmp_path):

@@ -44,9 +44,14 @@ def test_classifier_mode_trains_a_redimnet2_and_writes_official_files(setup, tmp
 def test_a_redimnet2_file_is_a_frozen_mrl_trunk(setup, tmp_path):
     root, shards = setup
     run_dir = tmp_path / "mrl"
-    cfg = config_from_dict(tiny_config(
-        run_dir, shards, model={"backbone": str(root / "trunk.pt"), "head_init": "pca", "pca_batches": 2},
-        training={"mode": "mrl", "freeze_backbone": True}))
+    cfg = config_from_dict(
+        tiny_config(
+            run_dir,
+            shards,
+            model={"backbone": str(root / "trunk.pt"), "head_init": "pca", "pca_batches": 2},
+            training={"mode": "mrl", "freeze_backbone": True},
+        )
+    )
     assert train(cfg)["status"] == "finished"
     model = ReDimNetMRL.from_checkpoint(run_dir / "best.pt")
     assert type(model.backbone).__name__ == "ReDimNet2Backbone"
@@ -59,8 +64,12 @@ def test_redimnet2_teachers_route_an_ensemble(setup):
     root, _ = setup
     from mrl_dist.config import TeacherConfig
 
-    router = EnsembleRouter.from_config([TeacherConfig(source=str(root / "teacher-small.pt"), dims=[64]),
-                                         TeacherConfig(source=str(root / "teacher-large.pt"), dims=[128, 192])])
+    router = EnsembleRouter.from_config(
+        [
+            TeacherConfig(source=str(root / "teacher-small.pt"), dims=[64]),
+            TeacherConfig(source=str(root / "teacher-large.pt"), dims=[128, 192]),
+        ]
+    )
     with torch.no_grad():
         every = router.forward_all(torch.randn(2, 16000))
     assert {d: e.shape[1] for d, e in every.items()} == {64: 64, 128: 128, 192: 192}
@@ -71,12 +80,22 @@ def test_redimnet2_teachers_route_an_ensemble(setup):
 def test_two_bf16_ranks_distil_from_redimnet2_teachers(student, setup, tmp_path):
     root, shards = setup
     run_dir = tmp_path / student
-    config = write_config(tmp_path / "distill.yaml", tiny_config(
-        run_dir, shards, model={"backbone": student},
-        training={"mode": "distill", "freeze_backbone": False, "mixed_precision": "bf16"},
-        distill={"teachers": [{"source": str(root / "teacher-small.pt"), "dims": [32, 64]},
-                              {"source": str(root / "teacher-large.pt"), "dims": [192], "weight": 2.0}],
-                 "losses": {"embedding": 1.0, "similarity": 1.0, "aam": 0.5}}))
+    config = write_config(
+        tmp_path / "distill.yaml",
+        tiny_config(
+            run_dir,
+            shards,
+            model={"backbone": student},
+            training={"mode": "distill", "freeze_backbone": False, "mixed_precision": "bf16"},
+            distill={
+                "teachers": [
+                    {"source": str(root / "teacher-small.pt"), "dims": [32, 64]},
+                    {"source": str(root / "teacher-large.pt"), "dims": [192], "weight": 2.0},
+                ],
+                "losses": {"embedding": 1.0, "similarity": 1.0, "aam": 0.5},
+            },
+        ),
+    )
     port = 29700 + 2 * ["tiny", "redimnet2-tiny"].index(student)
     process = launch(accelerate_two_cpu_processes(config, port, "bf16"), tmp_path)
     output, _ = process.communicate(timeout=600)
@@ -85,4 +104,5 @@ def test_two_bf16_ranks_distil_from_redimnet2_teachers(student, setup, tmp_path)
     assert "ranks=2" in log and "precision=bf16" in log and "mode=distill" in log
     assert set(read_metrics(run_dir)[-1]["eer"]) == {"32", "64", "192"}
     assert type(ReDimNetMRL.from_checkpoint(run_dir / "best.pt").backbone).__name__ == (
-        "ReDimNet2Backbone" if student.startswith("redimnet2") else "ReDimNetBackbone")
+        "ReDimNet2Backbone" if student.startswith("redimnet2") else "ReDimNetBackbone"
+    )

@@ -18,11 +18,22 @@ def tiny_config(run_dir: Path, shards: Path, **sections) -> dict:
     config = {
         "run_dir": str(run_dir),
         "model": {"backbone": "tiny", "pretrained": None, "mrl_dims": [32, 64, 192], "head_init": "random"},
-        "data": {"train": str(shards / "train.manifest.json"), "val": str(shards / "val.manifest.json"),
-                 "crop_seconds": 1.0, "num_workers": 0, "shuffle_buffer": 16},
-        "training": {"mode": "classifier", "batch_size": 8, "max_steps": 4, "steps_per_epoch": 3,
-                     "mixed_precision": "no", "schedule": {"warmup_steps": 1, "decay": "cosine"},
-                     "optimizer": {"name": "adamw", "lr": 0.002}},
+        "data": {
+            "train": str(shards / "train.manifest.json"),
+            "val": str(shards / "val.manifest.json"),
+            "crop_seconds": 1.0,
+            "num_workers": 0,
+            "shuffle_buffer": 16,
+        },
+        "training": {
+            "mode": "classifier",
+            "batch_size": 8,
+            "max_steps": 4,
+            "steps_per_epoch": 3,
+            "mixed_precision": "no",
+            "schedule": {"warmup_steps": 1, "decay": "cosine"},
+            "optimizer": {"name": "adamw", "lr": 0.002},
+        },
         "validation": {"every_steps": 2, "batch_size": 8, "max_seconds": 2.0},
         "checkpoint": {"every_steps": 2, "keep_last": 1, "best_metric": "mean_eer"},
         "logging": {"every_steps": 1, "tensorboard": False},
@@ -50,6 +61,22 @@ def launch(args: list[str], cwd: Path) -> subprocess.Popen:
 def accelerate_two_cpu_processes(config: Path, port: int, precision: str = "no", extra: list[str] = ()) -> list[str]:
     """`accelerate launch --cpu --num_processes 2` of launch/train.py: 2 gloo ranks."""
     accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", precision, "--dynamo_backend", "no", "--main_process_port", str(port),
-            str(REPO / "launch" / "train.py"), "--config", str(config), *extra]
+    return [
+        str(accelerate),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        precision,
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(REPO / "launch" / "train.py"),
+        "--config",
+        str(config),
+        *extra,
+    ]

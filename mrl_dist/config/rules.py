@@ -11,22 +11,52 @@ from .convert import ConfigError
 from .schema import Config
 
 _POSITIVE = (
-    "model.pca_batches", "data.crop_seconds", "data.feature_crops_per_utterance", "data.crops_per_speaker", "training.batch_size", "training.grad_accum",
-    "training.max_steps", "training.steps_per_epoch", "training.grad_clip", "training.max_bad_steps",
-    "training.optimizer.lr", "training.optimizer.backbone_lr_ratio", "training.schedule.gamma", "loss.scale", "loss.subcenters",
-    "validation.every_steps", "validation.max_seconds", "validation.batch_size",
-    "checkpoint.every_steps", "checkpoint.keep_last", "logging.every_steps",
-    "training.collective_timeout_minutes", "validation.timeout_minutes", "loss.class_init_batches",
-    "model.fusion.inject_stages", "model.fusion.group_size", "model.fusion.proj_kernel",
+    "model.pca_batches",
+    "data.crop_seconds",
+    "data.feature_crops_per_utterance",
+    "data.crops_per_speaker",
+    "training.batch_size",
+    "training.grad_accum",
+    "training.max_steps",
+    "training.steps_per_epoch",
+    "training.grad_clip",
+    "training.max_bad_steps",
+    "training.optimizer.lr",
+    "training.optimizer.backbone_lr_ratio",
+    "training.schedule.gamma",
+    "loss.scale",
+    "loss.subcenters",
+    "validation.every_steps",
+    "validation.max_seconds",
+    "validation.batch_size",
+    "checkpoint.every_steps",
+    "checkpoint.keep_last",
+    "logging.every_steps",
+    "training.collective_timeout_minutes",
+    "validation.timeout_minutes",
+    "loss.class_init_batches",
+    "model.fusion.inject_stages",
+    "model.fusion.group_size",
+    "model.fusion.proj_kernel",
 )
 _NON_NEGATIVE = (
-    "data.num_workers", "data.shuffle_buffer", "training.unfreeze_after_steps",
-    "training.optimizer.weight_decay", "training.schedule.warmup_steps", "loss.margin",
-    "distill.losses.embedding", "distill.losses.similarity", "distill.losses.aam",
-    "loss.margin_warmup_start", "loss.margin_warmup_steps", "model.fusion.distill_weight",
+    "data.num_workers",
+    "data.shuffle_buffer",
+    "training.unfreeze_after_steps",
+    "training.optimizer.weight_decay",
+    "training.schedule.warmup_steps",
+    "loss.margin",
+    "distill.losses.embedding",
+    "distill.losses.similarity",
+    "distill.losses.aam",
+    "loss.margin_warmup_start",
+    "loss.margin_warmup_steps",
+    "model.fusion.distill_weight",
 )
 _UNIT_INTERVAL = (
-    "data.augment.reverb_prob", "data.augment.noise_prob", "training.optimizer.momentum",
+    "data.augment.reverb_prob",
+    "data.augment.noise_prob",
+    "training.optimizer.momentum",
     "training.schedule.min_lr_ratio",
 )
 _BEST_METRIC = re.compile(r"mean_eer|eer@(\d+)")
@@ -70,12 +100,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.augment.noise_snr.{name}", f"must be [low, high] dB, low <= high; got {snr}")
         count = getattr(augment.noise_count, name)
         if len(count) != 2 or count[0] < 1 or count[0] > count[1]:
-            raise ConfigError(f"data.augment.noise_count.{name}", f"must be [low, high] clips, 1 <= low <= high; "
-                                                                 f"got {count}")
+            raise ConfigError(
+                f"data.augment.noise_count.{name}", f"must be [low, high] clips, 1 <= low <= high; got {count}"
+            )
     for prob, folder in (("noise_prob", "noise_dir"), ("reverb_prob", "rir_dir")):
         if getattr(augment, prob) > 0 and getattr(augment, folder) is None:
             raise ConfigError(
-                f"data.augment.{prob}", f"is > 0 but data.augment.{folder} is null; set the folder or the probability to 0"
+                f"data.augment.{prob}",
+                f"is > 0 but data.augment.{folder} is null; set the folder or the probability to 0",
             )
 
     fusion = cfg.model.fusion
@@ -83,10 +115,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.fusion.proj_kernel", f"must be odd (same padding), got {fusion.proj_kernel}")
 
     training = cfg.training
-    if cfg.data.features is not None and (training.mode != "mrl" or not training.freeze_backbone
-                                          or training.unfreeze_after_steps is not None):
-        raise ConfigError("data.features", "cached trunk features need training.mode: mrl with a trunk frozen for "
-                                           "the whole run (freeze_backbone: true, unfreeze_after_steps: null)")
+    if cfg.data.features is not None and (
+        training.mode != "mrl" or not training.freeze_backbone or training.unfreeze_after_steps is not None
+    ):
+        raise ConfigError(
+            "data.features",
+            "cached trunk features need training.mode: mrl with a trunk frozen for "
+            "the whole run (freeze_backbone: true, unfreeze_after_steps: null)",
+        )
     if training.unfreeze_after_steps is not None and not training.freeze_backbone:
         raise ConfigError(
             "training.unfreeze_after_steps", "is set but training.freeze_backbone is false; nothing to unfreeze"
@@ -94,7 +130,9 @@ def validate(cfg: Config) -> None:
 
     match = _BEST_METRIC.fullmatch(cfg.checkpoint.best_metric)
     if match is None:
-        raise ConfigError("checkpoint.best_metric", f"must be mean_eer or eer@<dim>; got {cfg.checkpoint.best_metric!r}")
+        raise ConfigError(
+            "checkpoint.best_metric", f"must be mean_eer or eer@<dim>; got {cfg.checkpoint.best_metric!r}"
+        )
     if match.group(1) is not None and int(match.group(1)) not in dims:
         raise ConfigError("checkpoint.best_metric", f"dim {match.group(1)} is not in model.mrl_dims {dims}")
 

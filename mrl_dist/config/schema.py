@@ -21,18 +21,23 @@ Decay = Literal["cosine", "exponential", "none"]
 @dataclass
 class PretrainedConfig:
     """Which official ReDimNet weights to start from."""
+
     train_type: str | None = None  # null: the family's default (ReDimNet ft_lm, ReDimNet2 lm)
     dataset: str | None = None  # null: vox2
+
 
 @dataclass
 class PTMFusionConfig:
     """SSRFNet's pretrained speech model; null keys keep the preset's."""
+
     source: str | None = None  # a Hugging Face id (microsoft/wavlm-large) or a local folder
     freeze: bool | None = None  # false: the PTM trains (only with student: none)
+
 
 @dataclass
 class FusionConfig:
     """SSRFNet's fusion settings (models/ssrfnet.py); every key null keeps the preset's value."""
+
     ptm: PTMFusionConfig | None = None
     student: Literal["svmixer", "none"] | None = None  # none: the frozen PTM's states feed the backend
     inject_stages: int | None = None  # the first N stages each take one merged layer group
@@ -42,6 +47,7 @@ class FusionConfig:
     distill_layers: list[int] | None = None  # teacher states the student learns to predict
     distill_weight: float | None = None  # weight of that loss beside the speaker loss; 0: off
     backend_checkpoint: str | None = None  # an official ReDimNet file for the backend (interpolate only)
+
 
 @dataclass
 class ModelConfig:
@@ -61,23 +67,29 @@ class ModelConfig:
     train_extra_dims: bool = False
     fusion: FusionConfig | None = None  # SSRFNet backbones only (model.backbone: ssrfnet, ssrfnet-tiny)
 
+
 @dataclass
 class NoiseSnrConfig:
     """[low, high] SNR range in dB per MUSAN category."""
+
     noise: list[float] = field(default_factory=lambda: [0.0, 15.0])
     speech: list[float] = field(default_factory=lambda: [13.0, 20.0])
     music: list[float] = field(default_factory=lambda: [5.0, 15.0])
 
+
 @dataclass
 class NoiseCountConfig:
     """[low, high] clips mixed at once per MUSAN category (babble: several speakers)."""
+
     noise: list[int] = field(default_factory=lambda: [1, 1])
     speech: list[int] = field(default_factory=lambda: [3, 7])
     music: list[int] = field(default_factory=lambda: [1, 1])
 
+
 @dataclass
 class AugmentConfig:
     """Training-time augmentation (data/augment.py): speed -> crop -> reverb -> noise."""
+
     noise_dir: str | None = None  # MUSAN layout (noise/, speech/, music/), one folder, or noise shards
     noise_snr: NoiseSnrConfig = field(default_factory=NoiseSnrConfig)
     noise_count: NoiseCountConfig = field(default_factory=NoiseCountConfig)
@@ -90,6 +102,7 @@ class AugmentConfig:
     def active(self) -> bool:
         """Whether any stage changes the waveform (noise, reverberation, speed)."""
         return self.noise_prob > 0 or self.reverb_prob > 0 or self.speed_perturb
+
 
 @dataclass
 class DataConfig:
@@ -109,6 +122,7 @@ class DataConfig:
     # speakers): same-speaker pairs in every batch. 1: crops drawn without regard to speaker.
     crops_per_speaker: int = 1
 
+
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = "adamw"
@@ -117,12 +131,14 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgd only
     backbone_lr_ratio: float = 0.1  # a pretrained trunk, once unfrozen, trains at lr x this
 
+
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 1000
     decay: Decay = "cosine"
     min_lr_ratio: float = 0.01  # floor of lr / peak lr
     gamma: float | None = None  # exponential decay factor; null: reach min_lr_ratio at max_steps
+
 
 @dataclass
 class TrainingConfig:
@@ -146,6 +162,7 @@ class TrainingConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
+
 @dataclass
 class LossConfig:
     margin: float = 0.2
@@ -164,6 +181,7 @@ class LossConfig:
     margin_warmup_start: int = 0
     margin_warmup_steps: int = 0
 
+
 @dataclass
 class ValidationConfig:
     every_steps: int = 2000
@@ -175,11 +193,13 @@ class ValidationConfig:
     # How long the other ranks wait for rank 0 to validate (or to initialise the PCA head).
     timeout_minutes: float = 180.0
 
+
 @dataclass
 class CheckpointConfig:
     every_steps: int = 2000
     keep_last: int = 3
     best_metric: str = "mean_eer"  # mean_eer | eer@<dim>, lower is better
+
 
 @dataclass
 class LoggingConfig:
@@ -187,6 +207,7 @@ class LoggingConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "mrl-dist"
+
 
 @dataclass
 class TeacherConfig:
@@ -196,17 +217,20 @@ class TeacherConfig:
     dataset: str | None = None  # null: vox2
     weight: float = 1.0
 
+
 @dataclass
 class DistillLossesConfig:
     embedding: float = 1.0
     similarity: float = 1.0
     aam: float = 0.5
 
+
 @dataclass
 class DistillConfig:
     teachers: list[TeacherConfig] = field(default_factory=list)
     losses: DistillLossesConfig = field(default_factory=DistillLossesConfig)
     cache_teacher_embeddings: bool = False
+
 
 @dataclass
 class Config:

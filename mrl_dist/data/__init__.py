@@ -7,12 +7,20 @@ that packing shards (numpy, soundfile, PyAV) never pulls in torch, which only th
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "make_train_loader": "pipeline", "make_eval_loader": "pipeline", "resolve_source": "pipeline",
-    "TrainLoader": "pipeline", "EvalLoader": "pipeline",
-    "augment_from_dict": "augment", "NoiseCategory": "augment", "noise_categories": "augment",
+    "make_train_loader": "pipeline",
+    "make_eval_loader": "pipeline",
+    "resolve_source": "pipeline",
+    "TrainLoader": "pipeline",
+    "EvalLoader": "pipeline",
+    "augment_from_dict": "augment",
+    "NoiseCategory": "augment",
+    "noise_categories": "augment",
     "num_classes": "augment",
-    "Manifest": "manifest", "ManifestError": "manifest", "read_manifest": "manifest",
-    "decode_file": "audio", "SAMPLE_RATE": "audio",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "read_manifest": "manifest",
+    "decode_file": "audio",
+    "SAMPLE_RATE": "audio",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -76,8 +76,9 @@ def _check_wav_complete(path: Path) -> None:
             if chunk[:4] == b"data":
                 # 0 and 0xFFFFFFFF mean "unknown length" (files written as a stream).
                 if length not in (0, 0xFFFFFFFF) and offset + 8 + length > size:
-                    raise AudioError("truncated", f"{path}: data chunk declares {length} bytes, "
-                                                  f"the file holds {size - offset - 8}")
+                    raise AudioError(
+                        "truncated", f"{path}: data chunk declares {length} bytes, the file holds {size - offset - 8}"
+                    )
                 return
             offset += 8 + length + (length & 1)
 
@@ -156,8 +157,7 @@ def encode_flac(wave: np.ndarray) -> bytes:
     """
     pcm = np.clip(np.round(wave.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
     buffer = io.BytesIO()
-    sf.write(buffer, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16",
-             compression_level=FLAC_COMPRESSION_LEVEL)
+    sf.write(buffer, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16", compression_level=FLAC_COMPRESSION_LEVEL)
     return buffer.getvalue()
 
 
@@ -190,6 +190,7 @@ def read_flac_window(data: bytes, frames: int | None, choose_start) -> tuple[np.
 
 def read_flac_crop(data: bytes, start: int | None, frames: int | None, *, rng=None) -> np.ndarray:
     """`frames` samples of FLAC bytes from `start` (None: uniformly random with numpy `rng`)."""
+
     def choose(total: int) -> int:
         return start if start is not None else int(rng.integers(0, total - frames + 1))
 

@@ -80,9 +80,15 @@ def noise_categories(config: AugmentConfig) -> dict[str, NoiseCategory]:
     names = [f.name for f in fields(config.noise_snr)]
     snr = {name: tuple(getattr(config.noise_snr, name)) for name in names}
     count = {name: tuple(getattr(config.noise_count, name)) for name in names}
-    found = {} if is_shard_source(config.noise_dir) else {
-        name: NoiseCategory(str(Path(config.noise_dir) / name), snr[name], count[name])
-        for name in sorted(names) if (Path(config.noise_dir) / name).is_dir()}
+    found = (
+        {}
+        if is_shard_source(config.noise_dir)
+        else {
+            name: NoiseCategory(str(Path(config.noise_dir) / name), snr[name], count[name])
+            for name in sorted(names)
+            if (Path(config.noise_dir) / name).is_dir()
+        }
+    )
     return found or {"noise": NoiseCategory(config.noise_dir, snr["noise"], count["noise"])}
 
 
@@ -121,7 +127,7 @@ def reverberate(wave: np.ndarray, rir: np.ndarray) -> np.ndarray:
     size = len(wave) + len(rir) - 1
     n_fft = 1 << (size - 1).bit_length()
     wet = np.fft.irfft(np.fft.rfft(wave, n_fft) * np.fft.rfft(rir / energy, n_fft), n_fft)
-    wet = wet[peak:peak + len(wave)]
+    wet = wet[peak : peak + len(wave)]
     dry_rms = np.sqrt(np.mean(np.square(wave, dtype=np.float64)))
     wet_rms = np.sqrt(np.mean(wet**2))
     if wet_rms > 0:
@@ -172,11 +178,11 @@ class ShardNoise:
     Memory stays at `pool_size` compressed clips however large the noise corpus is.
     """
 
-    def __init__(self, source: str, rng: np.random.Generator, skips: SkipCounter,
-                 pool_size: int = 64):
+    def __init__(self, source: str, rng: np.random.Generator, skips: SkipCounter, pool_size: int = 64):
         urls = read_manifest(source).urls if source.endswith(".manifest.json") else expand_urls(source)
-        self._stream = iter_tar_samples(resampled_shards(urls, rng), skips, want=frozenset({"flac"}),
-                                        max_empty_shards=max(8, 2 * len(urls)))
+        self._stream = iter_tar_samples(
+            resampled_shards(urls, rng), skips, want=frozenset({"flac"}), max_empty_shards=max(8, 2 * len(urls))
+        )
         self._pool = [next(self._stream)["flac"] for _ in range(pool_size)]
 
     def draw(self, frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -203,8 +209,13 @@ def add_reverb(samples: Iterable[dict], reverb_dir: str, prob: float, rng: np.ra
         yield sample
 
 
-def add_noise(samples: Iterable[dict], categories: dict[str, NoiseCategory], prob: float,
-              rng: np.random.Generator, skips: SkipCounter):
+def add_noise(
+    samples: Iterable[dict],
+    categories: dict[str, NoiseCategory],
+    prob: float,
+    rng: np.random.Generator,
+    skips: SkipCounter,
+):
     """Stage: with probability `prob`, mixes clips of one random category at a random SNR.
 
     Before/after: {"wave": [T] float32 16 kHz, ...} (same T). Each of the category's `count`

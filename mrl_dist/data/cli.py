@@ -14,16 +14,21 @@ from .packing import PackError, pack_split, summary
 
 def parse_make_shards_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training.")
-    parser.add_argument("--input", action="append", required=True, type=Path,
-                        help="folder of <speaker>/<video>/<utt>.<ext>; repeat to merge several")
+        description="Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training."
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        type=Path,
+        help="folder of <speaker>/<video>/<utt>.<ext>; repeat to merge several",
+    )
     parser.add_argument("--output", required=True, type=Path, help="folder for shards + manifest")
     parser.add_argument("--split", required=True, help="split name: NAME-000000.tar, ...")
     parser.add_argument("--trials", type=Path, help="VoxCeleb trial list to copy and check")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard MiB")
-    parser.add_argument("--min-seconds", type=float, default=0.5,
-                        help="skip utterances shorter than this")
+    parser.add_argument("--min-seconds", type=float, default=0.5, help="skip utterances shorter than this")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
@@ -39,9 +44,16 @@ def make_shards_main(argv: list[str] | None = None) -> int:
     """`launch/make_shards.py`: pack one split; the summary goes to stderr, 2 on a packing error."""
     args = parse_make_shards_args(argv)
     try:
-        manifest = pack_split(args.input, args.output, args.split, trials=args.trials,
-                              workers=args.workers, shard_size_mb=args.shard_size_mb,
-                              min_seconds=args.min_seconds, progress=not args.no_progress)
+        manifest = pack_split(
+            args.input,
+            args.output,
+            args.split,
+            trials=args.trials,
+            workers=args.workers,
+            shard_size_mb=args.shard_size_mb,
+            min_seconds=args.min_seconds,
+            progress=not args.no_progress,
+        )
     except (PackError, FileNotFoundError) as error:
         print(f"make_shards: error: {error}", file=sys.stderr)
         return 2

@@ -75,13 +75,15 @@ def feature_file_name(shard_url: str) -> str:
 
 # ---------------------------------------------------------------------------- crops of every utterance
 
+
 def crop_rng(seed: int, key: str, index: int) -> np.random.Generator:
     """The generator of crop `index` of utterance `key`: its start and augmentation draws."""
     return np.random.default_rng([seed, zlib.crc32(key.encode()), index])
 
 
-def seeded_crops(samples: Iterable[dict], crops_per_utterance: int, crop_frames: int, seed: int,
-                 skips: SkipCounter) -> Iterator[dict]:
+def seeded_crops(
+    samples: Iterable[dict], crops_per_utterance: int, crop_frames: int, seed: int, skips: SkipCounter
+) -> Iterator[dict]:
     """Stage: K crops of every utterance, each at a start drawn from `crop_rng(seed, key, k)`.
 
     Before: {"key", "url", "flac", "label"}. After: {"key", "label", "wave": [crop_frames]
@@ -91,8 +93,9 @@ def seeded_crops(samples: Iterable[dict], crops_per_utterance: int, crop_frames:
         for index in range(crops_per_utterance):
             rng = crop_rng(seed, sample["key"], index)
             try:
-                wave, start = read_flac_window(sample["flac"], crop_frames,
-                                               lambda total, rng=rng: int(rng.integers(0, total - crop_frames + 1)))
+                wave, start = read_flac_window(
+                    sample["flac"], crop_frames, lambda total, rng=rng: int(rng.integers(0, total - crop_frames + 1))
+                )
             except AudioError as error:
                 skips.skip(error.reason, sample["url"], sample["key"], error.detail)
                 break
@@ -100,12 +103,12 @@ def seeded_crops(samples: Iterable[dict], crops_per_utterance: int, crop_frames:
                 skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
                 break
             wave = repeat_to_length(wave, crop_frames) if len(wave) < crop_frames else wave
-            yield {"key": sample["key"], "label": sample["label"], "wave": wave, "start": start,
-                   "augment_id": index}
+            yield {"key": sample["key"], "label": sample["label"], "wave": wave, "start": start, "augment_id": index}
 
 
-def augment_each_crop(crops: Iterable[dict], augment: AugmentConfig, seed: int, shard_url: str,
-                      skips: SkipCounter) -> Iterable[dict]:
+def augment_each_crop(
+    crops: Iterable[dict], augment: AugmentConfig, seed: int, shard_url: str, skips: SkipCounter
+) -> Iterable[dict]:
     """Stage: the configured augmentation stages over the shard's crops, one draw per crop from
     a generator seeded by (seed, shard): reproducible, and the same whichever rank runs it."""
     rng = np.random.default_rng([seed, 1, zlib.crc32(shard_url.encode())])
@@ -114,8 +117,16 @@ def augment_each_crop(crops: Iterable[dict], augment: AugmentConfig, seed: int, 
     return crops
 
 
-def crop_batches(shard_url: str, *, crops_per_utterance: int, crop_frames: int, seed: int,
-                 batch_size: int, augment: AugmentConfig | None, skips: SkipCounter) -> Iterator[dict]:
+def crop_batches(
+    shard_url: str,
+    *,
+    crops_per_utterance: int,
+    crop_frames: int,
+    seed: int,
+    batch_size: int,
+    augment: AugmentConfig | None,
+    skips: SkipCounter,
+) -> Iterator[dict]:
     """Batches of one shard's crops: {"wave": [B, T] float32, "label": [B] int64, "key": B str,
     "start": [B] int64, "augment_id": [B] int64}; the last batch may be smaller."""
     samples = parse_meta(iter_tar_samples([shard_url], skips), skips)
@@ -133,20 +144,37 @@ def crop_batches(shard_url: str, *, crops_per_utterance: int, crop_frames: int, 
 
 
 def _stack(crops: list[dict]) -> dict:
-    return {"wave": torch.from_numpy(np.stack([c["wave"] for c in crops])),
-            "label": torch.tensor([c["label"] for c in crops], dtype=torch.int64),
-            "key": [c["key"] for c in crops],
-            "start": torch.tensor([c["start"] for c in crops], dtype=torch.int64),
-            "augment_id": torch.tensor([c["augment_id"] for c in crops], dtype=torch.int64)}
+    return {
+        "wave": torch.from_numpy(np.stack([c["wave"] for c in crops])),
+        "label": torch.tensor([c["label"] for c in crops], dtype=torch.int64),
+        "key": [c["key"] for c in crops],
+        "start": torch.tensor([c["start"] for c in crops], dtype=torch.int64),
+        "augment_id": torch.tensor([c["augment_id"] for c in crops], dtype=torch.int64),
+    }
 
 
 # ---------------------------------------------------------------------------- files and manifest
 
-def write_feature_file(path: Path, shard_url: str, keys: list[str], labels: torch.Tensor, starts: torch.Tensor,
-                       augment_ids: torch.Tensor, pooled: torch.Tensor) -> None:
+
+def write_feature_file(
+    path: Path,
+    shard_url: str,
+    keys: list[str],
+    labels: torch.Tensor,
+    starts: torch.Tensor,
+    augment_ids: torch.Tensor,
+    pooled: torch.Tensor,
+) -> None:
     """One shard's features, atomically (a killed run leaves no partial file under `path`)."""
-    payload = {"format": FEATURES_FORMAT, "shard": shard_url, "keys": keys, "labels": labels,
-               "starts": starts, "augment_ids": augment_ids, "pooled": pooled.to(torch.float16)}
+    payload = {
+        "format": FEATURES_FORMAT,
+        "shard": shard_url,
+        "keys": keys,
+        "labels": labels,
+        "starts": starts,
+        "augment_ids": augment_ids,
+        "pooled": pooled.to(torch.float16),
+    }
     temporary = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     torch.save(payload, temporary)
     os.replace(temporary, path)
@@ -156,8 +184,10 @@ def read_feature_file(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
-        raise FeatureCacheError(f"{path}: unreadable feature file ({type(error).__name__}: {error}); "
-                                "delete it and run launch/cache_features.py again to rebuild it") from error
+        raise FeatureCacheError(
+            f"{path}: unreadable feature file ({type(error).__name__}: {error}); "
+            "delete it and run launch/cache_features.py again to rebuild it"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != FEATURES_FORMAT:
         raise FeatureCacheError(f"{path}: not a {FEATURES_FORMAT} feature file")
     return payload
@@ -184,8 +214,7 @@ class FeatureCache:
 
 
 def write_manifest(root: Path, fields: dict, files: Sequence[tuple[str, int]]) -> Path:
-    payload = {"format": FEATURES_FORMAT, **fields,
-               "files": [{"name": name, "crops": crops} for name, crops in files]}
+    payload = {"format": FEATURES_FORMAT, **fields, "files": [{"name": name, "crops": crops} for name, crops in files]}
     path = root / FEATURES_MANIFEST
     write_json_atomic(path, payload)
     return path
@@ -196,8 +225,10 @@ def open_feature_cache(root: str | os.PathLike) -> FeatureCache:
     root = Path(root)
     path = root / FEATURES_MANIFEST
     if not path.is_file():
-        raise FeatureCacheError(f"data.features: {root} holds no {FEATURES_MANIFEST} (an unfinished or missing "
-                                "cache); run launch/cache_features.py --output there first")
+        raise FeatureCacheError(
+            f"data.features: {root} holds no {FEATURES_MANIFEST} (an unfinished or missing "
+            "cache); run launch/cache_features.py --output there first"
+        )
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FEATURES_FORMAT:
         raise FeatureCacheError(f"{path}: format {manifest.get('format')!r}, expected {FEATURES_FORMAT}")
@@ -214,13 +245,17 @@ def check_cache_fits(cache: FeatureCache, fingerprint: str, crop_seconds: float)
         raise FeatureCacheError(
             f"data.features: {cache.root} was made by another trunk (fingerprint {made['trunk_fingerprint'][:12]}..., "
             f"backbone {made.get('backbone')!r}) than model.backbone of this run ({fingerprint[:12]}...); "
-            "rebuild it with this run's config")
+            "rebuild it with this run's config"
+        )
     if abs(made["crop_seconds"] - crop_seconds) > 1e-9:
-        raise FeatureCacheError(f"data.features: {cache.root} holds {made['crop_seconds']} s crops but "
-                                f"data.crop_seconds is {crop_seconds}; rebuild it or set data.crop_seconds")
+        raise FeatureCacheError(
+            f"data.features: {cache.root} holds {made['crop_seconds']} s crops but "
+            f"data.crop_seconds is {crop_seconds}; rebuild it or set data.crop_seconds"
+        )
 
 
 # ---------------------------------------------------------------------------- training batches
+
 
 class FeatureLoader:
     """Training batches of cached pooled features, with the `TrainLoader` interface the trainer
@@ -233,8 +268,18 @@ class FeatureLoader:
     "skipped": 0}.
     """
 
-    def __init__(self, cache: FeatureCache, *, batch_size: int, steps_per_epoch: int, seed: int,
-                 rank: int, world_size: int, epoch: int = 0, crops_per_speaker: int = 1):
+    def __init__(
+        self,
+        cache: FeatureCache,
+        *,
+        batch_size: int,
+        steps_per_epoch: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        epoch: int = 0,
+        crops_per_speaker: int = 1,
+    ):
         files = cache.files
         self.files = files[rank::world_size] if len(files) >= world_size else files
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
@@ -242,8 +287,9 @@ class FeatureLoader:
         self.num_classes = cache.num_speakers
         self.skipped = 0  # corrupt samples were skipped when the cache was built
         if crops_per_speaker > 1 and batch_size % crops_per_speaker:
-            raise ValueError(f"data.crops_per_speaker {crops_per_speaker} does not divide training.batch_size "
-                             f"{batch_size}")
+            raise ValueError(
+                f"data.crops_per_speaker {crops_per_speaker} does not divide training.batch_size {batch_size}"
+            )
         self.crops_per_speaker = crops_per_speaker
         # Speaker-balanced batches: every row of this rank's files, and each speaker's row indices.
         self._table: dict | None = None
@@ -260,13 +306,15 @@ class FeatureLoader:
         while True:
             order = rng.permutation(len(self.files))
             for first in range(0, len(order), 2):
-                parts = [read_feature_file(self.files[i]) for i in order[first:first + 2]]
+                parts = [read_feature_file(self.files[i]) for i in order[first : first + 2]]
                 keys = [key for p in parts for key in p["keys"]]
                 mix = torch.from_numpy(rng.permutation(len(keys)))
-                yield {"pooled": torch.cat([p["pooled"] for p in parts]).float()[mix],
-                       "label": torch.cat([p["labels"] for p in parts])[mix],
-                       "start": torch.cat([p["starts"] for p in parts])[mix],
-                       "key": [keys[i] for i in mix.tolist()]}
+                yield {
+                    "pooled": torch.cat([p["pooled"] for p in parts]).float()[mix],
+                    "label": torch.cat([p["labels"] for p in parts])[mix],
+                    "start": torch.cat([p["starts"] for p in parts])[mix],
+                    "key": [keys[i] for i in mix.tolist()],
+                }
 
     def _speaker_batches(self, rng: np.random.Generator) -> Iterator[dict]:
         """Endless batches of `batch_size / crops_per_speaker` speakers x `crops_per_speaker` crops
@@ -274,10 +322,12 @@ class FeatureLoader:
         if self._table is None:
             # Read once and held in memory (this rank's share: features x 2 bytes x P per crop).
             parts = [read_feature_file(path) for path in self.files]
-            self._table = {"pooled": torch.cat([p["pooled"] for p in parts]),
-                           "label": torch.cat([p["labels"] for p in parts]),
-                           "start": torch.cat([p["starts"] for p in parts]),
-                           "key": [key for p in parts for key in p["keys"]]}
+            self._table = {
+                "pooled": torch.cat([p["pooled"] for p in parts]),
+                "label": torch.cat([p["labels"] for p in parts]),
+                "start": torch.cat([p["starts"] for p in parts]),
+                "key": [key for p in parts for key in p["keys"]],
+            }
             labels = self._table["label"].numpy()
             order = np.argsort(labels, kind="stable")
             speakers, first = np.unique(labels[order], return_index=True)
@@ -285,18 +335,32 @@ class FeatureLoader:
         speakers = np.array(sorted(self._rows_of))
         per_batch = self.batch_size // self.crops_per_speaker
         if per_batch > len(speakers):
-            raise ValueError(f"a batch of {per_batch} speakers x {self.crops_per_speaker} crops needs {per_batch} "
-                             f"speakers; this rank's features hold {len(speakers)}: lower training.batch_size or "
-                             "raise data.crops_per_speaker")
+            raise ValueError(
+                f"a batch of {per_batch} speakers x {self.crops_per_speaker} crops needs {per_batch} "
+                f"speakers; this rank's features hold {len(speakers)}: lower training.batch_size or "
+                "raise data.crops_per_speaker"
+            )
         table = self._table
         while True:
             chosen = rng.choice(speakers, size=per_batch, replace=False)
-            rows = np.concatenate([rng.choice(self._rows_of[s], size=self.crops_per_speaker,
-                                              replace=len(self._rows_of[s]) < self.crops_per_speaker)
-                                   for s in chosen.tolist()])
+            rows = np.concatenate(
+                [
+                    rng.choice(
+                        self._rows_of[s],
+                        size=self.crops_per_speaker,
+                        replace=len(self._rows_of[s]) < self.crops_per_speaker,
+                    )
+                    for s in chosen.tolist()
+                ]
+            )
             index = torch.from_numpy(rows)
-            yield {"pooled": table["pooled"][index].float(), "label": table["label"][index],
-                   "start": table["start"][index], "key": [table["key"][i] for i in rows.tolist()], "skipped": 0}
+            yield {
+                "pooled": table["pooled"][index].float(),
+                "label": table["label"][index],
+                "start": table["start"][index],
+                "key": [table["key"][i] for i in rows.tolist()],
+                "skipped": 0,
+            }
 
     def __iter__(self) -> Iterator[dict]:
         """One epoch: {"pooled": [B, P] float32, "label": [B] int64, "start": [B] int64 (of the crop
@@ -313,8 +377,10 @@ class FeatureLoader:
         for _ in range(self.steps_per_epoch):
             while len(pending["key"]) < self.batch_size:
                 more = next(chunks)
-                pending = {name: (pending[name] + more[name]) if name == "key" else torch.cat([pending[name], more[name]])
-                           for name in pending}
+                pending = {
+                    name: (pending[name] + more[name]) if name == "key" else torch.cat([pending[name], more[name]])
+                    for name in pending
+                }
             b = self.batch_size
             yield {**{name: value[:b] for name, value in pending.items()}, "skipped": 0}
             pending = {name: value[b:] for name, value in pending.items()}

@@ -107,11 +107,13 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             "is this a shard manifest written by launch/make_shards.py?"
         )
     try:
+
         def beside(name: str) -> str:
             return resolve(str(path), name) if remote else str(Path(path).parent / name)
 
-        shards = [ShardInfo(s["name"], beside(s["name"]), int(s["samples"]), s.get("sha256"))
-                  for s in payload["shards"]]
+        shards = [
+            ShardInfo(s["name"], beside(s["name"]), int(s["samples"]), s.get("sha256")) for s in payload["shards"]
+        ]
         trials = payload.get("trials")
         trials_path = (_remote_copy(beside(trials)) if remote else Path(beside(trials))) if trials else None
         return Manifest(
@@ -162,7 +164,13 @@ class SkipCounter:
         if self.total <= 10 or (self.total & (self.total - 1)) == 0:
             log.warning(
                 "%s: skipped %d samples so far %s; latest: %s in shard %s (key %s): %s",
-                self.where, self.total, self.by_reason, reason, url, key, detail,
+                self.where,
+                self.total,
+                self.by_reason,
+                reason,
+                url,
+                key,
+                detail,
             )
 
     def take(self) -> int:
@@ -258,7 +266,9 @@ def resampled_shards(urls: Sequence[str], rng: np.random.Generator) -> Iterator[
 
 
 def iter_tar_samples(
-    urls: Iterable[str], skips: SkipCounter, want: frozenset[str] = frozenset({"flac", "json"}),
+    urls: Iterable[str],
+    skips: SkipCounter,
+    want: frozenset[str] = frozenset({"flac", "json"}),
     max_empty_shards: int | None = None,
 ) -> Iterator[dict]:
     """Stage: shard URLs -> raw samples, streaming each tar once.

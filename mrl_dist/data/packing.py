@@ -117,13 +117,15 @@ def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[d
     for source in sources:
         record = previous.get(source.key)
         same_file = record is not None and (record["path"], record["size"], record["mtime_ns"]) == (
-            source.path, source.size, source.mtime_ns)
+            source.path,
+            source.size,
+            source.mtime_ns,
+        )
         if same_file:
             done[source.key] = record
         else:
             todo.append((source, str(cache_path(cache_dir, source.key))))
-    bar = tqdm(total=len(sources), initial=len(done), unit="file", desc="decode",
-               disable=not progress, smoothing=0.05)
+    bar = tqdm(total=len(sources), initial=len(done), unit="file", desc="decode", disable=not progress, smoothing=0.05)
     hours = sum(r.get("seconds", 0.0) for r in done.values()) / 3600
     try:
         with open(records_path, "a") as log:
@@ -186,28 +188,37 @@ def _missing_trial_utterances(trials: Path, packed: set[str], skipped: list[dict
     for entry in skipped:
         parts = Path(entry["path"]).with_suffix("").parts[-3:]
         reasons["/".join(parts)] = f"skipped ({entry['reason']}: {entry['path']})"
-    return [f"{key}: {reasons.get(key, 'no such file in --input')}"
-            for key in keys if key not in packed]
+    return [f"{key}: {reasons.get(key, 'no such file in --input')}" for key in keys if key not in packed]
 
 
-def run_identity(inputs, split: str, trials, shard_size_mb: float, min_seconds: float,
-                 sources: Sequence[SourceFile], skipped: Sequence[dict]) -> dict:
+def run_identity(
+    inputs,
+    split: str,
+    trials,
+    shard_size_mb: float,
+    min_seconds: float,
+    sources: Sequence[SourceFile],
+    skipped: Sequence[dict],
+) -> dict:
     """What determines a split's content: format, arguments, input fingerprint, version.
 
     A resume reuses only the work of a run with an equal identity; the manifest starts with it.
     """
     return {
         "format": MANIFEST_FORMAT,
-        "arguments": {"input": [str(Path(p).absolute()) for p in inputs], "split": split,
-                      "trials": str(Path(trials).absolute()) if trials else None,
-                      "shard_size_mb": shard_size_mb, "min_seconds": min_seconds},
+        "arguments": {
+            "input": [str(Path(p).absolute()) for p in inputs],
+            "split": split,
+            "trials": str(Path(trials).absolute()) if trials else None,
+            "shard_size_mb": shard_size_mb,
+            "min_seconds": min_seconds,
+        },
         "inputs_sha256": fingerprint(sources, skipped),
         "version": __version__,
     }
 
 
-def plan_split(identity: dict, records: Sequence[dict],
-               skipped: Sequence[dict]) -> tuple[list[ShardPlan], dict]:
+def plan_split(identity: dict, records: Sequence[dict], skipped: Sequence[dict]) -> tuple[list[ShardPlan], dict]:
     """Pass 2's plan: (shard plans, manifest with every sha256 still None).
 
     records: pass 1's decode records in source order (see decode_all); skipped: the listing's
@@ -222,24 +233,30 @@ def plan_split(identity: dict, records: Sequence[dict],
         if "reason" in record:
             skipped.append(skip_entry(record["path"], record["reason"], record["detail"]))
         elif record["seconds"] < min_seconds:
-            skipped.append(skip_entry(record["path"], "too-short",
-                                      f"{record['seconds']:.3f} s < --min-seconds {min_seconds}"))
+            skipped.append(
+                skip_entry(record["path"], "too-short", f"{record['seconds']:.3f} s < --min-seconds {min_seconds}")
+            )
         else:
             valid.append(record)
     skipped.sort(key=lambda entry: entry["path"])
     if not valid:
         counts = dict(Counter(entry["reason"] for entry in skipped))
-        raise PackError(f"no valid audio file under --input {', '.join(arguments['input'])} "
-                        f"(expected <speaker>/<video>/<utt>.<wav|flac|m4a|...>); skipped: {counts}")
+        raise PackError(
+            f"no valid audio file under --input {', '.join(arguments['input'])} "
+            f"(expected <speaker>/<video>/<utt>.<wav|flac|m4a|...>); skipped: {counts}"
+        )
     speaker_counts = Counter(record["key"].split("/", 1)[0] for record in valid)
     speakers = {name: label for label, name in enumerate(sorted(speaker_counts))}
     plans = plan_shards(valid, speakers, split, int(arguments["shard_size_mb"] * 2**20))
     manifest = {
-        **identity, "split": split, "sample_rate": 16000,
+        **identity,
+        "split": split,
+        "sample_rate": 16000,
         "shards": [{"name": p.name, "samples": len(p.records), "sha256": None} for p in plans],
         "total_samples": len(valid),
         "total_hours": round(sum(r["seconds"] for r in valid) / 3600, 6),
-        "num_speakers": len(speakers), "speakers": speakers,
+        "num_speakers": len(speakers),
+        "speakers": speakers,
         "speaker_counts": dict(sorted(speaker_counts.items())),
         "skipped": skipped,
         "skipped_counts": dict(sorted(Counter(e["reason"] for e in skipped).items())),
@@ -248,9 +265,17 @@ def plan_split(identity: dict, records: Sequence[dict],
     return plans, manifest
 
 
-def pack_split(inputs, output, split: str, *, trials=None, workers: int | None = None,
-               shard_size_mb: float = 256.0, min_seconds: float = 0.5,
-               progress: bool = True) -> dict:
+def pack_split(
+    inputs,
+    output,
+    split: str,
+    *,
+    trials=None,
+    workers: int | None = None,
+    shard_size_mb: float = 256.0,
+    min_seconds: float = 0.5,
+    progress: bool = True,
+) -> dict:
     """Packs the audio under `inputs` into `output/split-*.tar`; returns the manifest dict.
 
     Raises PackError when no file is valid or a trial utterance is not in the split.
@@ -258,8 +283,7 @@ def pack_split(inputs, output, split: str, *, trials=None, workers: int | None =
     output = Path(output).absolute()
     output.mkdir(parents=True, exist_ok=True)
     workers = workers or len(os.sched_getaffinity(0))
-    for pattern in (f".{split}-*.tar.tmp.*", f".{split}.manifest*.tmp.*",
-                    f".{split}.trials.txt.tmp.*"):
+    for pattern in (f".{split}-*.tar.tmp.*", f".{split}.manifest*.tmp.*", f".{split}.trials.txt.tmp.*"):
         for stale in output.glob(pattern):
             stale.unlink()  # temporaries of a killed run; never renamed, so never valid
     sources, skipped = list_sources(inputs, exclude=output)
@@ -273,8 +297,7 @@ def pack_split(inputs, output, split: str, *, trials=None, workers: int | None =
         return finished
 
     state_dir = output / f".{split}.tmp"
-    plans, manifest = plan_split(identity, decode_all(sources, state_dir, workers, progress),
-                                 skipped)
+    plans, manifest = plan_split(identity, decode_all(sources, state_dir, workers, progress), skipped)
     if trials:
         packed = {record["key"] for plan in plans for record in plan.records}
         missing = _missing_trial_utterances(Path(trials), packed, manifest["skipped"])
@@ -311,9 +334,11 @@ def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, 
     for plan in plans:
         digest = plan_digest(identity, plan)
         path = output / plan.name
-        claims = {claim for claim in (known.get(plan.name),
-                                      read_shard_record(records_dir, plan.name, digest))
-                  if claim is not None and claim[0] == len(plan.records)}
+        claims = {
+            claim
+            for claim in (known.get(plan.name), read_shard_record(records_dir, plan.name, digest))
+            if claim is not None and claim[0] == len(plan.records)
+        }
         sha = sha256_file(path) if claims and path.is_file() else None
         if sha is not None and sha in {claimed for _, claimed in claims}:
             entries[plan.name]["sha256"] = sha
@@ -323,14 +348,23 @@ def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, 
     partial = output / f"{manifest['split']}.manifest.partial.json"
     write_json_atomic(partial, manifest)
     done_samples = sum(e["samples"] for e in entries.values() if e["sha256"])
-    bar = tqdm(total=manifest["total_samples"], initial=done_samples, unit="file", desc="pack",
-               disable=not progress, smoothing=0.05)
+    bar = tqdm(
+        total=manifest["total_samples"],
+        initial=done_samples,
+        unit="file",
+        desc="pack",
+        disable=not progress,
+        smoothing=0.05,
+    )
     hours = sum(r["seconds"] for p in plans if entries[p.name]["sha256"] for r in p.records) / 3600
     pool = _pool(min(workers, MAX_SHARD_WRITERS, len(todo)))
     try:
         seconds = {plan.name: sum(r["seconds"] for r in plan.records) for plan in plans}
-        results = map(write_shard, todo) if pool is None else (
-            future.result() for future in as_completed([pool.submit(write_shard, t) for t in todo]))
+        results = (
+            map(write_shard, todo)
+            if pool is None
+            else (future.result() for future in as_completed([pool.submit(write_shard, t) for t in todo]))
+        )
         for name, sha, _ in results:
             entries[name]["sha256"] = sha
             hours += seconds[name] / 3600
@@ -347,14 +381,15 @@ def _write_shards(manifest, plans, output: Path, state_dir: Path, workers: int, 
 def _missing_message(trials, missing: list[str]) -> str:
     shown = "\n  ".join(missing[:20])
     more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-    return (f"--trials {trials}: {len(missing)} utterance(s) are not in the split:\n  "
-            f"{shown}{more}")
+    return f"--trials {trials}: {len(missing)} utterance(s) are not in the split:\n  {shown}{more}"
 
 
 def summary(manifest: dict, output: Path) -> str:
-    lines = [f"packed {manifest['total_samples']} utterances ({manifest['total_hours']:.2f} h, "
-             f"{manifest['num_speakers']} speakers) into {len(manifest['shards'])} shards: "
-             f"{output / (manifest['split'] + MANIFEST_SUFFIX)}"]
+    lines = [
+        f"packed {manifest['total_samples']} utterances ({manifest['total_hours']:.2f} h, "
+        f"{manifest['num_speakers']} speakers) into {len(manifest['shards'])} shards: "
+        f"{output / (manifest['split'] + MANIFEST_SUFFIX)}"
+    ]
     if manifest["skipped"]:
         lines.append(f"skipped {len(manifest['skipped'])} files (listed in the manifest):")
         lines += [f"  {reason}: {count}" for reason, count in manifest["skipped_counts"].items()]

@@ -70,8 +70,7 @@ def resolve_source(source: str | Path | Sequence[str]) -> ShardSource:
     """A `*.manifest.json` path, a list of shard URLs, or a brace pattern -> ShardSource."""
     if isinstance(source, (str, Path)) and str(source).endswith(MANIFEST_SUFFIX):
         manifest = read_manifest(source)
-        return ShardSource(manifest.urls, manifest.num_speakers, manifest.total_samples,
-                           manifest.trials_path)
+        return ShardSource(manifest.urls, manifest.num_speakers, manifest.total_samples, manifest.trials_path)
     urls = expand_urls(source)
     if not urls:
         raise ValueError(f"no shard URLs in source {source!r}")
@@ -86,9 +85,21 @@ def batches_for_worker(steps: int, worker: int, num_workers: int) -> int:
 class TrainStream(IterableDataset):
     """Endless crops cut into `steps_per_epoch` batches per rank, split over loader workers."""
 
-    def __init__(self, urls: list[str], *, batch_size: int, crop_frames: int, seed: int,
-                 rank: int, epoch: int, steps_per_epoch: int, shuffle_buffer: int,
-                 augment: AugmentConfig | None, num_speakers: int | None, fixed_crops: bool = False):
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        batch_size: int,
+        crop_frames: int,
+        seed: int,
+        rank: int,
+        epoch: int,
+        steps_per_epoch: int,
+        shuffle_buffer: int,
+        augment: AugmentConfig | None,
+        num_speakers: int | None,
+        fixed_crops: bool = False,
+    ):
         super().__init__()
         self.fixed_crops = fixed_crops
         self.urls, self.batch_size, self.crop_frames = urls, batch_size, crop_frames
@@ -102,8 +113,9 @@ class TrainStream(IterableDataset):
         # Separate child generators: enabling one stage does not shift the draws of another.
         shard_rng, shuffle_rng, speed_rng, crop_rng, augment_rng = rng.spawn(5)
         skips = SkipCounter(f"train loader rank {self.rank} worker {worker}")
-        samples = iter_tar_samples(resampled_shards(self.urls, shard_rng), skips,
-                                   max_empty_shards=max(8, 2 * len(self.urls)))
+        samples = iter_tar_samples(
+            resampled_shards(self.urls, shard_rng), skips, max_empty_shards=max(8, 2 * len(self.urls))
+        )
         samples = parse_meta(shuffle_samples(samples, self.shuffle_buffer, shuffle_rng), skips)
         if self.augment is not None and self.augment.speed_perturb:
             samples = speed_perturb(samples, self.num_speakers, speed_rng)
@@ -124,8 +136,7 @@ class TrainLoader:
     `num_classes` is the classifier width (None when the source does not know its speakers).
     """
 
-    def __init__(self, stream: TrainStream, num_workers: int, num_classes: int | None,
-                 pin_memory: bool = False):
+    def __init__(self, stream: TrainStream, num_workers: int, num_classes: int | None, pin_memory: bool = False):
         self.stream, self.num_workers, self.num_classes = stream, num_workers, num_classes
         self.pin_memory = pin_memory
         self.skipped = 0
@@ -143,19 +154,32 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict]:
         # A fresh DataLoader per epoch ships this epoch (hence the seeds) to new workers; the copy
         # pins it, since workers start only on the first next().
-        loader = DataLoader(copy.copy(self.stream), batch_size=None,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory)
+        loader = DataLoader(
+            copy.copy(self.stream), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
         self.stream.epoch += 1
         for batch in loader:
             self.skipped += batch["skipped"]
             yield batch
 
 
-def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_workers: int,
-                      seed: int, rank: int, world_size: int, epoch: int = 0,
-                      shuffle_buffer: int = 1000, augment: AugmentConfig | dict | None = None,
-                      steps_per_epoch: int | None = None, num_speakers: int | None = None,
-                      pin_memory: bool = False, fixed_crops: bool = False) -> TrainLoader:
+def make_train_loader(
+    source,
+    *,
+    batch_size: int,
+    crop_seconds: float,
+    num_workers: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    epoch: int = 0,
+    shuffle_buffer: int = 1000,
+    augment: AugmentConfig | dict | None = None,
+    steps_per_epoch: int | None = None,
+    num_speakers: int | None = None,
+    pin_memory: bool = False,
+    fixed_crops: bool = False,
+) -> TrainLoader:
     """Training batches {"wave": [B, T] float32 16 kHz, "label": [B] int64 (-1: unlabelled),
     "key": B str, "start": [B] int64, "skipped": int} with T = crop_seconds * 16000.
 
@@ -174,19 +198,26 @@ def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_worke
     num_speakers = num_speakers or shards.num_speakers
     if steps_per_epoch is None:
         if shards.total_samples is None:
-            raise ValueError(f"steps_per_epoch is required when the source is not a manifest "
-                             f"(got {source!r})")
+            raise ValueError(f"steps_per_epoch is required when the source is not a manifest (got {source!r})")
         steps_per_epoch = max(1, shards.total_samples // (batch_size * world_size))
     speed = augment is not None and augment.speed_perturb
     if speed and num_speakers is None:
         raise ValueError("speed perturbation relabels speakers: pass num_speakers or a manifest")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    stream = TrainStream(shards.urls, batch_size=batch_size,
-                         crop_frames=round(crop_seconds * SAMPLE_RATE), seed=seed, rank=rank,
-                         epoch=epoch, steps_per_epoch=steps_per_epoch,
-                         shuffle_buffer=shuffle_buffer, augment=augment, num_speakers=num_speakers,
-                         fixed_crops=fixed_crops)
+    stream = TrainStream(
+        shards.urls,
+        batch_size=batch_size,
+        crop_frames=round(crop_seconds * SAMPLE_RATE),
+        seed=seed,
+        rank=rank,
+        epoch=epoch,
+        steps_per_epoch=steps_per_epoch,
+        shuffle_buffer=shuffle_buffer,
+        augment=augment,
+        num_speakers=num_speakers,
+        fixed_crops=fixed_crops,
+    )
     classes = num_classes(num_speakers, speed) if num_speakers else None
     return TrainLoader(stream, num_workers, classes, pin_memory)
 
@@ -194,8 +225,17 @@ def make_train_loader(source, *, batch_size: int, crop_seconds: float, num_worke
 class EvalStream(IterableDataset):
     """Each shard once, split over ranks and loader workers; only `keys` (None: all) decoded."""
 
-    def __init__(self, urls: list[str], keys: frozenset[str] | None, *, max_frames: int | None,
-                 batch_size: int, sort_buffer: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        urls: list[str],
+        keys: frozenset[str] | None,
+        *,
+        max_frames: int | None,
+        batch_size: int,
+        sort_buffer: int,
+        rank: int,
+        world_size: int,
+    ):
         super().__init__()
         self.urls, self.keys, self.max_frames = urls, keys, max_frames
         self.batch_size, self.sort_buffer = batch_size, sort_buffer
@@ -204,7 +244,7 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_index()
         part = self.rank * num_workers + worker
-        urls = self.urls[part::self.world_size * num_workers]
+        urls = self.urls[part :: self.world_size * num_workers]
         skips = SkipCounter(f"eval loader rank {self.rank} worker {worker}")
         samples = iter_tar_samples(urls, skips, want=frozenset({"flac"}))
         if self.keys is not None:
@@ -238,12 +278,22 @@ class EvalLoader:
             raise RuntimeError(
                 f"eval loader: {len(self.missing)} trial utterance(s) not found in the shards "
                 f"(e.g. {self.missing[:5]}); {self.skipped} corrupt sample(s) were skipped. "
-                "Re-pack the split with --trials so make_shards.py checks the list.")
+                "Re-pack the split with --trials so make_shards.py checks the list."
+            )
 
 
-def make_eval_loader(source, trials_path_or_keys=None, *, max_seconds: float | None = None,
-                     batch_size: int, num_workers: int = 0, sort_buffer: int = 1024,
-                     rank: int = 0, world_size: int = 1, strict: bool = True) -> EvalLoader:
+def make_eval_loader(
+    source,
+    trials_path_or_keys=None,
+    *,
+    max_seconds: float | None = None,
+    batch_size: int,
+    num_workers: int = 0,
+    sort_buffer: int = 1024,
+    rank: int = 0,
+    world_size: int = 1,
+    strict: bool = True,
+) -> EvalLoader:
     """Evaluation batches {"wave": [B, T] float32 16 kHz zero-padded, "lengths": [B] int64,
     "key": B str, "skipped": int} of similar-length utterances.
 
@@ -261,6 +311,13 @@ def make_eval_loader(source, trials_path_or_keys=None, *, max_seconds: float | N
     else:
         keys = frozenset(trials_path_or_keys)
     max_frames = None if max_seconds is None else round(max_seconds * SAMPLE_RATE)
-    stream = EvalStream(shards.urls, keys, max_frames=max_frames, batch_size=batch_size,
-                        sort_buffer=sort_buffer, rank=rank, world_size=world_size)
+    stream = EvalStream(
+        shards.urls,
+        keys,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        sort_buffer=sort_buffer,
+        rank=rank,
+        world_size=world_size,
+    )
     return EvalLoader(stream, num_workers, strict)

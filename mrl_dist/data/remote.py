@@ -56,11 +56,20 @@ def _with_retries(action, url: str, what: str):
             return action(timeout)
         except Exception as error:  # noqa: BLE001 - classified just below
             if not _transient(error) or attempt == retries:
-                raise OSError(f"{what} {url} failed after {attempt + 1} attempt(s): "
-                              f"{type(error).__name__}: {error}") from error
-            delay = BACKOFF_SECONDS * 2 ** attempt
-            log.warning("%s %s: %s: %s; retrying in %.1f s (%d of %d)", what, url, type(error).__name__, error,
-                        delay, attempt + 1, retries)
+                raise OSError(
+                    f"{what} {url} failed after {attempt + 1} attempt(s): {type(error).__name__}: {error}"
+                ) from error
+            delay = BACKOFF_SECONDS * 2**attempt
+            log.warning(
+                "%s %s: %s: %s; retrying in %.1f s (%d of %d)",
+                what,
+                url,
+                type(error).__name__,
+                error,
+                delay,
+                attempt + 1,
+                retries,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -75,7 +84,9 @@ class HTTPStream(io.RawIOBase):
         self.response = _with_retries(lambda timeout: self._connect(timeout), url, "opening")
 
     def _connect(self, timeout: float):
-        request = urllib.request.Request(self.url, headers={"Range": f"bytes={self.position}-"} if self.position else {})
+        request = urllib.request.Request(
+            self.url, headers={"Range": f"bytes={self.position}-"} if self.position else {}
+        )
         response = urllib.request.urlopen(request, timeout=timeout)
         if self.position and response.status != 206:  # the server ignored the range: skip ahead
             remaining = self.position
@@ -104,7 +115,7 @@ class HTTPStream(io.RawIOBase):
                 if attempt == retries:
                     raise OSError(f"reading {self.url} at byte {self.position} failed: {error}") from error
                 log.warning("reading %s at byte %d: %s; reconnecting", self.url, self.position, error)
-                time.sleep(BACKOFF_SECONDS * 2 ** attempt)
+                time.sleep(BACKOFF_SECONDS * 2**attempt)
                 self.response.close()
                 self.response = _with_retries(lambda timeout: self._connect(timeout), self.url, "reopening")
         return 0
@@ -126,6 +137,7 @@ def open_stream(url: str):
 
 def fetch_bytes(url: str) -> bytes:
     """The whole body of a small file (a manifest, a trial list), with retries."""
+
     def read(timeout: float) -> bytes:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()

@@ -109,8 +109,9 @@ def list_sources(inputs: Sequence[str | Path], exclude: Path | None = None):
     sources: list[SourceFile] = []
     for _, _, _, source in found:
         if sources and sources[-1].key == source.key:
-            skipped.append(skip_entry(source.path, "duplicate", f"key {source.key} is also "
-                                      f"{sources[-1].path}, which is packed"))
+            skipped.append(
+                skip_entry(source.path, "duplicate", f"key {source.key} is also {sources[-1].path}, which is packed")
+            )
             continue
         sources.append(source)
     return sources, skipped
@@ -139,8 +140,7 @@ def decode_to_cache(task: tuple[SourceFile, str]) -> dict:
     reason, detail}. Bad audio is a record, not an exception: one file never stops the run.
     """
     source, cache_file = task
-    record = {"key": source.key, "path": source.path, "size": source.size,
-              "mtime_ns": source.mtime_ns}
+    record = {"key": source.key, "path": source.path, "size": source.size, "mtime_ns": source.mtime_ns}
     try:
         audio = decode_file(source.path)
     except AudioError as error:
@@ -151,9 +151,14 @@ def decode_to_cache(task: tuple[SourceFile, str]) -> dict:
     temporary = target.with_name(f".{target.name}.tmp.{os.getpid()}")
     temporary.write_bytes(data)
     os.replace(temporary, target)
-    return {**record, "bytes": len(data), "frames": len(audio.wave), "seconds": audio.seconds,
-            "original_sample_rate": audio.original_sample_rate,
-            "original_channels": audio.original_channels}
+    return {
+        **record,
+        "bytes": len(data),
+        "frames": len(audio.wave),
+        "seconds": audio.seconds,
+        "original_sample_rate": audio.original_sample_rate,
+        "original_channels": audio.original_channels,
+    }
 
 
 def _decode_chunk(function: Callable, tasks: list) -> list[dict]:
@@ -166,13 +171,17 @@ def _decode_alone(function: Callable, task: tuple[SourceFile, str]) -> dict:
             return single.submit(function, task).result()
         except BrokenProcessPool:
             source = task[0]
-            return {"key": source.key, "path": source.path, "size": source.size,
-                    "mtime_ns": source.mtime_ns, "reason": "decoder-crashed",
-                    "detail": f"{source.path}: the decoding process died (crash or out of memory)"}
+            return {
+                "key": source.key,
+                "path": source.path,
+                "size": source.size,
+                "mtime_ns": source.mtime_ns,
+                "reason": "decoder-crashed",
+                "detail": f"{source.path}: the decoding process died (crash or out of memory)",
+            }
 
 
-def decode_in_processes(function: Callable, tasks: Sequence, workers: int,
-                        chunk: int = 8) -> Iterator[dict]:
+def decode_in_processes(function: Callable, tasks: Sequence, workers: int, chunk: int = 8) -> Iterator[dict]:
     """Yields function(task) for each task, in task order, computed in `workers` processes.
 
     A process that dies (an FFmpeg crash on a damaged file, the OOM killer) would hang a
@@ -180,15 +189,14 @@ def decode_in_processes(function: Callable, tasks: Sequence, workers: int,
     pool broke are decoded again one by one in fresh processes, and a file that kills its
     process again gets a `decoder-crashed` record.
     """
-    chunks = [list(tasks[i:i + chunk]) for i in range(0, len(tasks), chunk)]
+    chunks = [list(tasks[i : i + chunk]) for i in range(0, len(tasks), chunk)]
     executor = ProcessPoolExecutor(workers)
     pending: deque = deque()
     position = 0
     try:
         while position < len(chunks) or pending:
             while position < len(chunks) and len(pending) < 4 * workers:
-                pending.append((chunks[position],
-                                executor.submit(_decode_chunk, function, chunks[position])))
+                pending.append((chunks[position], executor.submit(_decode_chunk, function, chunks[position])))
                 position += 1
             tasks_of_chunk, future = pending.popleft()
             try:
@@ -210,10 +218,16 @@ def decode_in_processes(function: Callable, tasks: Sequence, workers: int,
 def sample_json(record: dict, label: int) -> bytes:
     """The `.json` member of a sample: compact, sorted keys (part of the byte-identical promise)."""
     speaker, video, _ = record["key"].split("/")
-    meta = {"speaker": speaker, "label": label, "video": video, "seconds": record["seconds"],
-            "frames": record["frames"], "source": record["path"],
-            "original_sample_rate": record["original_sample_rate"],
-            "original_channels": record["original_channels"]}
+    meta = {
+        "speaker": speaker,
+        "label": label,
+        "video": video,
+        "seconds": record["seconds"],
+        "frames": record["frames"],
+        "source": record["path"],
+        "original_sample_rate": record["original_sample_rate"],
+        "original_channels": record["original_channels"],
+    }
     return _SAMPLE_JSON.encode(meta).encode()
 
 
@@ -228,8 +242,7 @@ class ShardPlan:
     records: list[dict]  # decode records in write order, each with "label"
 
 
-def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str,
-                shard_bytes: int) -> list[ShardPlan]:
+def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str, shard_bytes: int) -> list[ShardPlan]:
     """Cuts the valid records, in a fixed-seed shuffled order, into shards of about `shard_bytes`.
 
     records must be sorted by key; the shuffle mixes speakers in every shard and depends only on
@@ -244,7 +257,8 @@ def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str,
     for index in order:
         record = {**records[index], "label": labels[records[index]["key"].split("/")[0]]}
         cost = _member_bytes(record["key"] + ".flac", record["bytes"]) + _member_bytes(
-            record["key"] + ".json", len(sample_json(record, record["label"])))
+            record["key"] + ".json", len(sample_json(record, record["label"]))
+        )
         if current and size + cost > shard_bytes:
             shards.append(ShardPlan(f"{split}-{len(shards):06d}.tar", current))
             current, size = [], 0
@@ -322,8 +336,7 @@ def write_shard(task: tuple) -> tuple[str, str, int]:
                 flac = _cached_flac(record, Path(cache_dir))
                 meta = sample_json(record, record["label"])
                 for extension, data in (("flac", flac), ("json", meta)):
-                    tar.addfile(_tar_member(f"{record['key']}.{extension}", len(data)),
-                                io.BytesIO(data))
+                    tar.addfile(_tar_member(f"{record['key']}.{extension}", len(data)), io.BytesIO(data))
         handle.flush()
         os.fsync(handle.fileno())
     sha = sha256_file(temporary)
@@ -332,9 +345,10 @@ def write_shard(task: tuple) -> tuple[str, str, int]:
         path = shard_record_path(records_dir, plan.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         written = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        written.write_text(json.dumps({"name": plan.name, "plan": digest,
-                                       "samples": len(plan.records), "sha256": sha},
-                                      sort_keys=True) + "\n")
+        written.write_text(
+            json.dumps({"name": plan.name, "plan": digest, "samples": len(plan.records), "sha256": sha}, sort_keys=True)
+            + "\n"
+        )
         os.replace(written, path)  # atomic: a record is whole or absent
     os.replace(temporary, target)
     release_cache(plan.records, Path(cache_dir))
@@ -354,6 +368,8 @@ def _cached_flac(record: dict, cache_dir: Path) -> bytes:
         return path.read_bytes()
     data = encode_flac(decode_file(record["path"]).wave)
     if len(data) != record["bytes"]:
-        raise RuntimeError(f"{record['path']} decodes differently than in pass 1 "
-                           "(was it changed during the run?); delete the output and re-run")
+        raise RuntimeError(
+            f"{record['path']} decodes differently than in pass 1 "
+            "(was it changed during the run?); delete the output and re-run"
+        )
     return data

@@ -73,8 +73,9 @@ def fixed_crop_start(key: str, total_frames: int, crop_frames: int) -> int:
     return zlib.crc32(key.encode()) % max(1, total_frames - crop_frames + 1)
 
 
-def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Generator,
-                skips: SkipCounter, fixed: bool = False):
+def decode_crop(
+    samples: Iterable[dict], crop_frames: int, rng: np.random.Generator, skips: SkipCounter, fixed: bool = False
+):
     """Stage: decodes a random crop, seeking into the FLAC so only the crop's frames are decoded.
 
     Before: {"key", "url", "flac", "label"[, "speed"]}. After: {"key", "label", "wave":
@@ -85,16 +86,21 @@ def decode_crop(samples: Iterable[dict], crop_frames: int, rng: np.random.Genera
     failures_in_row = 0
     for sample in samples:
         if failures_in_row >= MAX_FAILURES_IN_ROW:
-            raise RuntimeError(f"{failures_in_row} samples in a row could not be decoded (last: "
-                               f"{sample['key']} in {sample['url']}); skipped: {skips.by_reason}")
+            raise RuntimeError(
+                f"{failures_in_row} samples in a row could not be decoded (last: "
+                f"{sample['key']} in {sample['url']}); skipped: {skips.by_reason}"
+            )
         speed = sample.get("speed", 1.0)
         wanted = crop_frames if speed == 1.0 else math.ceil(crop_frames * speed) + 8
         if fixed:
+
             def choose(total: int, key: str = sample["key"], wanted: int = wanted) -> int:
                 return fixed_crop_start(key, total, wanted)
         else:
+
             def choose(total: int, wanted: int = wanted) -> int:
                 return int(rng.integers(0, total - wanted + 1))
+
         try:
             wave, start = read_flac_window(sample["flac"], wanted, choose)
         except AudioError as error:
@@ -124,11 +130,13 @@ def batch_crops(samples: Iterable[dict], batch_size: int, skips: SkipCounter):
     for sample in samples:
         batch.append(sample)
         if len(batch) == batch_size:
-            yield {"wave": torch.from_numpy(np.stack([s["wave"] for s in batch])),
-                   "label": torch.tensor([s["label"] for s in batch], dtype=torch.int64),
-                   "key": [s["key"] for s in batch],
-                   "start": torch.tensor([s.get("start", -1) for s in batch], dtype=torch.int64),
-                   "skipped": skips.take()}
+            yield {
+                "wave": torch.from_numpy(np.stack([s["wave"] for s in batch])),
+                "label": torch.tensor([s["label"] for s in batch], dtype=torch.int64),
+                "key": [s["key"] for s in batch],
+                "start": torch.tensor([s.get("start", -1) for s in batch], dtype=torch.int64),
+                "skipped": skips.take(),
+            }
             batch = []
 
 
@@ -149,24 +157,28 @@ def decode_whole(samples: Iterable[dict], max_frames: int | None, skips: SkipCou
         yield {"key": sample["key"], "wave": wave}
 
 
-def length_sorted_batches(samples: Iterable[dict], batch_size: int, sort_buffer: int,
-                          skips: SkipCounter):
+def length_sorted_batches(samples: Iterable[dict], batch_size: int, sort_buffer: int, skips: SkipCounter):
     """Stage: sorts each `sort_buffer` utterances by length (longest first) into padded batches.
 
     Before: {"key", "wave": [T]}. After: {"wave": [B, T_max] float32 zero-padded, "lengths": [B]
     int64, "key": list of B str, "skipped": int}. With a buffer larger than the set, the order
     is global; padding then costs little.
     """
+
     def flush(buffer):
         buffer.sort(key=lambda s: (-len(s["wave"]), s["key"]))
         for start in range(0, len(buffer), batch_size):
-            chunk = buffer[start:start + batch_size]
+            chunk = buffer[start : start + batch_size]
             lengths = [len(s["wave"]) for s in chunk]
             wave = np.zeros((len(chunk), max(lengths)), dtype=np.float32)
             for row, s in enumerate(chunk):
-                wave[row, :len(s["wave"])] = s["wave"]
-            yield {"wave": torch.from_numpy(wave), "lengths": torch.tensor(lengths),
-                   "key": [s["key"] for s in chunk], "skipped": skips.take()}
+                wave[row, : len(s["wave"])] = s["wave"]
+            yield {
+                "wave": torch.from_numpy(wave),
+                "lengths": torch.tensor(lengths),
+                "key": [s["key"] for s in chunk],
+                "skipped": skips.take(),
+            }
 
     buffer: list[dict] = []
     for sample in samples:

@@ -57,10 +57,7 @@ def parse_trial_line(line: str, *, source: str = "<string>", line_number: int = 
         )
     label_text, enroll, test = fields
     if label_text not in ("0", "1"):
-        raise ValueError(
-            f"{where}: label must be 1 (target) or 0 (non-target), got {label_text!r} "
-            f"in {line.strip()!r}"
-        )
+        raise ValueError(f"{where}: label must be 1 (target) or 0 (non-target), got {label_text!r} in {line.strip()!r}")
     return Trial(label=int(label_text), enroll=enroll, test=test)
 
 
@@ -115,9 +112,7 @@ def balanced_trials(
     """
     speakers = sorted(s for s, utts in utterances_by_speaker.items() if len(utts) > 0)
     if len(speakers) < 2:
-        raise ValueError(
-            f"balanced trials need at least 2 speakers with utterances, got {len(speakers)}"
-        )
+        raise ValueError(f"balanced trials need at least 2 speakers with utterances, got {len(speakers)}")
     # A stream of its own, so the corpus generator's draws for the same seed stay independent.
     rng = np.random.default_rng([seed, 0x7121A15])
     paths = [sorted(utterances_by_speaker[s]) for s in speakers]

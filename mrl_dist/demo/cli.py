@@ -36,8 +36,9 @@ def parse_demo_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--utterances", type=int, default=20, help="utterances per speaker (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=150, help="backbone training steps (default 150)")
-    parser.add_argument("--mrl-steps", type=int, default=1500,
-                        help="MRL head training steps, on cached trunk features (default 1500)")
+    parser.add_argument(
+        "--mrl-steps", type=int, default=1500, help="MRL head training steps, on cached trunk features (default 1500)"
+    )
     return parser.parse_args(argv)
 
 
@@ -57,9 +58,7 @@ def parse_demo_data_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, help="folder to write the corpus into")
     parser.add_argument("--speakers", type=int, default=40, help="number of speakers (default 40)")
-    parser.add_argument(
-        "--utterances", type=int, default=20, help="utterances per speaker (default 20)"
-    )
+    parser.add_argument("--utterances", type=int, default=20, help="utterances per speaker (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     parser.add_argument(
         "--test-fraction",
@@ -67,9 +66,7 @@ def parse_demo_data_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.25,
         help="share of speakers held out for test and trials (default 0.25, at least 2)",
     )
-    parser.add_argument(
-        "--sample-rate", type=int, default=16_000, help="output sample rate in Hz (default 16000)"
-    )
+    parser.add_argument("--sample-rate", type=int, default=16_000, help="output sample rate in Hz (default 16000)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 

@@ -101,9 +101,7 @@ def make_demo_corpus(
         name = speaker_name(index)
         split = "test" if name in test_set else "train"
         if index not in voices:
-            voices[index] = sample_speaker(
-                np.random.default_rng([seed, _SPEAKER_STREAM, index]), sample_rate
-            )
+            voices[index] = sample_speaker(np.random.default_rng([seed, _SPEAKER_STREAM, index]), sample_rate)
         if (index, video) not in sessions:
             sessions[(index, video)] = sample_session(
                 np.random.default_rng([seed, _VIDEO_STREAM, index, video]), sample_rate
@@ -152,9 +150,7 @@ def utterance_layout(seed: int, speaker_index: int, utterances: int) -> list[tup
     """
     rng = np.random.default_rng([seed, _LAYOUT_STREAM, speaker_index])
     n_videos = min(utterances, int(rng.integers(VIDEOS_PER_SPEAKER[0], VIDEOS_PER_SPEAKER[1] + 1)))
-    videos = np.concatenate(
-        [np.arange(n_videos), rng.integers(0, n_videos, size=utterances - n_videos)]
-    )
+    videos = np.concatenate([np.arange(n_videos), rng.integers(0, n_videos, size=utterances - n_videos)])
     counts = np.bincount(videos, minlength=n_videos)
     return [(v, n) for v in range(n_videos) for n in range(1, int(counts[v]) + 1)]
 
@@ -215,8 +211,7 @@ def _write_manifest(corpus, seed, speakers, utterances, sample_rate, test_fracti
 def describe(corpus: DemoCorpus, elapsed_seconds: float | None = None) -> str:
     """A few human-readable lines about what was written (used by the CLI)."""
     lines = [
-        f"wrote {corpus.num_utterances} utterances ({corpus.seconds / 3600:.2f} h) "
-        f"to {corpus.root}",
+        f"wrote {corpus.num_utterances} utterances ({corpus.seconds / 3600:.2f} h) to {corpus.root}",
         f"  train: {corpus.train_dir} ({len(corpus.speakers_train)} speakers)",
         f"  test:  {corpus.test_dir} ({len(corpus.speakers_test)} speakers)",
         f"  trials: {corpus.trials} ({corpus.num_trials} pairs, half target)",

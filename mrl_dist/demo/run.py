@@ -36,14 +36,32 @@ def demo_config(run_dir: Path, shards: Path, mode: str, steps: int, backbone: st
     config = {
         "run_dir": str(run_dir),
         "seed": 0,
-        "model": {"backbone": backbone, "pretrained": None, "mrl_dims": DEMO_DIMS, "head_init": "pca",
-                  "head_type": "linear", "pca_batches": 8},
-        "data": {"train": str(shards / "train.manifest.json"), "val": str(shards / "val.manifest.json"),
-                 "crop_seconds": 2.0, "num_workers": 1, "shuffle_buffer": 200},
-        "training": {"mode": mode, "freeze_backbone": True, "batch_size": 32, "max_steps": steps,
-                     "steps_per_epoch": 50, "mixed_precision": "no", "grad_clip": 5.0,
-                     "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 1e-4},
-                     "schedule": {"warmup_steps": max(1, steps // 10), "decay": "cosine"}},
+        "model": {
+            "backbone": backbone,
+            "pretrained": None,
+            "mrl_dims": DEMO_DIMS,
+            "head_init": "pca",
+            "head_type": "linear",
+            "pca_batches": 8,
+        },
+        "data": {
+            "train": str(shards / "train.manifest.json"),
+            "val": str(shards / "val.manifest.json"),
+            "crop_seconds": 2.0,
+            "num_workers": 1,
+            "shuffle_buffer": 200,
+        },
+        "training": {
+            "mode": mode,
+            "freeze_backbone": True,
+            "batch_size": 32,
+            "max_steps": steps,
+            "steps_per_epoch": 50,
+            "mixed_precision": "no",
+            "grad_clip": 5.0,
+            "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 1e-4},
+            "schedule": {"warmup_steps": max(1, steps // 10), "decay": "cosine"},
+        },
         "loss": {"margin": 0.2, "scale": 30.0},
         "validation": {"every_steps": steps, "batch_size": 16},
         "checkpoint": {"every_steps": steps, "keep_last": 1, "best_metric": "mean_eer"},
@@ -54,8 +72,12 @@ def demo_config(run_dir: Path, shards: Path, mode: str, steps: int, backbone: st
         # cached features from class weights at the speaker means, validated from cached
         # pooled features of the val utterances (step 0 included: the untrained PCA head).
         config["data"].update(features="auto", feature_crops_per_utterance=4, crops_per_speaker=1)
-        config["training"].update(batch_size=128, steps_per_epoch=100, optimizer={"name": "adamw", "lr": 0.002,
-                                  "weight_decay": 1e-4}, schedule={"warmup_steps": 30, "decay": "cosine"})
+        config["training"].update(
+            batch_size=128,
+            steps_per_epoch=100,
+            optimizer={"name": "adamw", "lr": 0.002, "weight_decay": 1e-4},
+            schedule={"warmup_steps": 30, "decay": "cosine"},
+        )
         config["loss"].update(class_init="mean")
         config["validation"]["every_steps"] = max(1, steps // 6)
     return config
@@ -68,8 +90,9 @@ def prepare_demo_shards(root: Path, speakers: int, utterances: int, seed: int, s
         return shards
     corpus = make_demo_corpus(root / "audio", speakers=speakers, utterances=utterances, seed=seed)
     pack_split([corpus.train_dir], shards, "train", workers=1, shard_size_mb=shard_size_mb, progress=False)
-    pack_split([corpus.test_dir], shards, "val", trials=corpus.trials, workers=1, shard_size_mb=shard_size_mb,
-               progress=False)
+    pack_split(
+        [corpus.test_dir], shards, "val", trials=corpus.trials, workers=1, shard_size_mb=shard_size_mb, progress=False
+    )
     return shards
 
 
@@ -85,23 +108,31 @@ def comparison_table(shards: Path, backbone: Path, mrl_run: Path) -> str:
     best = min(records, key=lambda r: sum(v for k, v in r["eer"].items() if k.isdigit()))
     trials = shards / "val.trials.txt"
     naive = ReDimNetMRL.from_redimnet(load_pretrained(backbone), DEMO_DIMS, head_init="pretrained").eval()
-    naive_report, _, _ = evaluate_model(naive, make_eval_loader(shards / "val.manifest.json", trials,
-                                                                batch_size=16), trials)
+    naive_report, _, _ = evaluate_model(
+        naive, make_eval_loader(shards / "val.manifest.json", trials, batch_size=16), trials
+    )
     eers = {"native[:d]": naive_report["eer"], "PCA[:d]": records[0]["eer"], "MRL": best["eer"]}
-    lines = ["| dim | " + " | ".join(f"{name} EER %" for name in eers) + " |",
-             "|---:|" + "---:|" * len(eers)]
+    lines = ["| dim | " + " | ".join(f"{name} EER %" for name in eers) + " |", "|---:|" + "---:|" * len(eers)]
     for dim in DEMO_DIMS:
         # Beyond the native 192 dims, truncations of the native embedding do not exist.
         cells = [eers[name].get(str(dim)) if (name == "MRL" or dim <= 192) else None for name in eers]
         lines.append(f"| {dim} | " + " | ".join(f"{100 * v:.2f}" if v is not None else "-" for v in cells) + " |")
     lines.append(f"\nnative 192-D embedding of the backbone: {100 * naive_report['eer']['native']:.2f}% EER")
-    lines.append(f"MRL = best.pt, the validation with the lowest mean EER: step {best['step']} "
-                 f"(step 0 is the untrained PCA head)")
+    lines.append(
+        f"MRL = best.pt, the validation with the lowest mean EER: step {best['step']} "
+        f"(step 0 is the untrained PCA head)"
+    )
     return "\n".join(lines)
 
 
-def run_demo(output: str | Path = "runs/demo", speakers: int = 40, utterances: int = 20, seed: int = 0,
-             classifier_steps: int = 150, mrl_steps: int = 1500) -> str:
+def run_demo(
+    output: str | Path = "runs/demo",
+    speakers: int = 40,
+    utterances: int = 20,
+    seed: int = 0,
+    classifier_steps: int = 150,
+    mrl_steps: int = 1500,
+) -> str:
     started = time.perf_counter()
     root = Path(output)
     print(f"[1/4] synthetic corpus ({speakers} speakers x {utterances} utterances) and shards under {root}")

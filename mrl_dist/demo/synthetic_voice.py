@@ -41,8 +41,7 @@ def plan_phones(rng: np.random.Generator, voice: SpeakerVoice, n_samples: int) -
     # Draw everything up front in bulk; a syllable lasts at least ~30 ms even at the fastest rate.
     n_syllables = int(speech_ms / 30) + 8
     vowels = rng.choice(VOWELS, size=n_syllables, p=voice.vowel_weights)
-    consonants = rng.choice(len(CONSONANT_SEQUENCES), size=(n_syllables, 2),
-                            p=voice.consonant_weights)
+    consonants = rng.choice(len(CONSONANT_SEQUENCES), size=(n_syllables, 2), p=voice.consonant_weights)
     has_consonant = rng.random((n_syllables, 2)) < (0.8, 0.35)  # onset, coda
     stress = rng.random(n_syllables) < 0.35
     draws = iter(rng.random(6 * n_syllables).tolist())
@@ -143,8 +142,7 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
     """Centred moving average [T] -> [T] with edge padding."""
     if width <= 1:
         return x
-    padded = np.pad(np.asarray(x, dtype=np.float64), (width // 2, width - 1 - width // 2),
-                    mode="edge")
+    padded = np.pad(np.asarray(x, dtype=np.float64), (width // 2, width - 1 - width // 2), mode="edge")
     total = np.concatenate([[0.0], np.cumsum(padded)])
     return (total[width:] - total[:-width]) / width
 
@@ -194,12 +192,12 @@ def render(rng, source, knot_positions, knot_envelopes, session: Session, hop: i
 
     def frame_spectra(signal):
         padded = np.zeros(n_frames * hop + window, dtype=np.float32)
-        padded[hop:hop + n] = signal
+        padded[hop : hop + n] = signal
         frames = np.lib.stride_tricks.sliding_window_view(padded, window)[::hop][:n_frames]
         spectra = np.empty((n_frames, nfft // 2 + 1), dtype=np.complex64)
         # Blocks of 32 frames: one big float32 rfft measured 3x slower here (cache/allocation).
         for i in range(0, n_frames, 32):
-            spectra[i:i + 32] = np.fft.rfft(frames[i:i + 32] * hann, n=nfft)
+            spectra[i : i + 32] = np.fft.rfft(frames[i : i + 32] * hann, n=nfft)
         return spectra
 
     speech = frame_spectra(source)
@@ -218,13 +216,11 @@ def render(rng, source, knot_positions, knot_envelopes, session: Session, hop: i
     blocks = np.fft.irfft(speech, n=nfft).reshape(n_frames, 4, hop)
     out = np.zeros((n_frames + 3, hop), dtype=np.float32)
     for j in range(4):  # block j of the rolled frame is block j-1 (mod 4) of the raw one
-        out[j:j + n_frames] += blocks[:, (j - 1) % 4]
-    return out.reshape(-1)[2 * hop:2 * hop + n]
+        out[j : j + n_frames] += blocks[:, (j - 1) % 4]
+    return out.reshape(-1)[2 * hop : 2 * hop + n]
 
 
-def synthesize_utterance(
-    rng: np.random.Generator, voice: SpeakerVoice, session: Session, seconds: float
-) -> np.ndarray:
+def synthesize_utterance(rng: np.random.Generator, voice: SpeakerVoice, session: Session, seconds: float) -> np.ndarray:
     """One utterance of ``voice`` recorded in ``session``: wave [round(seconds * sr)] float32.
 
     Level is -32..-20 dBFS RMS, peaks kept below 0.97 so 16-bit PCM never clips.
@@ -251,8 +247,7 @@ def synthesize_utterance(
     if len(knots) == 0:  # an utterance too short for any phone: keep it silent but valid
         knots, envelopes = np.zeros(1), voice.envelopes[[_PAUSE]]
     wave = render(rng, source, knots, envelopes, session, hop, nfft)
-    wave *= np.float32(10 ** (rng.uniform(-32.0, -20.0) / 20)
-                       / max(float(np.sqrt(np.mean(wave**2))), 1e-12))
+    wave *= np.float32(10 ** (rng.uniform(-32.0, -20.0) / 20) / max(float(np.sqrt(np.mean(wave**2))), 1e-12))
     peak = float(np.max(np.abs(wave)))
     if peak > 0.97:
         wave *= np.float32(0.97 / peak)

@@ -47,44 +47,58 @@ def _vowel(name, f1, f2, f3):
 
 
 def _sonorant(name, formants, voicing, antiformant=None):
-    return Phone(name, "sonorant", formants, voicing=voicing, duration_ms=(40.0, 85.0),
-                 antiformant=antiformant)
+    return Phone(name, "sonorant", formants, voicing=voicing, duration_ms=(40.0, 85.0), antiformant=antiformant)
 
 
 # Reference formants: classic adult-male vowel measurements (rounded).
 PHONES: tuple[Phone, ...] = (
     Phone("pause", "pause", duration_ms=(150.0, 450.0)),
-    _vowel("i", 280, 2250, 2890), _vowel("I", 400, 1920, 2560), _vowel("E", 550, 1770, 2490),
-    _vowel("ae", 690, 1660, 2490), _vowel("a", 710, 1100, 2540), _vowel("O", 590, 880, 2540),
-    _vowel("U", 450, 1030, 2380), _vowel("u", 310, 870, 2250), _vowel("V", 640, 1190, 2390),
-    _vowel("@", 500, 1400, 2450), _vowel("3", 490, 1350, 1690),
-    _sonorant("l", (360, 1300, 2700), 0.6), _sonorant("r", (380, 1100, 1600), 0.6),
-    _sonorant("w", (300, 700, 2200), 0.6), _sonorant("j", (280, 2200, 3000), 0.6),
+    _vowel("i", 280, 2250, 2890),
+    _vowel("I", 400, 1920, 2560),
+    _vowel("E", 550, 1770, 2490),
+    _vowel("ae", 690, 1660, 2490),
+    _vowel("a", 710, 1100, 2540),
+    _vowel("O", 590, 880, 2540),
+    _vowel("U", 450, 1030, 2380),
+    _vowel("u", 310, 870, 2250),
+    _vowel("V", 640, 1190, 2390),
+    _vowel("@", 500, 1400, 2450),
+    _vowel("3", 490, 1350, 1690),
+    _sonorant("l", (360, 1300, 2700), 0.6),
+    _sonorant("r", (380, 1100, 1600), 0.6),
+    _sonorant("w", (300, 700, 2200), 0.6),
+    _sonorant("j", (280, 2200, 3000), 0.6),
     _sonorant("m", (270, 1100, 2200), 0.45, antiformant=(1000, 150)),
     _sonorant("n", (270, 1500, 2500), 0.45, antiformant=(1800, 200)),
-    Phone("s", "fricative", (5200,), (1500,), frication=0.35, duration_ms=(70, 140),
-          highpass_hz=3500),
-    Phone("S", "fricative", (2700, 4000), (500, 1000), frication=0.4, duration_ms=(70, 140),
-          highpass_hz=1800),
-    Phone("f", "fricative", (5000,), (4000,), frication=0.12, duration_ms=(60, 120),
-          highpass_hz=600),
-    Phone("h", "fricative", (500, 1400, 2450), (180, 270, 360), frication=0.15,
-          duration_ms=(40, 80)),
+    Phone("s", "fricative", (5200,), (1500,), frication=0.35, duration_ms=(70, 140), highpass_hz=3500),
+    Phone("S", "fricative", (2700, 4000), (500, 1000), frication=0.4, duration_ms=(70, 140), highpass_hz=1800),
+    Phone("f", "fricative", (5000,), (4000,), frication=0.12, duration_ms=(60, 120), highpass_hz=600),
+    Phone("h", "fricative", (500, 1400, 2450), (180, 270, 360), frication=0.15, duration_ms=(40, 80)),
     Phone("closure", "closure", duration_ms=(40, 80)),
     Phone("voiced_closure", "closure", voicing=0.12, duration_ms=(35, 70)),
     Phone("p_burst", "burst", (1000,), (2000,), frication=0.3, duration_ms=(10, 20)),
-    Phone("t_burst", "burst", (4500,), (2000,), frication=0.4, duration_ms=(10, 20),
-          highpass_hz=2500),
+    Phone("t_burst", "burst", (4500,), (2000,), frication=0.4, duration_ms=(10, 20), highpass_hz=2500),
     Phone("k_burst", "burst", (2200,), (700,), frication=0.4, duration_ms=(12, 25)),
 )
 PHONE_INDEX = {phone.name: i for i, phone in enumerate(PHONES)}
 VOWELS = [i for i, phone in enumerate(PHONES) if phone.kind == "vowel"]
 # Consonant -> the phones it is made of (stops are a closure then a burst).
 CONSONANTS: dict[str, tuple[str, ...]] = {
-    "l": ("l",), "r": ("r",), "w": ("w",), "j": ("j",), "m": ("m",), "n": ("n",),
-    "s": ("s",), "S": ("S",), "f": ("f",), "h": ("h",),
-    "p": ("closure", "p_burst"), "t": ("closure", "t_burst"), "k": ("closure", "k_burst"),
-    "b": ("voiced_closure", "p_burst"), "d": ("voiced_closure", "t_burst"),
+    "l": ("l",),
+    "r": ("r",),
+    "w": ("w",),
+    "j": ("j",),
+    "m": ("m",),
+    "n": ("n",),
+    "s": ("s",),
+    "S": ("S",),
+    "f": ("f",),
+    "h": ("h",),
+    "p": ("closure", "p_burst"),
+    "t": ("closure", "t_burst"),
+    "k": ("closure", "k_burst"),
+    "b": ("voiced_closure", "p_burst"),
+    "d": ("voiced_closure", "t_burst"),
     "g": ("voiced_closure", "k_burst"),
 }
 CONSONANT_SEQUENCES = [tuple(PHONE_INDEX[p] for p in seq) for seq in CONSONANTS.values()]
@@ -190,10 +204,12 @@ def sample_speaker(rng: np.random.Generator, sample_rate: int = 16_000) -> Speak
     bw_scale = float(np.exp(rng.uniform(np.log(0.7), np.log(1.8))))
     tilt = rng.uniform(-10.0, -2.0)
     _, _, freqs = frame_geometry(sample_rate)
-    envelopes = np.stack([
-        _phone_envelope(p, freqs, sample_rate, scale, offsets, vowel_offsets[i], bw_scale, tilt)
-        for i, p in enumerate(PHONES)
-    ]).astype(np.float32)
+    envelopes = np.stack(
+        [
+            _phone_envelope(p, freqs, sample_rate, scale, offsets, vowel_offsets[i], bw_scale, tilt)
+            for i, p in enumerate(PHONES)
+        ]
+    ).astype(np.float32)
     return SpeakerVoice(
         sample_rate=sample_rate,
         f0_hz=float(np.exp(rng.uniform(np.log(f0_low), np.log(f0_high)))),
@@ -215,8 +231,7 @@ def _random_curve_db(rng, freqs, sample_rate, depth_db) -> np.ndarray:
     position = np.log(np.maximum(freqs, 50.0) / 50.0) / np.log(sample_rate / 2 / 50.0)
     curve = np.zeros_like(freqs)
     for k in range(1, 5):
-        curve += rng.normal(0.0, depth_db / np.sqrt(k)) * np.cos(
-            np.pi * k * position + rng.uniform(0, 2 * np.pi))
+        curve += rng.normal(0.0, depth_db / np.sqrt(k)) * np.cos(np.pi * k * position + rng.uniform(0, 2 * np.pi))
     return curve
 
 
@@ -226,16 +241,18 @@ def sample_session(rng: np.random.Generator, sample_rate: int = 16_000) -> Sessi
     to_log = np.log(10) / 20
     highpass = (np.maximum(freqs, 1.0) / rng.uniform(50.0, 250.0)) ** 4
     # Wideband, band-limited, or telephone-like; capped below Nyquist for low sample rates.
-    lowpass_hz = [rng.uniform(6000, 7800), rng.uniform(4000, 6000),
-                  rng.uniform(3300, 3800)][rng.choice(3, p=[0.6, 0.3, 0.1])]
+    lowpass_hz = [rng.uniform(6000, 7800), rng.uniform(4000, 6000), rng.uniform(3300, 3800)][
+        rng.choice(3, p=[0.6, 0.3, 0.1])
+    ]
     effort = rng.normal(0.0, 0.5) * np.log2(np.maximum(freqs, 50.0) / 1000.0)
     channel_log = (
         (_random_curve_db(rng, freqs, sample_rate, 2.0) + effort) * to_log
         + 0.5 * np.log(highpass / (1 + highpass))
         - 0.5 * np.log1p((freqs / min(lowpass_hz, 0.49 * sample_rate)) ** 8)
     )
-    colour_db = (rng.uniform(-9.0, -2.0) * np.log2(np.maximum(freqs, 50.0) / 1000.0)
-                 + _random_curve_db(rng, freqs, sample_rate, 3.0))
+    colour_db = rng.uniform(-9.0, -2.0) * np.log2(np.maximum(freqs, 50.0) / 1000.0) + _random_curve_db(
+        rng, freqs, sample_rate, 3.0
+    )
     return Session(
         channel_log=channel_log.astype(np.float32),
         noise_log=(channel_log + colour_db * to_log).astype(np.float32),

@@ -47,12 +47,19 @@ from mrl_dist.precision import AUTOCAST_DTYPES
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="evaluate.py", description="EER / minDCF per MRL dim of a checkpoint on a trial list, and a DET plot.")
-    parser.add_argument("--checkpoint", required=True, type=Path, action="append",
-                        help="MRL inference checkpoint (RUN/best.pt), an official ReDimNet/ReDimNet2 .pt, or a "
-                             "run folder (its best.pt); repeat to compare several on the same trials")
-    parser.add_argument("--data", required=True,
-                        help="evaluation shards: NAME.manifest.json, or a shard list / brace pattern")
+        prog="evaluate.py", description="EER / minDCF per MRL dim of a checkpoint on a trial list, and a DET plot."
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        action="append",
+        help="MRL inference checkpoint (RUN/best.pt), an official ReDimNet/ReDimNet2 .pt, or a "
+        "run folder (its best.pt); repeat to compare several on the same trials",
+    )
+    parser.add_argument(
+        "--data", required=True, help="evaluation shards: NAME.manifest.json, or a shard list / brace pattern"
+    )
     parser.add_argument("--trials", type=Path, help="VoxCeleb-format trial list (default: the manifest's)")
     parser.add_argument("--dims", type=int, nargs="+", help="dims to report (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
@@ -62,18 +69,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
     parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
-                        help="run the network under autocast in this dtype (default none)")
-    parser.add_argument("--ensemble-config", type=Path,
-                        help="a distill config: also score its teachers as an EnsembleRouter baseline")
-    parser.add_argument("--asnorm-cohort",
-                        help="training shards (NAME.manifest.json) whose speakers form the AS-norm cohort")
+    parser.add_argument(
+        "--autocast",
+        choices=["none", "bf16", "fp16"],
+        default="none",
+        help="run the network under autocast in this dtype (default none)",
+    )
+    parser.add_argument(
+        "--ensemble-config", type=Path, help="a distill config: also score its teachers as an EnsembleRouter baseline"
+    )
+    parser.add_argument(
+        "--asnorm-cohort", help="training shards (NAME.manifest.json) whose speakers form the AS-norm cohort"
+    )
     parser.add_argument("--asnorm-top", type=int, default=300, help="top cohort scores per side (default 300)")
-    parser.add_argument("--asnorm-max-seconds", type=float, default=4.0,
-                        help="first N seconds of each cohort utterance (default 4; the cohort's cost)")
-    parser.add_argument("--crop-tolerance", type=float, default=CROP_TOLERANCE,
-                        help="share of its samples an utterance may lose to share a batch pass "
-                             f"(default {CROP_TOLERANCE}; 0 = whole utterances)")
+    parser.add_argument(
+        "--asnorm-max-seconds",
+        type=float,
+        default=4.0,
+        help="first N seconds of each cohort utterance (default 4; the cohort's cost)",
+    )
+    parser.add_argument(
+        "--crop-tolerance",
+        type=float,
+        default=CROP_TOLERANCE,
+        help="share of its samples an utterance may lose to share a batch pass "
+        f"(default {CROP_TOLERANCE}; 0 = whole utterances)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -107,8 +128,9 @@ def resolve_trials(data: str, trials: Path | None) -> Path:
         return trials
     found = resolve_source(data).trials_path
     if found is None:
-        raise ValueError(f"--data {data}: no trial list recorded (not a manifest, or packed without --trials); "
-                         "pass --trials FILE")
+        raise ValueError(
+            f"--data {data}: no trial list recorded (not a manifest, or packed without --trials); pass --trials FILE"
+        )
     return found
 
 
@@ -137,8 +159,10 @@ def merge_reports(report: dict, other: dict, prefix: str) -> dict:
     merged = dict(report)
     for metric in ("eer", "threshold"):
         merged[metric] = {**report[metric], **{prefix + k: v for k, v in other[metric].items()}}
-    merged["min_dcf"] = {p: {**report["min_dcf"][p], **{prefix + k: v for k, v in other["min_dcf"][p].items()}}
-                         for p in report["min_dcf"]}
+    merged["min_dcf"] = {
+        p: {**report["min_dcf"][p], **{prefix + k: v for k, v in other["min_dcf"][p].items()}}
+        for p in report["min_dcf"]
+    }
     return merged
 
 
@@ -158,23 +182,31 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, trials: Path
     model, description = load_eval_model(checkpoint)
     check_dims(model, args.dims)
     model = inference_form(model).to(args.device)  # read-only: the faster, equal inference form
-    options = dict(device=args.device, autocast_dtype=AUTOCAST_DTYPES[args.autocast],
-                   crop_tolerance=args.crop_tolerance)
-    loader = make_eval_loader(args.data, trials, max_seconds=args.max_seconds, batch_size=args.batch_size,
-                              num_workers=args.num_workers)
+    options = dict(
+        device=args.device, autocast_dtype=AUTOCAST_DTYPES[args.autocast], crop_tolerance=args.crop_tolerance
+    )
+    loader = make_eval_loader(
+        args.data, trials, max_seconds=args.max_seconds, batch_size=args.batch_size, num_workers=args.num_workers
+    )
     embeddings = extract_embeddings(model, loader, progress=sys.stderr.isatty(), **options)
     report, scores, labels = evaluate_embeddings(model, embeddings, trials, args.dims)
     if args.asnorm_cohort is not None:
-        cohort_loader = make_eval_loader(args.asnorm_cohort, None, max_seconds=args.asnorm_max_seconds,
-                                         batch_size=args.batch_size, num_workers=args.num_workers)
+        cohort_loader = make_eval_loader(
+            args.asnorm_cohort,
+            None,
+            max_seconds=args.asnorm_max_seconds,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
         cohort = extract_embeddings(model, cohort_loader, progress=sys.stderr.isatty(), **options)
         normed = normalise_all(scores, read_trials(trials), embeddings, cohort, args.asnorm_top)
         report = merge_reports(report, verification_report(normed, labels), prefix="asnorm@")
         scores.update({f"asnorm@{name}": values for name, values in normed.items()})
     if args.ensemble_config is not None:
         ensemble = load_ensemble(args.ensemble_config).to(args.device)
-        batches = make_eval_loader(args.data, trials, max_seconds=args.max_seconds,
-                                   batch_size=args.batch_size, num_workers=args.num_workers)
+        batches = make_eval_loader(
+            args.data, trials, max_seconds=args.max_seconds, batch_size=args.batch_size, num_workers=args.num_workers
+        )
         ensemble_report, ensemble_scores, _ = evaluate_model(ensemble, batches, trials, **options)
         report = merge_reports(report, ensemble_report, prefix="ensemble@")
         scores.update({f"ensemble@{name}": values for name, values in ensemble_scores.items()})
@@ -183,8 +215,9 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, trials: Path
 
 def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
     """Short distinct names: the run folder for RUN/best.pt, else the file stem (made unique)."""
-    names = [path.parent.name if path.name in ("best.pt", "last.pt") and path.parent.name else path.stem
-             for path in paths]
+    names = [
+        path.parent.name if path.name in ("best.pt", "last.pt") and path.parent.name else path.stem for path in paths
+    ]
     return [name if names.count(name) == 1 else f"{name}#{i + 1}" for i, name in enumerate(names)]
 
 
@@ -222,9 +255,14 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     det = str(det_path) if det_path else None
     if len(results) == 1:
         return {**results[0], "det_plot": det}
-    return {"checkpoints": [{**r, "label": lbl} for lbl, r in zip(labels_by_checkpoint, results)],
-            "trials": str(trials), "num_trials": results[0]["num_trials"], "num_targets": results[0]["num_targets"],
-            "table": comparison_table(labels_by_checkpoint, results), "det_plot": det}
+    return {
+        "checkpoints": [{**r, "label": lbl} for lbl, r in zip(labels_by_checkpoint, results)],
+        "trials": str(trials),
+        "num_trials": results[0]["num_trials"],
+        "num_targets": results[0]["num_targets"],
+        "table": comparison_table(labels_by_checkpoint, results),
+        "det_plot": det,
+    }
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -243,8 +281,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"{result['trials']}: {result['num_trials']} trials, {result['num_targets']} targets\n")
         print(result["table"])
     else:
-        print(f"{result['checkpoint']}: {result['model']}\n{result['trials']}: {result['num_trials']} trials, "
-              f"{result['num_targets']} targets\n")
+        print(
+            f"{result['checkpoint']}: {result['model']}\n{result['trials']}: {result['num_trials']} trials, "
+            f"{result['num_targets']} targets\n"
+        )
         print(format_table(result))
     if result["det_plot"]:
         print(f"evaluate: DET curves written to {result['det_plot']}", file=sys.stderr)
@@ -253,13 +293,23 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------- launch/embed.py
 
+
 def parse_embed_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="embed.py", description="Embeddings of audio files: one L2-normalised dim-D vector per file.")
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="MRL checkpoint (RUN/best.pt) or an official-format model file; a run folder: its best.pt")
-    parser.add_argument("--dim", type=int, help="embedding size: an MRL prefix (default: the largest) or, for a "
-                                                "plain model, a prefix of its native embedding")
+        prog="embed.py", description="Embeddings of audio files: one L2-normalised dim-D vector per file."
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="MRL checkpoint (RUN/best.pt) or an official-format model file; a run folder: its best.pt",
+    )
+    parser.add_argument(
+        "--dim",
+        type=int,
+        help="embedding size: an MRL prefix (default: the largest) or, for a "
+        "plain model, a prefix of its native embedding",
+    )
     parser.add_argument("--input", required=True, nargs="+", help="audio files or folders (searched recursively)")
     parser.add_argument("--output", required=True, type=Path, help="OUT.npy; keys go to OUT.keys.txt")
     parser.add_argument("--batch-size", type=int, default=16, help="files per batch (default 16)")
@@ -288,9 +338,19 @@ def embed_main(argv: list[str] | None = None) -> int:
     except (CheckpointError, OSError, ValueError) as error:
         print(f"embed: error: {error}", file=sys.stderr)
         return 2
-    result = embed_files(inference_form(model), files, args.dim, batch_size=args.batch_size, device=args.device,
-                         max_seconds=args.max_seconds, progress=not args.no_progress)
+    result = embed_files(
+        inference_form(model),
+        files,
+        args.dim,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_seconds=args.max_seconds,
+        progress=not args.no_progress,
+    )
     keys_path = write_embeddings(result, args.output)
-    print(f"embed: {len(result.keys)} embeddings of {result.embeddings.shape[1]} dims ({description}) -> "
-          f"{args.output}, keys {keys_path}; {len(result.skipped)} of {len(files)} files skipped", file=sys.stderr)
+    print(
+        f"embed: {len(result.keys)} embeddings of {result.embeddings.shape[1]} dims ({description}) -> "
+        f"{args.output}, keys {keys_path}; {len(result.skipped)} of {len(files)} files skipped",
+        file=sys.stderr,
+    )
     return 1 if not result.keys else 0

@@ -38,8 +38,9 @@ def audio_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
         else:
             raise FileNotFoundError(f"--input {item}: no such file or folder")
     if not found:
-        raise FileNotFoundError(f"--input {[str(i) for i in inputs]}: no audio files "
-                                f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
+        raise FileNotFoundError(
+            f"--input {[str(i) for i in inputs]}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+        )
     return sorted(found.items())
 
 
@@ -50,7 +51,9 @@ class EmbeddingResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def _decoded(files: Sequence[tuple[str, Path]], skipped: list, max_seconds: float | None) -> Iterator[tuple[str, np.ndarray]]:
+def _decoded(
+    files: Sequence[tuple[str, Path]], skipped: list, max_seconds: float | None
+) -> Iterator[tuple[str, np.ndarray]]:
     for key, path in files:
         try:
             wave = decode_file(path).wave
@@ -61,18 +64,28 @@ def _decoded(files: Sequence[tuple[str, Path]], skipped: list, max_seconds: floa
         yield key, wave[: int(max_seconds * 16000)] if max_seconds else wave
 
 
-def embed_files(model: Any, files: Sequence[tuple[str, Path]], dim: int | None, *, batch_size: int = 16,
-                device: str = "cpu", max_seconds: float | None = None, progress: bool = True) -> EmbeddingResult:
+def embed_files(
+    model: Any,
+    files: Sequence[tuple[str, Path]],
+    dim: int | None,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> EmbeddingResult:
     """Embed `files` with `model` (ReDimNetMRL: the `dim` prefix; a plain model: its native
     embedding, `dim` = its prefix). Files are sorted by length into batches of similar sizes."""
     skipped: list[tuple[str, str]] = []
-    decoded = sorted(_decoded(tqdm(files, desc="decoding", unit="file", disable=not progress), skipped, max_seconds),
-                     key=lambda item: len(item[1]))
+    decoded = sorted(
+        _decoded(tqdm(files, desc="decoding", unit="file", disable=not progress), skipped, max_seconds),
+        key=lambda item: len(item[1]),
+    )
     keys, rows = [], []
     model = model.to(device).eval()
     with torch.no_grad():
         for start in tqdm(range(0, len(decoded), batch_size), desc="embedding", unit="batch", disable=not progress):
-            chunk = decoded[start:start + batch_size]
+            chunk = decoded[start : start + batch_size]
             lengths = [len(w) for _, w in chunk]
             wave = torch.zeros(len(chunk), max(lengths))
             for row, (_, samples) in enumerate(chunk):

@@ -108,8 +108,10 @@ def model_family(model: Any) -> str:
         return "redimnet"
     if hasattr(model, "forward_all"):
         return "per_dim"
-    raise TypeError(f"cannot extract embeddings from {type(model).__name__}: expected a ReDimNetMRL, a ReDimNet "
-                    "or a model with forward_all(wave) -> {dim: [B, dim]}")
+    raise TypeError(
+        f"cannot extract embeddings from {type(model).__name__}: expected a ReDimNetMRL, a ReDimNet "
+        "or a model with forward_all(wave) -> {dim: [B, dim]}"
+    )
 
 
 def available_heads(model: Any) -> list[str]:
@@ -166,8 +168,10 @@ def _check_device(model: Any, device: torch.device) -> None:
     # "cpu" and "cpu:0" are the same memory; only accelerators have meaningful indices.
     index_matters = device.type != "cpu" and device.index is not None
     if param.device.type != device.type or (index_matters and param.device.index != device.index):
-        raise ValueError(f"extract_embeddings: model is on {param.device} but device={device}; "
-                         f"move it first (model.to({str(device)!r}))")
+        raise ValueError(
+            f"extract_embeddings: model is on {param.device} but device={device}; "
+            f"move it first (model.to({str(device)!r}))"
+        )
 
 
 @contextlib.contextmanager
@@ -219,8 +223,11 @@ def extract_embeddings(
     device = torch.device(device)
     _check_device(model, device)
     _check_heads(model, heads)
-    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     total = len(batches) if hasattr(batches, "__len__") else None
     embeddings: dict[str, dict[str, np.ndarray]] = {}
     with _eval_mode(model), torch.no_grad():
@@ -233,8 +240,10 @@ def extract_embeddings(
                 outputs = {name: value.float().cpu().numpy() for name, value in outputs.items()}
                 for position, row in enumerate(rows):
                     if keys[row] in embeddings:
-                        raise ValueError(f"extract_embeddings: utterance {keys[row]!r} appears twice in the "
-                                         "batches (is it in two shards?)")
+                        raise ValueError(
+                            f"extract_embeddings: utterance {keys[row]!r} appears twice in the "
+                            "batches (is it in two shards?)"
+                        )
                     embeddings[keys[row]] = {name: value[position] for name, value in outputs.items()}
     return embeddings
 
@@ -253,8 +262,10 @@ def _dim_vector(key: str, entry: Mapping[str, np.ndarray], dim: int) -> np.ndarr
         return own
     full = entry.get(MRL)
     if full is None:
-        raise ValueError(f"no {dim}-D embedding for {key!r}: it holds {sorted(entry)} (no MRL vector to take a "
-                         "prefix of; a plain ReDimNet only has 'native')")
+        raise ValueError(
+            f"no {dim}-D embedding for {key!r}: it holds {sorted(entry)} (no MRL vector to take a "
+            "prefix of; a plain ReDimNet only has 'native')"
+        )
     if full.shape[-1] < dim:
         raise ValueError(f"dim {dim} exceeds the {full.shape[-1]}-D MRL embedding of {key!r}")
     return full[:dim]
@@ -296,7 +307,8 @@ def score_trials(
     if missing:
         raise MissingEmbeddingError(
             f"score_trials: {len(missing)} of {len(keys)} trial utterance(s) have no embedding, e.g. {missing[:5]}; "
-            "were they in the evaluated shards (and the same trial list)?")
+            "were they in the evaluated shards (and the same trial list)?"
+        )
     row = {key: index for index, key in enumerate(keys)}
     first = np.array([row[a] for a, _ in pairs], dtype=np.int64)
     second = np.array([row[b] for _, b in pairs], dtype=np.int64)
@@ -309,8 +321,10 @@ def score_trials(
     if any(with_native):
         if not all(with_native):
             lacking = keys[with_native.index(False)]
-            raise ValueError(f"score_trials: some utterances have a native embedding and {lacking!r} has none; "
-                             "were they embedded by different models?")
+            raise ValueError(
+                f"score_trials: some utterances have a native embedding and {lacking!r} has none; "
+                "were they embedded by different models?"
+            )
         matrix = np.stack([embeddings[key][NATIVE] for key in keys]).astype(np.float64)
         scores[NATIVE] = _cosine_pairs(matrix, first, second)
     if not scores:
@@ -328,9 +342,14 @@ def default_dims(model: Any, embeddings: Mapping[str, Mapping[str, Any]]) -> lis
 
 
 @torch.no_grad()
-def embed_pooled_features(model: Any, pooled: Mapping[str, Mapping[str, np.ndarray]], *,
-                          device: str | torch.device = "cpu", heads: Collection[str] | None = None,
-                          batch_size: int = 1024) -> dict[str, dict[str, np.ndarray]]:
+def embed_pooled_features(
+    model: Any,
+    pooled: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    device: str | torch.device = "cpu",
+    heads: Collection[str] | None = None,
+    batch_size: int = 1024,
+) -> dict[str, dict[str, np.ndarray]]:
     """Embeddings from stored pooled features: `{key: {"pooled": [P]}}` (from `extract_embeddings`
     with ``heads=["pooled"]``) -> ``{key: {kind: [D]}}`` as `extract_embeddings` gives them, running
     only the head(s), in eval mode, float32. Equal to embedding the audio again with the same
@@ -340,18 +359,22 @@ def embed_pooled_features(model: Any, pooled: Mapping[str, Mapping[str, np.ndarr
     embeddings: dict[str, dict[str, np.ndarray]] = {}
     with _eval_mode(model):
         for start in range(0, len(keys), batch_size):
-            chunk = keys[start:start + batch_size]
+            chunk = keys[start : start + batch_size]
             features = torch.from_numpy(np.stack([pooled[key][POOLED] for key in chunk])).to(device)
-            outputs = {name: value.float().cpu().numpy()
-                       for name, value in pooled_to_heads(model, features, heads).items()}
+            outputs = {
+                name: value.float().cpu().numpy() for name, value in pooled_to_heads(model, features, heads).items()
+            }
             for position, key in enumerate(chunk):
                 embeddings[key] = {name: value[position] for name, value in outputs.items()}
     return embeddings
 
 
-def evaluate_embeddings(model: Any, embeddings: Mapping[str, Mapping[str, np.ndarray]],
-                        trials: Sequence[Trial] | str | Path, dims: Sequence[int] | None = None,
-                        ) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
+def evaluate_embeddings(
+    model: Any,
+    embeddings: Mapping[str, Mapping[str, np.ndarray]],
+    trials: Sequence[Trial] | str | Path,
+    dims: Sequence[int] | None = None,
+) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
     """Score and measure embeddings already extracted; returns as `evaluate_model`."""
     trials = _as_trials(trials)
     if dims is None:

@@ -219,7 +219,7 @@ def select_metric(report: Mapping, metric: str) -> float:
         dims = [name for name in eers if name.isdigit()] or list(eers)
         return float(np.mean([eers[name] for name in dims]))
     if metric.startswith("eer@"):
-        name = metric[len("eer@"):]
+        name = metric[len("eer@") :]
         if name not in eers:
             raise KeyError(f"metric {metric!r}: no EER for {name!r} in report; have {sorted(eers)}")
         return float(eers[name])

@@ -61,8 +61,14 @@ def cohort_statistics(vectors: np.ndarray, cohort: np.ndarray, top: int) -> tupl
     return best.mean(axis=1), np.maximum(best.std(axis=1), 1e-12)
 
 
-def as_norm(scores: np.ndarray, trials: Sequence[Trial], embeddings: Mapping[str, Mapping[str, np.ndarray]],
-            cohort: np.ndarray, name: str, top: int = 300) -> np.ndarray:
+def as_norm(
+    scores: np.ndarray,
+    trials: Sequence[Trial],
+    embeddings: Mapping[str, Mapping[str, np.ndarray]],
+    cohort: np.ndarray,
+    name: str,
+    top: int = 300,
+) -> np.ndarray:
     """AS-norm of the raw `scores [N]` of `trials` (score row `name`), the cohort `[S, d]`."""
     keys = sorted({utterance_key(t.enroll) for t in trials} | {utterance_key(t.test) for t in trials})
     index = {key: i for i, key in enumerate(keys)}
@@ -72,9 +78,13 @@ def as_norm(scores: np.ndarray, trials: Sequence[Trial], embeddings: Mapping[str
     return 0.5 * ((scores - mean[enroll]) / std[enroll] + (scores - mean[test]) / std[test])
 
 
-def normalise_all(scores: Mapping[str, np.ndarray], trials: Sequence[Trial],
-                  embeddings: Mapping[str, Mapping[str, np.ndarray]],
-                  cohort_embeddings: Mapping[str, Mapping[str, np.ndarray]], top: int = 300) -> dict[str, np.ndarray]:
+def normalise_all(
+    scores: Mapping[str, np.ndarray],
+    trials: Sequence[Trial],
+    embeddings: Mapping[str, Mapping[str, np.ndarray]],
+    cohort_embeddings: Mapping[str, Mapping[str, np.ndarray]],
+    top: int = 300,
+) -> dict[str, np.ndarray]:
     """AS-norm scores for every score row (`{"64": [N], ..., "native": [N]}`) the cohort can give."""
     normed = {}
     for name, raw in scores.items():

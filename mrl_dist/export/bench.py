@@ -47,8 +47,7 @@ def write_bench_checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
     """The checkpoint file of a BENCH_MODELS entry, random weights, written into `folder`."""
     torch.manual_seed(seed)
     if name == "b2-mrl":
-        model = ReDimNetMRL.from_redimnet(build_preset("b2").eval(), dims=list(DEFAULT_DIMS[name]),
-                                          head_init="random")
+        model = ReDimNetMRL.from_redimnet(build_preset("b2").eval(), dims=list(DEFAULT_DIMS[name]), head_init="random")
         randomise_batchnorms(model, seed)
         path = folder / "b2-mrl.pt"
         model.save_checkpoint(path)
@@ -74,8 +73,17 @@ def time_calls(calls: dict[str, Callable[[], object]], repeats: int, warmup: int
     return times
 
 
-def measure_export(checkpoint: Path, dim: int, folder: Path, name: str = "", seconds: float = 4.0,
-                   batch_size: int = 1, repeats: int = 20, warmup: int = 3, threads: int = 2) -> ExportTiming:
+def measure_export(
+    checkpoint: Path,
+    dim: int,
+    folder: Path,
+    name: str = "",
+    seconds: float = 4.0,
+    batch_size: int = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int = 2,
+) -> ExportTiming:
     """Export `checkpoint` at `dim` as ONNX and TorchScript into `folder`, verify the ONNX file,
     and time the three runtimes on one `[batch_size, seconds * 16 kHz]` wave."""
     torch.set_num_threads(threads)
@@ -91,8 +99,11 @@ def measure_export(checkpoint: Path, dim: int, folder: Path, name: str = "", sec
     script_run = load_runner(paths["torchscript"], "torchscript")
     wave = example_wave((batch_size, int(seconds * 16000)), seed=2)
     array = np.ascontiguousarray(wave.numpy())
-    calls = {"onnxruntime": lambda: onnx_run(array), "torchscript": lambda: script_run(array),
-             "pytorch": lambda: reference_embedding(model, wave, dim)}
+    calls = {
+        "onnxruntime": lambda: onnx_run(array),
+        "torchscript": lambda: script_run(array),
+        "pytorch": lambda: reference_embedding(model, wave, dim),
+    }
     timing = ExportTiming(name or checkpoint.stem, dim, sizes, export_s, difference)
     timing.times = time_calls(calls, repeats, warmup)
     return timing

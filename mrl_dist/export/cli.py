@@ -30,22 +30,38 @@ def parse_export_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="export.py",
         description="A checkpoint as one self-contained ONNX or TorchScript file: wave [B, T] float32 16 kHz "
-                    "(dynamic B and T) in, the L2-normalised dim-D embedding out, front-end inside.")
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="an MRL checkpoint (RUN/best.pt) or an official ReDimNet / ReDimNet2 .pt file")
-    parser.add_argument("--dim", type=int,
-                        help="embedding size: one of an MRL checkpoint's dims; for an official (plain) file any "
-                             "value up to its embed_dim, which keeps the native embedding's first dim values "
-                             "(not trained to stand alone). Default: the largest MRL dim, or embed_dim")
+        "(dynamic B and T) in, the L2-normalised dim-D embedding out, front-end inside.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="an MRL checkpoint (RUN/best.pt) or an official ReDimNet / ReDimNet2 .pt file",
+    )
+    parser.add_argument(
+        "--dim",
+        type=int,
+        help="embedding size: one of an MRL checkpoint's dims; for an official (plain) file any "
+        "value up to its embed_dim, which keeps the native embedding's first dim values "
+        "(not trained to stand alone). Default: the largest MRL dim, or embed_dim",
+    )
     parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
-    parser.add_argument("--output", type=Path,
-                        help="file to write (default: <checkpoint stem>-<dim>.onnx or .ts.pt beside the checkpoint)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="file to write (default: <checkpoint stem>-<dim>.onnx or .ts.pt beside the checkpoint)",
+    )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 20 for dynamo)")
-    parser.add_argument("--onnx-exporter", default="dynamo", choices=("dynamo", "legacy"),
-                        help="torch.onnx.export path: dynamo (torch.export + onnxscript, default) or legacy "
-                             "(the deprecated TorchScript-based one, dynamo=False)")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip running the file (onnxruntime / torch.jit.load) against PyTorch")
+    parser.add_argument(
+        "--onnx-exporter",
+        default="dynamo",
+        choices=("dynamo", "legacy"),
+        help="torch.onnx.export path: dynamo (torch.export + onnxscript, default) or legacy "
+        "(the deprecated TorchScript-based one, dynamo=False)",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip running the file (onnxruntime / torch.jit.load) against PyTorch"
+    )
     args = parser.parse_args(argv)
     if args.dim is not None and args.dim < 1:
         parser.error(f"--dim {args.dim}: must be >= 1")
@@ -86,8 +102,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         return 2
     runtime = "onnxruntime (CPU)" if args.format == "onnx" else "torch.jit.load"
     shapes = f"batch {'/'.join(map(str, VERIFY_BATCH_SIZES))} x {'/'.join(map(str, VERIFY_SAMPLES))} samples"
-    print(f"verify: max |{runtime} - PyTorch| = {difference:.2e} over {shapes} "
-          f"({'OK' if difference <= TOLERANCE else 'FAILED'}, tolerance {TOLERANCE:g})")
+    print(
+        f"verify: max |{runtime} - PyTorch| = {difference:.2e} over {shapes} "
+        f"({'OK' if difference <= TOLERANCE else 'FAILED'}, tolerance {TOLERANCE:g})"
+    )
     # The file equals the export module; this says how far the module is from the training code.
     wave = example_wave((2, VERIFY_SAMPLES[-1]), seed=3)
     with torch.no_grad():
@@ -104,9 +122,15 @@ def parse_bench_export_args(argv: Sequence[str] | None = None) -> argparse.Names
 
     parser = argparse.ArgumentParser(
         prog="bench_export.py",
-        description="Export size and CPU latency: onnxruntime vs TorchScript vs the PyTorch eval model, per dim.")
-    parser.add_argument("--models", nargs="+", default=list(BENCH_MODELS), choices=list(BENCH_MODELS),
-                        help="; ".join(f"{k}: {v}" for k, v in BENCH_MODELS.items()))
+        description="Export size and CPU latency: onnxruntime vs TorchScript vs the PyTorch eval model, per dim.",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(BENCH_MODELS),
+        choices=list(BENCH_MODELS),
+        help="; ".join(f"{k}: {v}" for k, v in BENCH_MODELS.items()),
+    )
     parser.add_argument("--dims", type=int, nargs="+", help="dims to export (default: every dim of each model)")
     parser.add_argument("--seconds", type=float, default=4.0, help="utterance length")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -125,8 +149,10 @@ def bench_export_main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:
         print(f"bench_export: error: {err}; needs {INSTALL_HINT}", file=sys.stderr)
         return 2
-    print("| model | dim | ONNX MB | TorchScript MB | ONNX export s | max abs ORT - PyTorch | onnxruntime ms "
-          "(best / median) | TorchScript ms (best / median) | PyTorch eval ms (best / median) | ORT speed-up (best) |")
+    print(
+        "| model | dim | ONNX MB | TorchScript MB | ONNX export s | max abs ORT - PyTorch | onnxruntime ms "
+        "(best / median) | TorchScript ms (best / median) | PyTorch eval ms (best / median) | ORT speed-up (best) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
@@ -134,14 +160,27 @@ def bench_export_main(argv: Sequence[str] | None = None) -> int:
         for name in args.models:
             checkpoint = write_bench_checkpoint(name, folder)
             for dim in args.dims or DEFAULT_DIMS[name]:
-                t = measure_export(checkpoint, dim, folder, name=name, seconds=args.seconds,
-                                   batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
-                                   threads=args.threads)
+                t = measure_export(
+                    checkpoint,
+                    dim,
+                    folder,
+                    name=name,
+                    seconds=args.seconds,
+                    batch_size=args.batch_size,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    threads=args.threads,
+                )
                 best, median = t.best, t.median
-                cells = " | ".join(f"{best[r]:.1f} / {median[r]:.1f}" for r in ("onnxruntime", "torchscript", "pytorch"))
-                print(f"| {name} | {dim} | {t.sizes_mb['onnx']:.1f} | {t.sizes_mb['torchscript']:.1f} | "
-                      f"{t.export_s['onnx']:.0f} | {t.difference:.1e} | {cells} | "
-                      f"{best['pytorch'] / best['onnxruntime']:.2f}x |", flush=True)
+                cells = " | ".join(
+                    f"{best[r]:.1f} / {median[r]:.1f}" for r in ("onnxruntime", "torchscript", "pytorch")
+                )
+                print(
+                    f"| {name} | {dim} | {t.sizes_mb['onnx']:.1f} | {t.sizes_mb['torchscript']:.1f} | "
+                    f"{t.export_s['onnx']:.0f} | {t.difference:.1e} | {cells} | "
+                    f"{best['pytorch'] / best['onnxruntime']:.2f}x |",
+                    flush=True,
+                )
     import onnxruntime
 
     print(bench_header(f"onnxruntime {onnxruntime.__version__}"))

@@ -57,8 +57,9 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def export_onnx(module: EmbeddingExport, path: str | os.PathLike, opset: int | None = None,
-                exporter: str = "dynamo") -> Path:
+def export_onnx(
+    module: EmbeddingExport, path: str | os.PathLike, opset: int | None = None, exporter: str = "dynamo"
+) -> Path:
     """`module` -> one self-contained `.onnx` file: input `wave [batch, time]`, output
     `embedding [batch, dim]`. `opset` None: the exporter's default (20 for dynamo in torch 2.13)."""
     import onnx  # the `export` extra: pip install -e ".[export]"
@@ -73,11 +74,27 @@ def export_onnx(module: EmbeddingExport, path: str | os.PathLike, opset: int | N
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=4096)
             time = torch.export.Dim("time", min=MIN_SAMPLES, max=16_000 * 3600)
-            torch.onnx.export(module, (wave,), str(path), dynamo=True, external_data=False, verbose=False,
-                              opset_version=opset, dynamic_shapes={"wave": {0: batch, 1: time}}, **names)
+            torch.onnx.export(
+                module,
+                (wave,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                opset_version=opset,
+                dynamic_shapes={"wave": {0: batch, 1: time}},
+                **names,
+            )
         else:
-            torch.onnx.export(module, (wave,), str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
-                              dynamic_axes={"wave": {0: "batch", 1: "time"}, "embedding": {0: "batch"}}, **names)
+            torch.onnx.export(
+                module,
+                (wave,),
+                str(path),
+                dynamo=False,
+                opset_version=opset or LEGACY_OPSET,
+                dynamic_axes={"wave": {0: "batch", 1: "time"}, "embedding": {0: "batch"}},
+                **names,
+            )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     for node in proto.graph.node:  # dynamo's debug notes: stack traces naming this machine's paths
@@ -98,8 +115,9 @@ def export_torchscript(module: EmbeddingExport, path: str | os.PathLike) -> Path
     return path
 
 
-def export_model(module: EmbeddingExport, path: str | os.PathLike, fmt: str, opset: int | None = None,
-                 exporter: str = "dynamo") -> Path:
+def export_model(
+    module: EmbeddingExport, path: str | os.PathLike, fmt: str, opset: int | None = None, exporter: str = "dynamo"
+) -> Path:
     if fmt == "onnx":
         return export_onnx(module, path, opset=opset, exporter=exporter)
     if fmt == "torchscript":
@@ -131,9 +149,14 @@ def load_runner(path: str | os.PathLike, fmt: str, threads: int | None = None) -
     raise ValueError(f"format: unknown value {fmt!r}; expected one of {FORMATS}")
 
 
-def verify_export(path: str | os.PathLike, fmt: str, module: EmbeddingExport,
-                  samples: Sequence[int] = VERIFY_SAMPLES, batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
-                  seed: int = 1) -> float:
+def verify_export(
+    path: str | os.PathLike,
+    fmt: str,
+    module: EmbeddingExport,
+    samples: Sequence[int] = VERIFY_SAMPLES,
+    batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
+    seed: int = 1,
+) -> float:
     """The largest |file - PyTorch| over every (batch size, length) pair: the written file run
     by its runtime against `module` in PyTorch on the same random waves. Raises when a shape is
     wrong (an export that froze a size)."""
@@ -145,7 +168,8 @@ def verify_export(path: str | os.PathLike, fmt: str, module: EmbeddingExport,
             expected = module(wave).numpy()
         got = run(wave.numpy())
         if got.shape != expected.shape:
-            raise RuntimeError(f"{path}: wave {tuple(wave.shape)} gave an embedding of shape {got.shape}, "
-                               f"expected {expected.shape}")
+            raise RuntimeError(
+                f"{path}: wave {tuple(wave.shape)} gave an embedding of shape {got.shape}, expected {expected.shape}"
+            )
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst

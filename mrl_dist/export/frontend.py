@@ -110,8 +110,10 @@ class ExportableMelFrontend(nn.Module):
         return num_samples // self.hop_length + 1
 
     def extra_repr(self) -> str:
-        return (f"n_mels={self.n_mels}, n_fft={self.n_fft}, win_length={self.win_length}, "
-                f"hop_length={self.hop_length}, spec_norm={self.spec_norm!r}, conv DFT")
+        return (
+            f"n_mels={self.n_mels}, n_fft={self.n_fft}, win_length={self.win_length}, "
+            f"hop_length={self.hop_length}, spec_norm={self.spec_norm!r}, conv DFT"
+        )
 
 
 def with_exportable_frontend(model: nn.Module) -> nn.Module:

@@ -73,8 +73,10 @@ def load_mrl(checkpoint: str | os.PathLike, dim: int | None = None) -> Matryoshk
     """The eval ReDimNetMRL of an MRL file (path or URL), giving its `dim`-D embedding."""
     path = cached_checkpoint(checkpoint)
     if "mrl_config" not in read_checkpoint(path):
-        raise CheckpointError(f"{checkpoint}: not an MRL checkpoint (no mrl_config); an official ReDimNet or "
-                              "ReDimNet2 file loads with the 'redimnet' entry point")
+        raise CheckpointError(
+            f"{checkpoint}: not an MRL checkpoint (no mrl_config); an official ReDimNet or "
+            "ReDimNet2 file loads with the 'redimnet' entry point"
+        )
     return MatryoshkaPrefix(ReDimNetMRL.from_checkpoint(path), dim).eval()
 
 

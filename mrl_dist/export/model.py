@@ -32,8 +32,8 @@ from .frontend import ExportableMelFrontend
 MIN_SAMPLES = 400
 UNSUPPORTED_FAMILIES = {
     "ssrfnet": "its trunk aligns the speech model's frames with the mel stem's, and cuts the SV-Mixer's "
-               "windows, with Python arithmetic on lengths that neither exporter records (an export would "
-               "be right only at the traced length); export a ReDimNet or ReDimNet2 checkpoint",
+    "windows, with Python arithmetic on lengths that neither exporter records (an export would "
+    "be right only at the traced length); export a ReDimNet or ReDimNet2 checkpoint",
 }
 
 
@@ -76,8 +76,10 @@ def check_dim(model: nn.Module, dim: int) -> int:
         if dim not in model.dims:
             raise ExportError(f"--dim {dim}: not one of this MRL checkpoint's dims {model.dims}")
     elif not 0 < dim <= model.embed_dim:
-        raise ExportError(f"--dim {dim}: outside 1..{model.embed_dim}, the native embedding's size "
-                          "(a plain checkpoint's --dim keeps that many leading values)")
+        raise ExportError(
+            f"--dim {dim}: outside 1..{model.embed_dim}, the native embedding's size "
+            "(a plain checkpoint's --dim keeps that many leading values)"
+        )
     return int(dim)
 
 
@@ -124,5 +126,11 @@ def reference_embedding(model: nn.Module, wave: torch.Tensor, dim: int) -> torch
 
 def describe(module: EmbeddingExport) -> dict[str, Any]:
     """Metadata written beside an export: what goes in and what comes out."""
-    return {"family": module.family, "dim": module.dim, "dims": module.dims, "input": "wave [B, T] float32 16 kHz",
-            "output": f"embedding [B, {module.dim}] float32, L2-normalised", "min_samples": MIN_SAMPLES}
+    return {
+        "family": module.family,
+        "dim": module.dim,
+        "dims": module.dims,
+        "input": "wave [B, T] float32 16 kHz",
+        "output": f"embedding [B, {module.dim}] float32, L2-normalised",
+        "min_samples": MIN_SAMPLES,
+    }

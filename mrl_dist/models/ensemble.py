@@ -39,11 +39,15 @@ class EnsembleRouter(nn.Module):
                 if dim <= 0:
                     raise ValueError(f"teacher {index}: dim {dim} must be positive")
                 if dim > teacher.embed_dim:
-                    raise ValueError(f"teacher {index}: dim {dim} exceeds its embed_dim {teacher.embed_dim}; "
-                                     "a prefix cannot be longer than the embedding")
+                    raise ValueError(
+                        f"teacher {index}: dim {dim} exceeds its embed_dim {teacher.embed_dim}; "
+                        "a prefix cannot be longer than the embedding"
+                    )
                 if dim in self._route:
-                    raise ValueError(f"dim {dim} is assigned to teachers {self._route[dim]} and {index}; "
-                                     "a router needs exactly one teacher per dim")
+                    raise ValueError(
+                        f"dim {dim} is assigned to teachers {self._route[dim]} and {index}; "
+                        "a router needs exactly one teacher per dim"
+                    )
                 self._route[dim] = index
         if not self._route:
             raise ValueError("EnsembleRouter: no teacher was assigned any dim")
@@ -51,8 +55,9 @@ class EnsembleRouter(nn.Module):
     @classmethod
     def from_config(cls, teachers: Sequence[TeacherConfig]) -> EnsembleRouter:
         """Load each `distill.teachers` entry with `load_pretrained` and route its `dims` to it (eval mode)."""
-        assignments = [(load_pretrained(cfg.source, train_type=cfg.train_type, dataset=cfg.dataset), cfg.dims)
-                       for cfg in teachers]
+        assignments = [
+            (load_pretrained(cfg.source, train_type=cfg.train_type, dataset=cfg.dataset), cfg.dims) for cfg in teachers
+        ]
         return cls(assignments).eval()
 
     @property
@@ -76,6 +81,5 @@ class EnsembleRouter(nn.Module):
 
     def forward_all(self, wave: torch.Tensor) -> dict[int, torch.Tensor]:
         """Every routed dim, running each teacher once: `{dim: [B, dim]}`, dims ascending."""
-        full = {index: teacher(wave) for index, teacher in enumerate(self.teachers)
-                if index in self._route.values()}
+        full = {index: teacher(wave) for index, teacher in enumerate(self.teachers) if index in self._route.values()}
         return {dim: full[self._route[dim]][:, :dim] for dim in self.dims}

@@ -10,7 +10,7 @@ from .redimnet2 import REDIMNET2_ONLY_KEYS, ReDimNet2
 
 
 def model_family(model_config: Mapping[str, Any]) -> str:
-    """"ssrfnet", "redimnet2" or "redimnet": which model a `model_config` belongs to. SSRFNet's
+    """ "ssrfnet", "redimnet2" or "redimnet": which model a `model_config` belongs to. SSRFNet's
     say so (`family: ssrfnet`, this project's format). ReDimNet2's
     carry keys ReDimNet's never do (`causal`, `dual_agg`, `agg_gnorm`, ...) and give each stage a
     (frequency, time) stride pair where ReDimNet gives one number."""

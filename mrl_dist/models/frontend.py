@@ -48,9 +48,7 @@ def mel_to_hz_htk(mel: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def htk_mel_filterbank(
-    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
-) -> torch.Tensor:
+def htk_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
     """Triangular HTK mel filters, unnormalised: `[n_freqs, n_mels]` float32."""
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)
     mel_points = torch.linspace(
@@ -103,15 +101,11 @@ class MelFrontend(nn.Module):
         super().__init__()
         unknown = sorted(set(spec_params) - set(SPEC_PARAM_DEFAULTS))
         if unknown:
-            raise ValueError(
-                f"spec_params: unsupported key(s) {unknown}; "
-                f"supported: {sorted(SPEC_PARAM_DEFAULTS)}"
-            )
+            raise ValueError(f"spec_params: unsupported key(s) {unknown}; supported: {sorted(SPEC_PARAM_DEFAULTS)}")
         params = {**SPEC_PARAM_DEFAULTS, **spec_params}
         if params["spec_norm"] not in ("mn", "mvn", "bn", None):
             raise ValueError(
-                f"spec_params.spec_norm: unsupported value {params['spec_norm']!r} "
-                "(expected 'mn', 'mvn', 'bn' or null)"
+                f"spec_params.spec_norm: unsupported value {params['spec_norm']!r} (expected 'mn', 'mvn', 'bn' or null)"
             )
         self.n_mels = n_mels
         self.hop_length = hop_length
@@ -199,4 +193,3 @@ class MelFrontend(nn.Module):
             f"hop_length={self.hop_length}, spec_norm={self.spec_norm!r}, "
             f"spec_augment={self.spec_augment is not None}"
         )
-

@@ -38,9 +38,12 @@ def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
 def tf_mel_weights(n_mels: int, n_bins: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
     """`[n_mels, n_bins]` triangular weights over `n_bins` bins spread evenly over 0..rate/2
     (bin 0 carries no weight), as the official `get_filterbanks` computes them (float64)."""
-    edges = torch.linspace(float(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64))),
-                           float(_hz_to_mel(torch.tensor(f_max, dtype=torch.float64))), n_mels + 2,
-                           dtype=torch.float64)
+    edges = torch.linspace(
+        float(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64))),
+        float(_hz_to_mel(torch.tensor(f_max, dtype=torch.float64))),
+        n_mels + 2,
+        dtype=torch.float64,
+    )
     lower, centre, upper = edges[:-2][None], edges[1:-1][None], edges[2:][None]
     bins = _hz_to_mel(torch.linspace(0.0, sample_rate // 2, n_bins, dtype=torch.float64))[1:, None]
     rising = (bins - lower) / (centre - lower)
@@ -69,8 +72,10 @@ class TFMelFrontend(nn.Module):
         super().__init__()
         unknown = sorted(set(spec_params) - set(TF_SPEC_PARAM_DEFAULTS))
         if unknown:
-            raise ValueError(f"spec_params: unsupported key(s) {unknown} for feat_type 'tf'; "
-                             f"supported: {sorted(TF_SPEC_PARAM_DEFAULTS)}")
+            raise ValueError(
+                f"spec_params: unsupported key(s) {unknown} for feat_type 'tf'; "
+                f"supported: {sorted(TF_SPEC_PARAM_DEFAULTS)}"
+            )
         params = {**TF_SPEC_PARAM_DEFAULTS, **spec_params}
         self.n_mels, self.hop_length = n_mels, hop_length
         self.n_fft, self.win_length = int(params["n_fft"]), int(params["win_length"])
@@ -84,11 +89,15 @@ class TFMelFrontend(nn.Module):
         cos, sin = windowed_dft_basis(self.win_length, self.n_fft)
         self.register_buffer("dft_real", cos)
         self.register_buffer("dft_imag", sin)
-        weights = tf_mel_weights(n_mels, self.n_fft // 2, int(params["sample_rate"]),
-                                 float(params["f_min"]), float(params["f_max"]))
+        weights = tf_mel_weights(
+            n_mels, self.n_fft // 2, int(params["sample_rate"]), float(params["f_min"]), float(params["f_max"])
+        )
         self.register_buffer("mel_weights", weights[:, :, None].contiguous())  # [n_mels, n_bins, 1]
-        self.spec_augment = (SpecAugment(params["freq_mask_width"], params["time_mask_width"],
-                                         params["freq_start_bin"]) if params["do_spec_aug"] else None)
+        self.spec_augment = (
+            SpecAugment(params["freq_mask_width"], params["time_mask_width"], params["freq_start_bin"])
+            if params["do_spec_aug"]
+            else None
+        )
 
     def power_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """`wave [B, T]` -> mel power `[B, n_mels, frames]`, clipped, before the log."""
@@ -118,5 +127,7 @@ class TFMelFrontend(nn.Module):
         return (num_samples + 2 * (self.hop_length // 2) - self.win_length) // self.hop_length + 1
 
     def extra_repr(self) -> str:
-        return (f"n_mels={self.n_mels}, n_fft={self.n_fft}, win_length={self.win_length}, "
-                f"hop_length={self.hop_length}, norm_signal={self.normalize_signal}")
+        return (
+            f"n_mels={self.n_mels}, n_fft={self.n_fft}, win_length={self.win_length}, "
+            f"hop_length={self.hop_length}, norm_signal={self.normalize_signal}"
+        )

@@ -109,8 +109,9 @@ def inference_form(model: nn.Module, *, channels_last: bool = True, compile: boo
     `compile=True` wraps the backbone and the pooling in `torch.compile`.
     """
     if not isinstance(model, (ReDimNet, ReDimNet2, SSRFNet, ReDimNetMRL)):
-        raise TypeError(f"inference_form: expected a ReDimNet, ReDimNet2, SSRFNet or ReDimNetMRL, "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"inference_form: expected a ReDimNet, ReDimNet2, SSRFNet or ReDimNetMRL, got {type(model).__name__}"
+        )
     form = copy.deepcopy(model)
     form.eval()
     for param in form.parameters():
@@ -131,8 +132,10 @@ def inference_form(model: nn.Module, *, channels_last: bool = True, compile: boo
     form._inference_form = True
     if compile:
         if not hasattr(nn.Module, "compile"):
-            raise RuntimeError(f"inference_form(compile=True) needs torch >= 2.2 (nn.Module.compile); "
-                               f"this is torch {torch.__version__}")
+            raise RuntimeError(
+                f"inference_form(compile=True) needs torch >= 2.2 (nn.Module.compile); "
+                f"this is torch {torch.__version__}"
+            )
         form.backbone.compile()
         form.pool.compile()
     return form
@@ -252,10 +255,11 @@ class _SplitContextAttentiveStatsPooling(nn.Module):
         self.linear2 = source.linear2
         if self.global_context_att:
             weight = source.linear1.weight.detach()[:, :, 0]  # [H, 3D]
-            self.register_buffer("context_weight", weight[:, self.in_dim:].clone())  # [H, 2D]
+            self.register_buffer("context_weight", weight[:, self.in_dim :].clone())  # [H, 2D]
             self.linear1 = nn.Conv1d(self.in_dim, weight.shape[0], 1).to(weight)
-            self.linear1.weight = nn.Parameter(source.linear1.weight.detach()[:, : self.in_dim].clone(),
-                                               requires_grad=False)
+            self.linear1.weight = nn.Parameter(
+                source.linear1.weight.detach()[:, : self.in_dim].clone(), requires_grad=False
+            )
             self.linear1.bias = nn.Parameter(source.linear1.bias.detach().clone(), requires_grad=False)
 
     @property
@@ -335,8 +339,7 @@ class _ChannelsLastConv1d(nn.Module):
         self.weight = nn.Parameter(
             source.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last), requires_grad=False
         )
-        self.bias = (nn.Parameter(source.bias.detach().clone(), requires_grad=False)
-                     if source.bias is not None else None)
+        self.bias = nn.Parameter(source.bias.detach().clone(), requires_grad=False) if source.bias is not None else None
         padding = source.padding
         self.padding = padding if isinstance(padding, str) else (0, padding[0])
         self.stride, self.dilation, self.groups = (1, source.stride[0]), (1, source.dilation[0]), source.groups
@@ -363,8 +366,13 @@ class _FastConvNeXtLikeBlock(nn.Module):
 
 
 def _pointwise(conv: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv1d) and conv.kernel_size == (1,) and conv.groups == 1
-            and conv.stride == (1,) and conv.padding in ((0,), "valid", "same"))
+    return (
+        isinstance(conv, nn.Conv1d)
+        and conv.kernel_size == (1,)
+        and conv.groups == 1
+        and conv.stride == (1,)
+        and conv.padding in ((0,), "valid", "same")
+    )
 
 
 def _zero_padded(conv: nn.Module) -> bool:

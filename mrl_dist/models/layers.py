@@ -90,8 +90,7 @@ class ConvNeXtLikeBlock(nn.Module):
         norm = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
         groups = channels // group_divisor if group_divisor is not None else 1
         self.dwconvs = nn.ModuleList(
-            conv(channels, channels, kernel_size=ks, padding="same", groups=groups)
-            for ks in kernel_sizes
+            conv(channels, channels, kernel_size=ks, padding="same", groups=groups) for ks in kernel_sizes
         )
         self.norm = norm(channels * len(kernel_sizes))
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
@@ -202,7 +201,10 @@ class ConvPositionalEncoding(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"positional conv kernel must be odd, got {kernel_size}")
         self.conv = nn.Conv1d(
-            channels, channels, kernel_size, padding=kernel_size // 2,
+            channels,
+            channels,
+            kernel_size,
+            padding=kernel_size // 2,
             groups=channels if groups is None else groups,
         )
         self.norm = ChannelsFirstLayerNorm(channels)

@@ -59,7 +59,7 @@ def _rename(state_dict: Mapping[str, torch.Tensor], table: Mapping[str, str]) ->
     for key, value in state_dict.items():
         for old, new in table.items():
             if key == old or (old.endswith(".") and key.startswith(old)):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         renamed[key] = value
     return renamed
@@ -95,7 +95,9 @@ def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
         ) from err
     if not isinstance(payload, dict) or any(key not in payload for key in required):
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: not an official-format checkpoint: expected keys {list(required)}, found {found}")
+        raise CheckpointError(
+            f"{path}: not an official-format checkpoint: expected keys {list(required)}, found {found}"
+        )
     return payload
 
 
@@ -162,8 +164,9 @@ def default_weights(name: str, train_type: str | None = None, dataset: str | Non
     return train_type or default_type, dataset or default_dataset
 
 
-def resolve_checkpoint(name: str, *, dataset: str | None = None, train_type: str | None = None,
-                       download: bool | None = None) -> Path:
+def resolve_checkpoint(
+    name: str, *, dataset: str | None = None, train_type: str | None = None, download: bool | None = None
+) -> Path:
     """Find `{name}-{dataset}-{train_type}.pt` locally, else download it into torch hub's cache.
     `name` is a ReDimNet preset (`b2`) or a ReDimNet2 one (`redimnet2-b6`)."""
     family = "redimnet2" if name.startswith(REDIMNET2_PREFIX) else "redimnet"
@@ -175,22 +178,30 @@ def resolve_checkpoint(name: str, *, dataset: str | None = None, train_type: str
             return folder / filename
     if download is None:
         download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
-    template = (os.environ.get(REDIMNET2_CHECKPOINT_URL_ENV, REDIMNET2_CHECKPOINT_URL) if family == "redimnet2"
-                else os.environ.get(CHECKPOINT_URL_ENV, CHECKPOINT_URL))
+    template = (
+        os.environ.get(REDIMNET2_CHECKPOINT_URL_ENV, REDIMNET2_CHECKPOINT_URL)
+        if family == "redimnet2"
+        else os.environ.get(CHECKPOINT_URL_ENV, CHECKPOINT_URL)
+    )
     url = template.format(file=filename)
     where = ", ".join(str(d) for d in searched)
-    hint = (f"Put {filename} into one of those folders (or point ${CHECKPOINT_DIR_ENV} at its folder), "
-            "or pass the file's path instead of a preset name.")
+    hint = (
+        f"Put {filename} into one of those folders (or point ${CHECKPOINT_DIR_ENV} at its folder), "
+        "or pass the file's path instead of a preset name."
+    )
     if not download:
-        raise CheckpointError(f"checkpoint {filename} not found; searched: {where}; download disabled "
-                              f"(${OFFLINE_ENV}=1). {hint}")
+        raise CheckpointError(
+            f"checkpoint {filename} not found; searched: {where}; download disabled (${OFFLINE_ENV}=1). {hint}"
+        )
     target = searched[-1] / filename
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(target), progress=True)
     except Exception as err:  # URLError, HTTPError, socket errors: all mean "could not fetch"
-        raise CheckpointError(f"checkpoint {filename} not found; searched: {where}; download from {url} "
-                              f"failed ({type(err).__name__}: {err}). {hint}") from err
+        raise CheckpointError(
+            f"checkpoint {filename} not found; searched: {where}; download from {url} "
+            f"failed ({type(err).__name__}: {err}). {hint}"
+        ) from err
     return target
 
 
@@ -203,8 +214,9 @@ def names_a_file(source: str | os.PathLike) -> bool:
     return Path(text).is_file() or Path(text).suffix == ".pt" or os.sep in text
 
 
-def load_pretrained(source: str | os.PathLike, *, train_type: str | None = None,
-                    dataset: str | None = None) -> ReDimNet | ReDimNet2:
+def load_pretrained(
+    source: str | os.PathLike, *, train_type: str | None = None, dataset: str | None = None
+) -> ReDimNet | ReDimNet2:
     """An official model in eval mode: `model(wave [B, T] float32 16 kHz) -> [B, embed_dim]`.
 
     `source` is a path to an official-format file of either family (recognised from its
@@ -219,26 +231,33 @@ def load_pretrained(source: str | os.PathLike, *, train_type: str | None = None,
         return load_official_checkpoint(text)
     if text not in OFFICIAL_PRESETS and text not in REDIMNET2_PRETRAINED:
         known = f"pretrained names: {', '.join(OFFICIAL_PRESETS + REDIMNET2_PRETRAINED)}"
-        raise CheckpointError(f"preset {text!r} has no official pretrained weights; {known}" if text in PRESETS
-                              else f"{text}: neither an existing checkpoint file nor a preset name ({known})")
+        raise CheckpointError(
+            f"preset {text!r} has no official pretrained weights; {known}"
+            if text in PRESETS
+            else f"{text}: neither an existing checkpoint file nor a preset name ({known})"
+        )
     path = resolve_checkpoint(text, dataset=dataset, train_type=train_type)
     model = load_official_checkpoint(path)
     wanted = "redimnet2" if text in REDIMNET2_PRETRAINED else "redimnet"
     if model_family(model.model_config) != wanted:
-        raise CheckpointError(f"{path}: asked for {text!r} but the file holds a {model_family(model.model_config)} "
-                              f"model; move it out of the way or pass the intended file's path")
+        raise CheckpointError(
+            f"{path}: asked for {text!r} but the file holds a {model_family(model.model_config)} "
+            f"model; move it out of the way or pass the intended file's path"
+        )
     return model
 
 
-def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | None,
-                      fusion: dict | None = None) -> ReDimNet:
+def load_model_source(
+    source: str | os.PathLike, pretrained: tuple[str, str] | None, fusion: dict | None = None
+) -> ReDimNet:
     """The model a config names: a checkpoint file, a preset with the official weights of
     `pretrained = (train_type, dataset)`, or (`pretrained` None) a preset with random weights.
     `fusion`: overrides of an SSRFNet preset's fusion settings (`model.fusion`)."""
     if pretrained is None and not names_a_file(source):
         if os.fspath(source) not in PRESETS:
-            raise FileNotFoundError(f"{os.fspath(source)!r} is neither an existing checkpoint file nor a preset "
-                                    f"({', '.join(PRESETS)})")
+            raise FileNotFoundError(
+                f"{os.fspath(source)!r} is neither an existing checkpoint file nor a preset ({', '.join(PRESETS)})"
+            )
         config = preset_config(os.fspath(source))
         if fusion:
             from .ssrfnet import apply_fusion_overrides
@@ -252,7 +271,9 @@ def load_model_source(source: str | os.PathLike, pretrained: tuple[str, str] | N
             load_redimnet_weights(model, official_to_local(read_checkpoint(path)["state_dict"]), path)
         return model
     if fusion:
-        raise ValueError("model.fusion: applies to an SSRFNet preset built from scratch (model.pretrained: null), "
-                         f"not to {os.fspath(source)!r}")
+        raise ValueError(
+            "model.fusion: applies to an SSRFNet preset built from scratch (model.pretrained: null), "
+            f"not to {os.fspath(source)!r}"
+        )
     train_type, dataset = pretrained or (None, None)
     return load_pretrained(source, train_type=train_type, dataset=dataset)

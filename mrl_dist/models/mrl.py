@@ -37,8 +37,13 @@ from .rotation_head import RotationHead
 
 
 class ReDimNetMRL(nn.Module):
-    def __init__(self, model_config: dict[str, Any], dims: Sequence[int] = (64, 128, 192, 256),
-                 keep_native: bool = True, head_init: str = "random"):
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        dims: Sequence[int] = (64, 128, 192, 256),
+        keep_native: bool = True,
+        head_init: str = "random",
+    ):
         """Architecture only (random weights); use `from_redimnet` / `from_checkpoint` to fill it."""
         super().__init__()
         redimnet = build_model(model_config)  # ReDimNet or ReDimNet2, from the config
@@ -67,11 +72,19 @@ class ReDimNetMRL(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_redimnet(cls, redimnet: ReDimNet, dims: Sequence[int] = (64, 128, 192, 256),
-                      head_init: str = "pca", pooled_features: torch.Tensor | None = None,
-                      keep_native: bool = True, pca_center: bool = False, seed: int = 0,
-                      head_type: str = "linear", train_extra_dims: bool = False,
-                      weights_arrive_later: bool = False) -> ReDimNetMRL:
+    def from_redimnet(
+        cls,
+        redimnet: ReDimNet,
+        dims: Sequence[int] = (64, 128, 192, 256),
+        head_init: str = "pca",
+        pooled_features: torch.Tensor | None = None,
+        keep_native: bool = True,
+        pca_center: bool = False,
+        seed: int = 0,
+        head_type: str = "linear",
+        train_extra_dims: bool = False,
+        weights_arrive_later: bool = False,
+    ) -> ReDimNetMRL:
         """Wrap a (pretrained) ReDimNet; `pooled_features [N, P]` are needed for `head_init="pca"`.
 
         `head_type`: "linear" (BatchNorm + Linear, every weight trained) or "rotation" (the native
@@ -85,8 +98,10 @@ class ReDimNetMRL(nn.Module):
         if head_type not in HEAD_TYPES:
             raise ValueError(f"head_type: unknown value {head_type!r}; expected one of {HEAD_TYPES}")
         if head_type == "rotation" and head_init == "random":
-            raise ValueError("head_type 'rotation' rotates the pretrained embedding: use head_init 'pca' or "
-                             "'pretrained', or head_type 'linear' for a random head")
+            raise ValueError(
+                "head_type 'rotation' rotates the pretrained embedding: use head_init 'pca' or "
+                "'pretrained', or head_type 'linear' for a random head"
+            )
         model = cls(redimnet.model_config, dims, keep_native=keep_native, head_init=head_init)
         trunk = {k: v for k, v in redimnet.state_dict().items() if not k.startswith("cls_head.")}
         model.load_state_dict(_trunk_to_mrl_keys(trunk, keep_native), strict=False)
@@ -102,22 +117,34 @@ class ReDimNetMRL(nn.Module):
             rotation, mean = pca_rotation(NativeHead(redimnet), pooled_features, center=pca_center)
             model._init_head_from_native(redimnet, rotation=rotation, mean=mean, generator=generator)
         if head_type == "rotation":
-            model.head = model._rotation_head(redimnet, rotation if fit == "pca" else None, generator,
-                                              train_extra_dims)
+            model.head = model._rotation_head(redimnet, rotation if fit == "pca" else None, generator, train_extra_dims)
         return model.train(redimnet.training)
 
-    def _rotation_head(self, redimnet: ReDimNet, rotation: torch.Tensor | None,
-                       generator: torch.Generator, train_extra_dims: bool) -> RotationHead:
+    def _rotation_head(
+        self, redimnet: ReDimNet, rotation: torch.Tensor | None, generator: torch.Generator, train_extra_dims: bool
+    ) -> RotationHead:
         native = NativeHead(redimnet)
         weight, bias = native.folded_linear()
         # Extra dims start quiet, as for the linear head (see _init_head_from_native).
-        return RotationHead(native.bn, weight, bias, self.dims, rotation=rotation,
-                            extra_std=0.1 * float(weight.std()), generator=generator,
-                            train_extra=train_extra_dims)
+        return RotationHead(
+            native.bn,
+            weight,
+            bias,
+            self.dims,
+            rotation=rotation,
+            extra_std=0.1 * float(weight.std()),
+            generator=generator,
+            train_extra=train_extra_dims,
+        )
 
     @torch.no_grad()
-    def _init_head_from_native(self, redimnet: ReDimNet, rotation: torch.Tensor | None,
-                               generator: torch.Generator, mean: torch.Tensor | None = None) -> None:
+    def _init_head_from_native(
+        self,
+        redimnet: ReDimNet,
+        rotation: torch.Tensor | None,
+        generator: torch.Generator,
+        mean: torch.Tensor | None = None,
+    ) -> None:
         native = NativeHead(redimnet)
         weight, bias = native.folded_linear()  # [E, P], [E]
         if mean is not None:
@@ -141,8 +168,12 @@ class ReDimNetMRL(nn.Module):
         """Load an MRL inference checkpoint written by `save_checkpoint` (eval mode)."""
         payload = read_checkpoint(path, required=("model_config", "mrl_config", "state_dict"))
         mrl = payload["mrl_config"]
-        model = cls(payload["model_config"], mrl["dims"], keep_native=mrl.get("keep_native", True),
-                    head_init=mrl.get("head_init", "random"))
+        model = cls(
+            payload["model_config"],
+            mrl["dims"],
+            keep_native=mrl.get("keep_native", True),
+            head_init=mrl.get("head_init", "random"),
+        )
         model.load_state_dict(official_to_local(payload["state_dict"]))
         return model.eval()
 
@@ -199,8 +230,10 @@ class ReDimNetMRL(nn.Module):
             elif f"backbone.{name}" in trunk:
                 expanded.append(f"backbone.{name}")
             else:
-                raise ValueError(f"unknown part to (un)freeze: {name!r}; parts: all, backbone, "
-                                 f"{', '.join(n.removeprefix('backbone.') for n in trunk)}")
+                raise ValueError(
+                    f"unknown part to (un)freeze: {name!r}; parts: all, backbone, "
+                    f"{', '.join(n.removeprefix('backbone.') for n in trunk)}"
+                )
         return expanded
 
     @property
@@ -269,8 +302,9 @@ def pca_rotation(native: NativeHead, pooled: torch.Tensor, center: bool = False)
     """
     weight, bias = native.folded_linear()
     bn = native.bn  # eval-mode arithmetic without switching anyone's module to eval and back
-    normalised = F.batch_norm(pooled.to(bn.weight.dtype), bn.running_mean, bn.running_var,
-                              bn.weight, bn.bias, training=False, eps=bn.eps)
+    normalised = F.batch_norm(
+        pooled.to(bn.weight.dtype), bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps
+    )
     embeddings = normalised.double() @ weight.T + bias
     mean = embeddings.mean(dim=0) if center else torch.zeros(embeddings.shape[1], dtype=torch.float64)
     centred = embeddings - mean

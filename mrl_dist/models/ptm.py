@@ -35,8 +35,9 @@ def _transformers():
     try:
         import transformers
     except ImportError as err:
-        raise PTMError("SSRFNet's pretrained speech model needs the optional dependency transformers: "
-                       "pip install -e \".[ptm]\"") from err
+        raise PTMError(
+            'SSRFNet\'s pretrained speech model needs the optional dependency transformers: pip install -e ".[ptm]"'
+        ) from err
     return transformers
 
 
@@ -64,10 +65,20 @@ def load_wavlm(source: str | None = None, config: Mapping[str, Any] | None = Non
         model = transformers.WavLMModel.from_pretrained(source, local_files_only=local or _offline())
     except (OSError, ValueError) as err:
         where = str(Path(source).resolve()) if local else ", ".join(str(d) for d in _hub_cache_dirs())
-        hint = "" if local else (" (offline: $MRL_DIST_OFFLINE or $HF_HUB_OFFLINE is set; download it once "
-                                 "with network, or pass a local folder)" if _offline() else "")
-        raise PTMError(f"pretrained speech model {source!r} could not be loaded; looked in {where}{hint}: "
-                       f"{str(err).splitlines()[0]}") from err
+        hint = (
+            ""
+            if local
+            else (
+                " (offline: $MRL_DIST_OFFLINE or $HF_HUB_OFFLINE is set; download it once "
+                "with network, or pass a local folder)"
+                if _offline()
+                else ""
+            )
+        )
+        raise PTMError(
+            f"pretrained speech model {source!r} could not be loaded; looked in {where}{hint}: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
     return model.eval()
 
 

@@ -53,10 +53,16 @@ class ReDimNetConfig(ModelConfigMixin):
     C: int = 16
     block_1d_type: str = "att"
     block_2d_type: str = "convnext_like"
-    stages_setup: list = field(default_factory=lambda: [
-        [1, 2, 1, [[3, 3]], 12], [2, 2, 1, [[3, 3]], 12], [1, 3, 1, [[3, 3]], 12],
-        [2, 4, 1, [[3, 3]], 8], [1, 4, 1, [[3, 3]], 8], [2, 4, 1, [[3, 3]], 4],
-    ])
+    stages_setup: list = field(
+        default_factory=lambda: [
+            [1, 2, 1, [[3, 3]], 12],
+            [2, 2, 1, [[3, 3]], 12],
+            [1, 3, 1, [[3, 3]], 12],
+            [2, 4, 1, [[3, 3]], 8],
+            [1, 4, 1, [[3, 3]], 8],
+            [2, 4, 1, [[3, 3]], 4],
+        ]
+    )
     group_divisor: int | None = 4
     out_channels: int | None = None
     embed_dim: int = 192
@@ -69,9 +75,13 @@ class ReDimNetConfig(ModelConfigMixin):
     feat_type: str = "pt"
     global_context_att: bool = False
     emb_bn: bool = False
-    spec_params: dict = field(default_factory=lambda: {
-        "do_spec_aug": False, "freq_mask_width": [0, 6], "time_mask_width": [0, 8],
-    })
+    spec_params: dict = field(
+        default_factory=lambda: {
+            "do_spec_aug": False,
+            "freq_mask_width": [0, 6],
+            "time_mask_width": [0, 8],
+        }
+    )
     return_all_outputs: bool = False
     tf_optimized_arch: bool = False
 
@@ -111,9 +121,9 @@ class TimeContextBlock(nn.Module):
                 nn.Conv1d(hidden * 2, hidden, 1),
             )
         elif block_type == "conv":
-            self.tcm = nn.Sequential(*[
-                ConvNeXtLikeBlock(hidden, dim=1, kernel_sizes=[7, 15, 31], group_divisor=1) for _ in range(4)
-            ])
+            self.tcm = nn.Sequential(
+                *[ConvNeXtLikeBlock(hidden, dim=1, kernel_sizes=[7, 15, 31], group_divisor=1) for _ in range(4)]
+            )
         elif block_type == "att":
             self.tcm = nn.Sequential(
                 ConvPositionalEncoding(hidden, pos_kernel_size, groups=hidden),
@@ -137,19 +147,25 @@ class ConvBlock2d(nn.Module):
         super().__init__()
         if block_type.startswith("convnext_like"):
             activation = "relu" if block_type == "convnext_like_relu" else "gelu"
-            self.conv_block = ConvNeXtLikeBlock(channels, dim=2, kernel_sizes=[(3, 3)],
-                                                group_divisor=group_divisor, activation=activation)
+            self.conv_block = ConvNeXtLikeBlock(
+                channels, dim=2, kernel_sizes=[(3, 3)], group_divisor=group_divisor, activation=activation
+            )
         else:
-            self.conv_block = ResidualBasicBlock(channels, freqs, se_channels=min(64, max(channels, 32)),
-                                                 group_divisor=group_divisor,
-                                                 frequency_se=block_type == "basic_resnet_fwse")
+            self.conv_block = ResidualBasicBlock(
+                channels,
+                freqs,
+                se_channels=min(64, max(channels, 32)),
+                group_divisor=group_divisor,
+                frequency_se=block_type == "basic_resnet_fwse",
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_block(x)
 
 
-def redimnet_stage(cfg: ReDimNetConfig, row: list, num_inputs: int, channels: int,
-                   freqs: int) -> tuple[nn.Sequential, int, int]:
+def redimnet_stage(
+    cfg: ReDimNetConfig, row: list, num_inputs: int, channels: int, freqs: int
+) -> tuple[nn.Sequential, int, int]:
     """One ReDimNet stage on the mix of `num_inputs` earlier 1D outputs `[B, C*F, T]`, and the
     (channels, freqs) after it. `row` is a `stages_setup` row. SSRFNet's fused backbone builds
     its stages here too (its mixes only take more inputs)."""
@@ -161,17 +177,20 @@ def redimnet_stage(cfg: ReDimNetConfig, row: list, num_inputs: int, channels: in
         nn.Conv2d(channels, stride * channels * expansion, kernel_size=(stride, 1), stride=(stride, 1)),
     ]
     channels, freqs = channels * stride, freqs // stride
-    layers += [ConvBlock2d(cfg.block_2d_type, channels * expansion, freqs, cfg.group_divisor)
-               for _ in range(num_blocks)]
+    layers += [
+        ConvBlock2d(cfg.block_2d_type, channels * expansion, freqs, cfg.group_divisor) for _ in range(num_blocks)
+    ]
     if expansion != 1:  # squeeze expanded channels back so C*F stays constant
         relu = "relu" in cfg.block_1d_type and "relu" in cfg.block_2d_type
         groups = channels // cfg.group_divisor if cfg.group_divisor is not None else 1
-        layers.append(nn.Sequential(
-            nn.Conv2d(channels * expansion, channels, kernel_size=3, padding="same", groups=groups),
-            nn.BatchNorm2d(channels, eps=1e-6),
-            nn.ReLU() if relu else nn.GELU(),
-            nn.Conv2d(channels, channels, 1),
-        ))
+        layers.append(
+            nn.Sequential(
+                nn.Conv2d(channels * expansion, channels, kernel_size=3, padding="same", groups=groups),
+                nn.BatchNorm2d(channels, eps=1e-6),
+                nn.ReLU() if relu else nn.GELU(),
+                nn.Conv2d(channels, channels, 1),
+            )
+        )
     layers.append(ToSequence())
     if att_reduction is not None:
         layers.append(TimeContextBlock(width, width // att_reduction, cfg.block_1d_type))
@@ -234,8 +253,12 @@ class ReDimNetBackbone(nn.Module):
         return (features, outputs) if return_all_outputs else features
 
 
-_HEAD_ACTIVATIONS = {None: nn.Identity, "nn.Identity()": nn.Identity, "nn.Sigmoid()": nn.Sigmoid,
-                     "nn.Softmax(dim=-1)": lambda: nn.Softmax(dim=-1)}
+_HEAD_ACTIVATIONS = {
+    None: nn.Identity,
+    "nn.Identity()": nn.Identity,
+    "nn.Sigmoid()": nn.Sigmoid,
+    "nn.Softmax(dim=-1)": lambda: nn.Softmax(dim=-1),
+}
 
 
 class ReDimNet(SpeakerEncoder):
@@ -253,8 +276,9 @@ class ReDimNet(SpeakerEncoder):
         self.spec = MelFrontend(n_mels=cfg.F, hop_length=cfg.hop_length, **cfg.spec_params)
         self.backbone = ReDimNetBackbone(cfg)
         pool_in = cfg.out_channels if cfg.out_channels is not None else cfg.C * cfg.F
-        self.build_embedding_layer(make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att), cfg.embed_dim,
-                                   cfg.emb_bn)
+        self.build_embedding_layer(
+            make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att), cfg.embed_dim, cfg.emb_bn
+        )
         if cfg.num_classes is not None:
             self.cls_head = nn.Sequential(
                 nn.ReLU(),

@@ -39,15 +39,32 @@ from .pooling import make_pooling
 from .redimnet import BLOCK_1D_TYPES, BLOCK_2D_TYPES, ConvBlock2d, TimeContextBlock
 
 # Keys only ReDimNet2's model_config has: a file carrying any of them is of this family.
-REDIMNET2_ONLY_KEYS = frozenset({
-    "causal", "spec_in_channels", "compress_tconvs", "return_2d_output", "use_freq_pos_enc",
-    "fm_weigthing_type", "dual_agg", "agg_gnorm", "att_dos", "pad_right_samples", "before_pool_offset",
-})
+REDIMNET2_ONLY_KEYS = frozenset(
+    {
+        "causal",
+        "spec_in_channels",
+        "compress_tconvs",
+        "return_2d_output",
+        "use_freq_pos_enc",
+        "fm_weigthing_type",
+        "dual_agg",
+        "agg_gnorm",
+        "att_dos",
+        "pad_right_samples",
+        "before_pool_offset",
+    }
+)
 
 
 def _default_stages() -> list:
-    return [[[1, 1], 2, 4, [[3, 3]], 24], [[2, 1], 3, 3, [[3, 3]], 24], [[1, 2], 4, 2, [[3, 3]], 24],
-            [[2, 1], 5, 1, [[3, 3]], 24], [[1, 2], 4, 1, [[3, 3]], 24], [[2, 1], 3, 1, [[3, 3]], 24]]
+    return [
+        [[1, 1], 2, 4, [[3, 3]], 24],
+        [[2, 1], 3, 3, [[3, 3]], 24],
+        [[1, 2], 4, 2, [[3, 3]], 24],
+        [[2, 1], 5, 1, [[3, 3]], 24],
+        [[1, 2], 4, 1, [[3, 3]], 24],
+        [[2, 1], 3, 1, [[3, 3]], 24],
+    ]
 
 
 @dataclass
@@ -87,8 +104,7 @@ class ReDimNet2Config(ModelConfigMixin):
     feat_type: str = "pt"
     global_context_att: bool = True
     emb_bn: bool = False
-    spec_params: dict = field(default_factory=lambda: {"do_spec_aug": False, "do_preemph": True,
-                                                       "norm_signal": True})
+    spec_params: dict = field(default_factory=lambda: {"do_spec_aug": False, "do_preemph": True, "norm_signal": True})
     return_all_outputs: bool = False
 
     @property
@@ -150,37 +166,48 @@ class ReDimNet2Backbone(nn.Module):
         self.pad_right_samples, self.before_pool_offset = cfg.pad_right_samples, cfg.before_pool_offset
 
         def mix(num_inputs: int) -> WeightedLayerSum:
-            return WeightedLayerSum(num_inputs, width if cfg.fm_weigthing_type == "NC" else 1,
-                                    requires_grad=num_inputs > 1)
+            return WeightedLayerSum(
+                num_inputs, width if cfg.fm_weigthing_type == "NC" else 1, requires_grad=num_inputs > 1
+            )
 
         def upsample(stride: int) -> nn.Sequential:
             layers: list[nn.Module] = [nn.Upsample(scale_factor=stride, mode="nearest")]
             return nn.Sequential(*layers, *([nn.GroupNorm(groups, width)] if groups else []))
 
-        self.stem = nn.Sequential(nn.Conv2d(1, cfg.C, kernel_size=3, padding="same"),
-                                  ChannelsFirstLayerNorm(cfg.C), ToSequence())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, cfg.C, kernel_size=3, padding="same"), ChannelsFirstLayerNorm(cfg.C), ToSequence()
+        )
         self.stem_gnorm = nn.GroupNorm(groups, width) if groups else None
         channels, freqs, time_stride, inputs = cfg.C, cfg.F, 1, 1
         self.dual: list[bool] = []
-        for index, ((freq_stride, stage_stride), num_blocks, expansion, _kernels, reduction) in \
-                enumerate(cfg.stages_setup):
+        for index, ((freq_stride, stage_stride), num_blocks, expansion, _kernels, reduction) in enumerate(
+            cfg.stages_setup
+        ):
             time_stride *= stage_stride
             expanded = int(freq_stride * channels * expansion)
             layers: list[nn.Module] = [mix(inputs), ToImage(freqs, channels)]
             if cfg.use_freq_pos_enc:
                 layers.append(FrequencyEncoding(channels, freqs))
-            layers.append(nn.Conv2d(channels, expanded, kernel_size=(freq_stride, time_stride),
-                                    stride=(freq_stride, time_stride),
-                                    groups=math.gcd(channels, expanded) if cfg.compress_tconvs else 1))
+            layers.append(
+                nn.Conv2d(
+                    channels,
+                    expanded,
+                    kernel_size=(freq_stride, time_stride),
+                    stride=(freq_stride, time_stride),
+                    groups=math.gcd(channels, expanded) if cfg.compress_tconvs else 1,
+                )
+            )
             channels, freqs = channels * freq_stride, freqs // freq_stride
-            layers += [ConvBlock2d(cfg.block_2d_type, int(channels * expansion), freqs, cfg.group_divisor)
-                       for _ in range(num_blocks)]
+            layers += [
+                ConvBlock2d(cfg.block_2d_type, int(channels * expansion), freqs, cfg.group_divisor)
+                for _ in range(num_blocks)
+            ]
             if expansion != 1:
-                layers.append(nn.Sequential(nn.Conv2d(int(channels * expansion), channels, 1),
-                                            nn.BatchNorm2d(channels, eps=1e-6)))
+                layers.append(
+                    nn.Sequential(nn.Conv2d(int(channels * expansion), channels, 1), nn.BatchNorm2d(channels, eps=1e-6))
+                )
             layers.append(ToSequence())
-            block_1d = (TimeContextBlock(width, width // reduction, cfg.block_1d_type)
-                        if reduction is not None else None)
+            block_1d = TimeContextBlock(width, width // reduction, cfg.block_1d_type) if reduction is not None else None
             dual = cfg.dual_agg and block_1d is not None
             if dual:  # the 1D block's input and output both join the mix
                 setattr(self, f"stage{index}_pre", nn.Sequential(*layers))
@@ -208,14 +235,20 @@ class ReDimNet2Backbone(nn.Module):
         """The stages as freezable parts: `stage{i}`, or for a dual stage its four modules."""
         names = []
         for index, dual in enumerate(self.dual):
-            names += ([f"stage{index}{part}" for part in ("_pre", "_1d", "_up_2d", "_up_1d")] if dual
-                      else [f"stage{index}"])
+            names += (
+                [f"stage{index}{part}" for part in ("_pre", "_1d", "_up_2d", "_up_1d")] if dual else [f"stage{index}"]
+            )
         return names
 
     def part_names(self) -> list[str]:
         """Every part with weights, in order: what can be frozen or unfrozen by name."""
-        return ["stem", *(["stem_gnorm"] if self.stem_gnorm is not None else []), *self.stage_names(),
-                "fin_wght1d", "head"]
+        return [
+            "stem",
+            *(["stem_gnorm"] if self.stem_gnorm is not None else []),
+            *self.stage_names(),
+            "fin_wght1d",
+            "head",
+        ]
 
     def run_stage(self, index: int, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
         if not self.dual[index]:
@@ -248,7 +281,7 @@ class ReDimNet2Backbone(nn.Module):
         """Backbone output -> `[B, D, T]` for the pooling: 4-D outputs flattened channel-major."""
         if features.ndim == 4:
             features = features.reshape(features.shape[0], -1, features.shape[-1])
-        return features[:, :, self.before_pool_offset:] if self.before_pool_offset else features
+        return features[:, :, self.before_pool_offset :] if self.before_pool_offset else features
 
 
 class ReDimNet2(SpeakerEncoder):
@@ -268,6 +301,7 @@ class ReDimNet2(SpeakerEncoder):
             pool_in = cfg.C * cfg.F
         else:
             pool_in = cfg.out_channels * (cfg.F // self.backbone.freq_stride if cfg.return_2d_output else 1)
-        self.build_embedding_layer(make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att), cfg.embed_dim,
-                                   cfg.emb_bn)
+        self.build_embedding_layer(
+            make_pooling(cfg.pooling_func, pool_in, cfg.global_context_att), cfg.embed_dim, cfg.emb_bn
+        )
         self.cls_head = None  # the official wrapper builds none, whatever num_classes says

@@ -36,9 +36,17 @@ from .heads import MatryoshkaHead
 class RotationHead(nn.Module):
     """`pooled [B, P]` -> `[B, max_dim]`; prefixes up to the native dim E are rotations of native."""
 
-    def __init__(self, bn: nn.BatchNorm1d, weight: torch.Tensor, bias: torch.Tensor, dims: Sequence[int],
-                 rotation: torch.Tensor | None = None, extra_std: float = 0.0,
-                 generator: torch.Generator | None = None, train_extra: bool = False):
+    def __init__(
+        self,
+        bn: nn.BatchNorm1d,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        dims: Sequence[int],
+        rotation: torch.Tensor | None = None,
+        extra_std: float = 0.0,
+        generator: torch.Generator | None = None,
+        train_extra: bool = False,
+    ):
         """`bn`: the native input BatchNorm (its eval-mode statistics are used, fixed); `weight [E, P]`,
         `bias [E]`: the native Linear with any output BatchNorm folded in; `rotation [E, E]`: Q0
         (None: identity); `extra_std`: initial std of the weights of the dims beyond E, trained
@@ -73,8 +81,15 @@ class RotationHead(nn.Module):
             return self.rotation0 @ torch.matrix_exp(self.skew - self.skew.T)
 
     def normalise(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(pooled, self.bn_running_mean, self.bn_running_var, self.bn_weight, self.bn_bias,
-                            training=False, eps=self.bn_eps)
+        return F.batch_norm(
+            pooled,
+            self.bn_running_mean,
+            self.bn_running_var,
+            self.bn_weight,
+            self.bn_bias,
+            training=False,
+            eps=self.bn_eps,
+        )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         normalised = self.normalise(pooled)

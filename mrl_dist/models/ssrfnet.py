@@ -44,16 +44,29 @@ STUDENTS = ("svmixer", "none")
 
 
 def _m_stages() -> list:
-    return [[1, 2, 1, [[3, 3]], 16], [2, 2, 1, [[3, 3]], 16], [1, 3, 1, [[3, 3]], 8],
-            [2, 4, 1, [[3, 3]], 8], [1, 4, 1, [[3, 3]], 8], [2, 4, 1, [[3, 3]], 4]]
+    return [
+        [1, 2, 1, [[3, 3]], 16],
+        [2, 2, 1, [[3, 3]], 16],
+        [1, 3, 1, [[3, 3]], 8],
+        [2, 4, 1, [[3, 3]], 8],
+        [1, 4, 1, [[3, 3]], 8],
+        [2, 4, 1, [[3, 3]], 4],
+    ]
 
 
 def _default_fusion() -> dict:
-    return {"ptm": {"source": "microsoft/wavlm-large", "config": None, "seed": 0, "freeze": True},
-            "student": "svmixer",
-            "svmixer": {"num_layers": 12, "seq_len": 149, "group_dim": 128, "conv_dim": 512, "dropout": 0.1},
-            "inject_stages": 4, "group_size": 4, "proj_kernel": 5, "time_align": "stride2_stem",
-            "distill_layers": [8, 16, 24], "cos_lambda": 1.0, "distill_weight": 1.0}
+    return {
+        "ptm": {"source": "microsoft/wavlm-large", "config": None, "seed": 0, "freeze": True},
+        "student": "svmixer",
+        "svmixer": {"num_layers": 12, "seq_len": 149, "group_dim": 128, "conv_dim": 512, "dropout": 0.1},
+        "inject_stages": 4,
+        "group_size": 4,
+        "proj_kernel": 5,
+        "time_align": "stride2_stem",
+        "distill_layers": [8, 16, 24],
+        "cos_lambda": 1.0,
+        "distill_weight": 1.0,
+    }
 
 
 @dataclass
@@ -128,8 +141,10 @@ class LayerGroupMerge(nn.Module):
 
     def forward(self, states: torch.Tensor) -> list[torch.Tensor]:
         layers = states[:, 1:].transpose(2, 3)  # drop the embedding state; [B, L, D, T]
-        return [mix(list(layers[:, start:start + self.group_size].unbind(1)))
-                for mix, start in zip(self.mixes, self.starts)]
+        return [
+            mix(list(layers[:, start : start + self.group_size].unbind(1)))
+            for mix, start in zip(self.mixes, self.starts)
+        ]
 
 
 class ProjectionFusion(nn.Module):
@@ -155,8 +170,9 @@ class FusedReDimNetBackbone(nn.Module):
         if self.time_align == "stride2_stem":
             self.stem = nn.Sequential(nn.Conv1d(cfg.mel_bins, width, kernel_size=5, stride=2), nn.InstanceNorm1d(width))
         else:  # ReDimNet's stem, so official weights load
-            self.stem = nn.Sequential(nn.Conv2d(1, cfg.C, kernel_size=3, padding="same"),
-                                      ChannelsFirstLayerNorm(cfg.C), ToSequence())
+            self.stem = nn.Sequential(
+                nn.Conv2d(1, cfg.C, kernel_size=3, padding="same"), ChannelsFirstLayerNorm(cfg.C), ToSequence()
+            )
         channels, freqs, inputs = cfg.C, cfg.F, 1
         self.num_stages = len(cfg.stages_setup)
         for index, row in enumerate(cfg.stages_setup):
@@ -196,17 +212,23 @@ class SSRFNetTrunk(nn.Module):
         if fusion["student"] == "svmixer":
             mixer = fusion["svmixer"]
             dim = int(mixer.get("hidden_size") or self._ptm_dim(ptm_cfg))
-            self.student = SVMixer(hidden_size=dim, num_layers=mixer["num_layers"], seq_len=mixer["seq_len"],
-                                   group_dim=mixer["group_dim"], conv_dims=(mixer["conv_dim"],) * 7,
-                                   dropout=mixer["dropout"])
+            self.student = SVMixer(
+                hidden_size=dim,
+                num_layers=mixer["num_layers"],
+                seq_len=mixer["seq_len"],
+                group_dim=mixer["group_dim"],
+                conv_dims=(mixer["conv_dim"],) * 7,
+                dropout=mixer["dropout"],
+            )
             num_layers, self.ptm = mixer["num_layers"], None
         else:
             wavlm = load_wavlm(ptm_cfg["source"], ptm_cfg["config"], ptm_cfg["seed"])
             self.ptm = FrozenPTM(wavlm) if ptm_cfg["freeze"] else TrainablePTM(wavlm)
             self.student, dim, num_layers = None, self.ptm.hidden_size, self.ptm.num_layers
         self.merge = LayerGroupMerge(num_layers, fusion["group_size"], fusion["inject_stages"], dim)
-        self.pfm = nn.ModuleList(ProjectionFusion(dim, cfg.C * cfg.F, fusion["proj_kernel"])
-                                 for _ in range(fusion["inject_stages"]))
+        self.pfm = nn.ModuleList(
+            ProjectionFusion(dim, cfg.C * cfg.F, fusion["proj_kernel"]) for _ in range(fusion["inject_stages"])
+        )
         self.backend = FusedReDimNetBackbone(cfg)
 
     @staticmethod
@@ -217,8 +239,14 @@ class SSRFNetTrunk(nn.Module):
 
     def part_names(self) -> list[str]:
         """Freezable parts: the hidden-state source, merge, PFMs, then the backend stem, stages, mix."""
-        return ["student" if self.student is not None else "ptm", "merge", "pfm", "backend.stem",
-                *self.stage_names(), "backend.fin_wght1d"]
+        return [
+            "student" if self.student is not None else "ptm",
+            "merge",
+            "pfm",
+            "backend.stem",
+            *self.stage_names(),
+            "backend.fin_wght1d",
+        ]
 
     def stage_names(self) -> list[str]:
         return [f"backend.{name}" for name in self.backend.stage_names()]
@@ -254,16 +282,21 @@ class SSRFNet(SpeakerEncoder):
         self.config = cfg
         self.spec = MelFrontend(n_mels=cfg.mel_bins, hop_length=cfg.hop_length, **cfg.spec_params)
         self.backbone = SSRFNetTrunk(cfg)
-        self.build_embedding_layer(make_pooling(cfg.pooling_func, cfg.C * cfg.F, cfg.global_context_att),
-                                   cfg.embed_dim, emb_bn=False)
+        self.build_embedding_layer(
+            make_pooling(cfg.pooling_func, cfg.C * cfg.F, cfg.global_context_att), cfg.embed_dim, emb_bn=False
+        )
         self.cls_head = None
         fusion = cfg.fusion
         distilling = fusion["student"] == "svmixer" and fusion["distill_weight"] > 0
         self.layer_prediction = None
         if distilling:
             teacher_dim = SSRFNetTrunk._ptm_dim(fusion["ptm"])
-            self.layer_prediction = LayerPredictionLoss(self.backbone.student.projection.out_features, teacher_dim,
-                                                        fusion["distill_layers"], fusion["cos_lambda"])
+            self.layer_prediction = LayerPredictionLoss(
+                self.backbone.student.projection.out_features,
+                teacher_dim,
+                fusion["distill_layers"],
+                fusion["cos_lambda"],
+            )
 
     def attach_ptm_teacher(self) -> None:
         """Build the frozen PTM the student is distilled from (training only; never saved). Fails
@@ -289,7 +322,9 @@ class SSRFNet(SpeakerEncoder):
     def extract(self, wave: torch.Tensor, keep_stage_outputs: bool = False) -> dict[str, Any]:
         """`mel`, `backbone` (the fused features), `pooled`, `embedding` (no stage outputs)."""
         if keep_stage_outputs:
-            raise ValueError("SSRFNet.extract: stage outputs are not kept (the fused backbone returns its features only)")
+            raise ValueError(
+                "SSRFNet.extract: stage outputs are not kept (the fused backbone returns its features only)"
+            )
         mel = self.spec(wave)
         features = self.backbone.features(self.spec, wave)
         pooled = self.pool(features)
@@ -297,6 +332,7 @@ class SSRFNet(SpeakerEncoder):
 
 
 # ---------------------------------------------------------------------------- config and weights
+
 
 def fusion_overrides(fusion_cfg: Any) -> dict | None:
     """`model.fusion` (the run config's `FusionConfig`, keys left null) -> overrides of a preset's
@@ -336,12 +372,16 @@ def load_redimnet_weights(model: SSRFNet, official: dict, path: str) -> list[str
     Returns the SSRFNet keys that started fresh. `path` names the file in errors."""
     if model.config.fusion["time_align"] != "interpolate":
         raise ValueError("model.fusion.backend_checkpoint: needs time_align 'interpolate' (ReDimNet's own stem)")
-    mapped = {(f"backbone.backend.{k[len('backbone.'):]}" if k.startswith("backbone.") else k): v
-              for k, v in official.items()}
+    mapped = {
+        (f"backbone.backend.{k[len('backbone.') :]}" if k.startswith("backbone.") else k): v
+        for k, v in official.items()
+    }
     own = model.state_dict()
     loaded = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("backbone.backend.stage") for k in loaded):
-        raise ValueError(f"model.fusion.backend_checkpoint: {path} shares no stage weights with this SSRFNet "
-                         "(F, C and stages_setup must equal the file's)")
+        raise ValueError(
+            f"model.fusion.backend_checkpoint: {path} shares no stage weights with this SSRFNet "
+            "(F, C and stages_setup must equal the file's)"
+        )
     model.load_state_dict(loaded, strict=False)
     return sorted(set(own) - set(loaded))

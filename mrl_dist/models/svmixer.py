@@ -96,9 +96,17 @@ class ConvEncoder(nn.Module):
 class SVMixer(nn.Module):
     """`wave [B, T]` -> states `[B, num_layers + 1, frames, hidden_size]` (module docstring)."""
 
-    def __init__(self, hidden_size: int = 1024, num_layers: int = 12, seq_len: int = 149, group_dim: int = 128,
-                 conv_dims: Sequence[int] = (512,) * 7, conv_kernels: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
-                 conv_strides: Sequence[int] = (5, 2, 2, 2, 2, 2, 2), dropout: float = 0.1):
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        num_layers: int = 12,
+        seq_len: int = 149,
+        group_dim: int = 128,
+        conv_dims: Sequence[int] = (512,) * 7,
+        conv_kernels: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
+        conv_strides: Sequence[int] = (5, 2, 2, 2, 2, 2, 2),
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if hidden_size % group_dim:
             raise ValueError(f"svmixer.group_dim={group_dim} must divide hidden_size={hidden_size}")
@@ -107,8 +115,10 @@ class SVMixer(nn.Module):
         self.projection_norm = nn.LayerNorm(conv_dims[-1], eps=1e-5)
         self.projection = nn.Linear(conv_dims[-1], hidden_size)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(MixerBlock(hidden_size, seq_len, group_dim, 0.0 if i == num_layers - 1 else dropout)
-                                    for i in range(num_layers))
+        self.blocks = nn.ModuleList(
+            MixerBlock(hidden_size, seq_len, group_dim, 0.0 if i == num_layers - 1 else dropout)
+            for i in range(num_layers)
+        )
         self.final_norm = nn.LayerNorm(hidden_size)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -133,8 +143,10 @@ class LayerPredictionLoss(nn.Module):
         super().__init__()
         self.target_layers = [int(i) for i in target_layers]
         self.cos_lambda = cos_lambda
-        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(student_dim, teacher_dim), nn.GELU(),
-                                                 nn.Linear(teacher_dim, teacher_dim)) for _ in self.target_layers)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(student_dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim))
+            for _ in self.target_layers
+        )
 
     def forward(self, student_states: torch.Tensor, teacher_states: torch.Tensor) -> torch.Tensor:
         frames = min(student_states.shape[2], teacher_states.shape[2])

@@ -53,7 +53,7 @@ def synthetic_centres(speakers: int, dim: int = 256, seed: int = 0) -> np.ndarra
     centres = np.empty((speakers, dim), dtype=np.float32)
     for start in range(0, speakers, 65_536):
         block = rng.standard_normal((min(65_536, speakers - start), dim), dtype=np.float32) * spread
-        centres[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        centres[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return centres
 
 
@@ -67,8 +67,14 @@ def synthetic_queries(centres: np.ndarray, count: int, noise: float, seed: int =
     return queries / np.linalg.norm(queries, axis=1, keepdims=True), truth
 
 
-def time_modes(modes: dict[str, Callable[[np.ndarray], np.ndarray]], queries: np.ndarray, truth: list[str],
-               labels: list[str], batch: int, repeats: int) -> list[SearchTiming]:
+def time_modes(
+    modes: dict[str, Callable[[np.ndarray], np.ndarray]],
+    queries: np.ndarray,
+    truth: list[str],
+    labels: list[str],
+    batch: int,
+    repeats: int,
+) -> list[SearchTiming]:
     """Run each mode (queries [b, D] -> best rows [b]) over all queries in batches, interleaved,
     `repeats` times; top-1 from the first repeat."""
     batch = min(batch, len(queries))
@@ -81,7 +87,7 @@ def time_modes(modes: dict[str, Callable[[np.ndarray], np.ndarray]], queries: np
         for start in starts:
             for name, search in modes.items():
                 began = time.perf_counter()
-                best = search(queries[start:start + batch])
+                best = search(queries[start : start + batch])
                 seconds[name].append(time.perf_counter() - began)
                 if repeat == 0:
                     hits[name] += sum(labels[row] == truth[start + i] for i, row in enumerate(best))
@@ -89,32 +95,52 @@ def time_modes(modes: dict[str, Callable[[np.ndarray], np.ndarray]], queries: np
     return [SearchTiming(name, hits[name] / answered, seconds[name], batch) for name in modes]
 
 
-def search_modes(index: CascadeIndex, first_dim: int, shortlist: int, scan_dtypes: Sequence[str] = ("float32",)
-                 ) -> dict[str, Callable]:
+def search_modes(
+    index: CascadeIndex, first_dim: int, shortlist: int, scan_dtypes: Sequence[str] = ("float32",)
+) -> dict[str, Callable]:
     """The compared searches, each returning the best row of every query: brute force and the
     cascade with a float32 scan, then both again with each other scan dtype."""
     modes = {}
     for scan_dtype in scan_dtypes:
         suffix = "" if scan_dtype == "float32" else f", {scan_dtype} scan"
-        modes[f"cascade {first_dim} -> {index.size}, K = {shortlist}{suffix}"] = \
-            lambda q, s=scan_dtype: index.search(q, 1, first_dim=first_dim, shortlist=shortlist, scan_dtype=s)[0][:, 0]
-        modes[f"brute force {index.size}-D{suffix}"] = \
-            lambda q, s=scan_dtype: index.search_brute(q, 1, scan_dtype=s)[0][:, 0]
+        modes[f"cascade {first_dim} -> {index.size}, K = {shortlist}{suffix}"] = lambda q, s=scan_dtype: index.search(
+            q, 1, first_dim=first_dim, shortlist=shortlist, scan_dtype=s
+        )[0][:, 0]
+        modes[f"brute force {index.size}-D{suffix}"] = lambda q, s=scan_dtype: index.search_brute(q, 1, scan_dtype=s)[
+            0
+        ][:, 0]
     brute = f"brute force {index.size}-D"
     return {brute: modes.pop(brute), **modes}
 
 
-def bench_synthetic(size: int, *, queries: int, noise: float, batch: int, repeats: int, first_dim: int,
-                    shortlist: int, dtype: str, backend: str, scan_dtypes: Sequence[str] = ("float32",),
-                    seed: int = 0) -> list[SearchTiming]:
+def bench_synthetic(
+    size: int,
+    *,
+    queries: int,
+    noise: float,
+    batch: int,
+    repeats: int,
+    first_dim: int,
+    shortlist: int,
+    dtype: str,
+    backend: str,
+    scan_dtypes: Sequence[str] = ("float32",),
+    seed: int = 0,
+) -> list[SearchTiming]:
     """`search_modes` on `size` synthetic enrolments (one per speaker); brute force first."""
     centres = synthetic_centres(size, seed=seed)
     query_vectors, truth = synthetic_queries(centres, queries, noise, seed=seed + 1)
     keys = [str(row) for row in range(size)]
     index = CascadeIndex(centres, keys, dtype=dtype, backend=backend)
     del centres
-    return time_modes(search_modes(index, first_dim, shortlist, scan_dtypes), query_vectors,
-                      [keys[t] for t in truth], index.labels, batch, repeats)
+    return time_modes(
+        search_modes(index, first_dim, shortlist, scan_dtypes),
+        query_vectors,
+        [keys[t] for t in truth],
+        index.labels,
+        batch,
+        repeats,
+    )
 
 
 def split_enrolment(keys: list[str]) -> tuple[list[str], list[str]]:
@@ -132,14 +158,17 @@ def split_enrolment(keys: list[str]) -> tuple[list[str], list[str]]:
     return enrol, query
 
 
-def bench_demo(run_dir: Path, *, first_dim: int, shortlist: int, scan_dtypes: Sequence[str] = ("float32",),
-               batch_size: int = 16) -> dict:
+def bench_demo(
+    run_dir: Path, *, first_dim: int, shortlist: int, scan_dtypes: Sequence[str] = ("float32",), batch_size: int = 16
+) -> dict:
     """Top-1 on the demo's held-out speakers (`run_dir`/shards/val) with its MRL checkpoint."""
     checkpoint, shards = run_dir / "mrl" / "best.pt", run_dir / "shards" / "val.manifest.json"
     for needed in (checkpoint, shards):
         if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: make the demo run first with `python launch/demo.py` "
-                                    "(~2 minutes), or pass --demo DIR / --no-demo")
+            raise FileNotFoundError(
+                f"{needed} not found: make the demo run first with `python launch/demo.py` "
+                "(~2 minutes), or pass --demo DIR / --no-demo"
+            )
     model = load_mrl_model(checkpoint)
     embeddings, keys = stack_embeddings(embed_shards(model, shards, batch_size=batch_size))
     row = {key: position for position, key in enumerate(keys)}
@@ -147,8 +176,14 @@ def bench_demo(run_dir: Path, *, first_dim: int, shortlist: int, scan_dtypes: Se
     index = enrol_embeddings(embeddings[[row[k] for k in enrol_keys]], enrol_keys, dims=model.dims)
     queries = embeddings[[row[k] for k in query_keys]]
     truth = [speaker_of(key) for key in query_keys]
-    modes = {**search_modes(index, first_dim, shortlist, scan_dtypes),
-             f"brute force {first_dim}-D": lambda q: index.search_brute(q, 1, dim=first_dim)[0][:, 0]}
+    modes = {
+        **search_modes(index, first_dim, shortlist, scan_dtypes),
+        f"brute force {first_dim}-D": lambda q: index.search_brute(q, 1, dim=first_dim)[0][:, 0],
+    }
     timings = time_modes(modes, queries, truth, index.labels, batch=len(queries), repeats=1)
-    return {"speakers": len(index), "enrol_utterances": len(enrol_keys), "queries": len(query_keys),
-            "top1": {timing.name: timing.top1 for timing in timings}}
+    return {
+        "speakers": len(index),
+        "enrol_utterances": len(enrol_keys),
+        "queries": len(query_keys),
+        "top1": {timing.name: timing.top1 for timing in timings},
+    }

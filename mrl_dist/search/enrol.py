@@ -1,9 +1,9 @@
 """Enrolment: a `CascadeIndex` from embedding files or from shards through an MRL checkpoint.
 
-    emb.npy [N, D] float32 + emb.keys.txt (one key per line, as `launch/embed.py` writes them)
-    or shards (NAME.manifest.json) + checkpoint -> {key: [D]}
-        -> per speaker (key before its first '/'): the mean of its unit utterance embeddings
-           (or every utterance, `per_utterance`) -> CascadeIndex
+emb.npy [N, D] float32 + emb.keys.txt (one key per line, as `launch/embed.py` writes them)
+or shards (NAME.manifest.json) + checkpoint -> {key: [D]}
+    -> per speaker (key before its first '/'): the mean of its unit utterance embeddings
+       (or every utterance, `per_utterance`) -> CascadeIndex
 """
 
 from __future__ import annotations
@@ -33,18 +33,28 @@ def read_embedding_file(path: str | Path) -> tuple[np.ndarray, list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"embedding file {path} not found")
     if not keys_file.is_file():
-        raise FileNotFoundError(f"embedding file {path} has no keys file {keys_file} (one key per line, in row "
-                                "order, as launch/embed.py writes it)")
+        raise FileNotFoundError(
+            f"embedding file {path} has no keys file {keys_file} (one key per line, in row "
+            "order, as launch/embed.py writes it)"
+        )
     embeddings = np.load(path)
     keys = keys_file.read_text().split()
     if embeddings.ndim != 2 or len(embeddings) != len(keys):
-        raise ValueError(f"{path} holds shape {embeddings.shape} but {keys_file} has {len(keys)} keys; "
-                         "expected [N, D] with one key per row")
+        raise ValueError(
+            f"{path} holds shape {embeddings.shape} but {keys_file} has {len(keys)} keys; "
+            "expected [N, D] with one key per row"
+        )
     return embeddings.astype(np.float32, copy=False), keys
 
 
-def enrol_embeddings(embeddings: np.ndarray, keys: Sequence[str], *, per_utterance: bool = False,
-                     dims: Sequence[int] | None = None, dtype: str = "float32") -> CascadeIndex:
+def enrol_embeddings(
+    embeddings: np.ndarray,
+    keys: Sequence[str],
+    *,
+    per_utterance: bool = False,
+    dims: Sequence[int] | None = None,
+    dtype: str = "float32",
+) -> CascadeIndex:
     """An index of utterance embeddings [N, D] keyed `keys`: one row per speaker (`speaker_of`), the
     mean of its utterances' unit embeddings; with `per_utterance`, one row per utterance labelled
     with its speaker. dims, dtype: as `CascadeIndex`."""
@@ -63,8 +73,15 @@ def enrol_embeddings(embeddings: np.ndarray, keys: Sequence[str], *, per_utteran
     return CascadeIndex((sums / counts).astype(np.float32), speakers, speakers, dims=dims, dtype=dtype)
 
 
-def embed_shards(model, shards: str | Path, *, batch_size: int = 16, device: str = "cpu",
-                 max_seconds: float | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+def embed_shards(
+    model,
+    shards: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Every utterance of the shards (all of them, not only a trial list's) -> {key: MRL embedding
     [max dim] float32} of `model` (a ReDimNetMRL, already on `device`)."""
     from mrl_dist.data.pipeline import make_eval_loader, resolve_source
@@ -90,9 +107,16 @@ def load_mrl_model(checkpoint: str | Path, device: str = "cpu"):
     return inference_form(ReDimNetMRL.from_checkpoint(checkpoint)).to(device)
 
 
-def enrol_shards(checkpoint: str | Path, shards: str | Path, *, per_utterance: bool = False,
-                 dims: Sequence[int] | None = None, dtype: str = "float32", device: str = "cpu",
-                 **embed_options) -> CascadeIndex:
+def enrol_shards(
+    checkpoint: str | Path,
+    shards: str | Path,
+    *,
+    per_utterance: bool = False,
+    dims: Sequence[int] | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    **embed_options,
+) -> CascadeIndex:
     """`enrol_embeddings` of every utterance in `shards`, embedded by the MRL `checkpoint`; dims
     default to the checkpoint's. embed_options: as `embed_shards`."""
     model = load_mrl_model(checkpoint, device)

@@ -75,8 +75,13 @@ class Workspace:
         return buffer[:numel].view(*shape)
 
 
-def score_rows(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queries: torch.Tensor,
-               rows: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+def score_rows(
+    segments: Sequence[torch.Tensor],
+    inverse: torch.Tensor,
+    unit_queries: torch.Tensor,
+    rows: torch.Tensor,
+    workspace: Workspace,
+) -> torch.Tensor:
     """Cosine of each query [B, d] with its own rows [B, m] -> [B, m] float32: per segment, the
     rows' values gathered and multiplied with that part of the query, the parts summed."""
     count, width = rows.shape
@@ -85,26 +90,35 @@ def score_rows(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_que
     column = 0
     for segment in segments:
         size = segment.shape[1]
-        queries = unit_queries[:, column:column + size, None].contiguous().numpy()
+        queries = unit_queries[:, column : column + size, None].contiguous().numpy()
         chunk = max(1, GATHER_VALUES // (width * size))
         gathered = workspace.get("gathered", chunk * width, size)
         for start in range(0, count, chunk):
-            block = rows[start:start + chunk].reshape(-1)
+            block = rows[start : start + chunk].reshape(-1)
             n = len(block) // width
             if segment.dtype == torch.float32:
-                torch.index_select(segment, 0, block, out=gathered[:len(block)])
+                torch.index_select(segment, 0, block, out=gathered[: len(block)])
             else:
-                gathered[:len(block)] = torch.index_select(segment, 0, block)
+                gathered[: len(block)] = torch.index_select(segment, 0, block)
             # numpy's stacked matmul (a matrix-vector product per query) is ~5x torch.bmm's speed here
-            np.matmul(gathered[:len(block)].view(n, width, size).numpy(), queries[start:start + n],
-                      out=partial[start:start + n, :, None].numpy())
+            np.matmul(
+                gathered[: len(block)].view(n, width, size).numpy(),
+                queries[start : start + n],
+                out=partial[start : start + n, :, None].numpy(),
+            )
         scores += partial
         column += size
     return scores.mul_(inverse[rows])
 
 
-def top_rows(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queries: torch.Tensor, k: int,
-             workspace: Workspace, scan_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def top_rows(
+    segments: Sequence[torch.Tensor],
+    inverse: torch.Tensor,
+    unit_queries: torch.Tensor,
+    k: int,
+    workspace: Workspace,
+    scan_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best rows for each query [B, d] (unit), scored as ``rows[:, :d] @ q * inverse`` where
     `segments` hold the rows' first d values: (rows [B, k] int64, cosines [B, k] float32), best first.
 
@@ -119,7 +133,7 @@ def top_rows(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queri
     step = max(1, min(QUERY_BLOCK, MAXIMA_BYTES // (itemsize * (-(-total // GROUP)))))
     parts = []
     for start in range(0, len(unit_queries), step):
-        queries = unit_queries[start:start + step]
+        queries = unit_queries[start : start + step]
         levels = _scan(segments, inverse, queries, workspace, scan_dtype)
         groups = _descend(levels, k)
         if scan_dtype == torch.bfloat16:  # keys: exact only where each chosen group holds a value >= +0
@@ -136,34 +150,40 @@ def top_rows(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queri
 def _prepare(segments: Sequence[torch.Tensor], inverse: torch.Tensor, start: int, out: torch.Tensor) -> None:
     """`out` [n, d] = rows start..start + n of the segments side by side, times their inverse norms."""
     n, column = len(out), 0
-    scale = inverse[start:start + n, None]
+    scale = inverse[start : start + n, None]
     for segment in segments:
         size = segment.shape[1]
-        torch.mul(segment[start:start + n], scale, out=out[:, column:column + size])
+        torch.mul(segment[start : start + n], scale, out=out[:, column : column + size])
         column += size
 
 
-def _top_rows_direct(segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queries: torch.Tensor,
-                     k: int, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_rows_direct(
+    segments: Sequence[torch.Tensor], inverse: torch.Tensor, unit_queries: torch.Tensor, k: int, workspace: Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`top_rows` by a full top-k over every row's score (small indexes, or k close to N)."""
     total, dim = len(segments[0]), unit_queries.shape[1]
     prepared = workspace.get("prepared", ROW_BLOCK, dim)
     step = max(1, DIRECT_VALUES // total)
     parts = []
     for start in range(0, len(unit_queries), step):
-        queries = unit_queries[start:start + step]
+        queries = unit_queries[start : start + step]
         scores = torch.empty(len(queries), total)
         for first in range(0, total, ROW_BLOCK):
             n = min(ROW_BLOCK, total - first)
             _prepare(segments, inverse, first, prepared[:n])
-            torch.mm(queries, prepared[:n].T, out=scores[:, first:first + n])
+            torch.mm(queries, prepared[:n].T, out=scores[:, first : first + n])
         best, rows = torch.topk(scores, k, dim=1)
         parts.append((rows, best))
     return torch.cat([rows for rows, _ in parts]), torch.cat([scores for _, scores in parts])
 
 
-def _scan(segments: Sequence[torch.Tensor], inverse: torch.Tensor, queries: torch.Tensor, workspace: Workspace,
-          dtype: torch.dtype) -> list[torch.Tensor]:
+def _scan(
+    segments: Sequence[torch.Tensor],
+    inverse: torch.Tensor,
+    queries: torch.Tensor,
+    workspace: Workspace,
+    dtype: torch.dtype,
+) -> list[torch.Tensor]:
     """Group maxima of every row's cosine with each query [b, d], computed in `dtype`: ``[level 1
     [ceil(N / GROUP), b], level 2 (maxima of GROUP level-1 groups), ...]``, down to `COARSEST`
     values per query; for bfloat16 the maxima of the keys (int16, see the module docstring)."""
@@ -182,11 +202,11 @@ def _scan(segments: Sequence[torch.Tensor], inverse: torch.Tensor, queries: torc
         _prepare(segments, inverse, start, prepared[:n])
         for offset in range(0, n, ROW_BLOCK):
             m = min(ROW_BLOCK, n - offset)
-            torch.mm(prepared[offset:offset + m], queries_t, out=scores[:m])
+            torch.mm(prepared[offset : offset + m], queries_t, out=scores[:m])
             first = (start + offset) // GROUP
-            _group_max(keys[:m], level1[first:first + -(-m // GROUP)])
+            _group_max(keys[:m], level1[first : first + -(-m // GROUP)])
         first = start // GROUP
-        _group_max(level1[first:first + -(-n // GROUP)], level2[start // span:start // span + -(-n // span)])
+        _group_max(level1[first : first + -(-n // GROUP)], level2[start // span : start // span + -(-n // span)])
     levels = [level1, level2]
     while len(levels[-1]) > COARSEST:
         coarser = torch.empty(-(-len(levels[-1]) // GROUP), count, dtype=key_dtype)
@@ -201,9 +221,9 @@ def _group_max(values: torch.Tensor, out: torch.Tensor) -> None:
     n, count = values.shape
     full = n // GROUP
     if full:
-        torch.amax(values[:full * GROUP].view(full, GROUP, count), dim=1, out=out[:full])
+        torch.amax(values[: full * GROUP].view(full, GROUP, count), dim=1, out=out[:full])
     if full < len(out):
-        torch.amax(values[full * GROUP:], dim=0, out=out[full])
+        torch.amax(values[full * GROUP :], dim=0, out=out[full])
 
 
 def _lowest(dtype: torch.dtype) -> float:

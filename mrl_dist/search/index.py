@@ -40,6 +40,7 @@ AUTO = "auto"
 INDEX_FORMAT = "mrl-dist-search-index/1"
 _BUILD_ROWS = 65_536  # rows normalised at once while building
 
+
 def keys_path(index_path: str | os.PathLike) -> Path:
     """Where the keys of the index at `index_path` (X.npz) live: X.keys.json."""
     return Path(index_path).with_suffix(".keys.json")
@@ -87,10 +88,10 @@ def _unit_segments(embeddings: np.ndarray, dims: Sequence[int], dtype: str) -> l
     bounds = list(zip([0, *dims[:-1]], dims))
     segments = [np.empty((len(embeddings), stop - start), dtype=dtype) for start, stop in bounds]
     for first in range(0, len(embeddings), _BUILD_ROWS):
-        block = embeddings[first:first + _BUILD_ROWS, :dims[-1]].astype(np.float32)
+        block = embeddings[first : first + _BUILD_ROWS, : dims[-1]].astype(np.float32)
         block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
         for segment, (start, stop) in zip(segments, bounds):
-            segment[first:first + _BUILD_ROWS] = block[:, start:stop]
+            segment[first : first + _BUILD_ROWS] = block[:, start:stop]
     return segments
 
 
@@ -99,20 +100,28 @@ def _prefix_inverse_norms(segments: Sequence[np.ndarray]) -> np.ndarray:
     prefix, which then scores 0)."""
     inverse = np.empty((len(segments), len(segments[0])), dtype=np.float32)
     for first in range(0, len(segments[0]), _BUILD_ROWS):
-        squares = np.zeros(len(segments[0][first:first + _BUILD_ROWS]))
+        squares = np.zeros(len(segments[0][first : first + _BUILD_ROWS]))
         for row, segment in enumerate(segments):
-            block = segment[first:first + _BUILD_ROWS].astype(np.float64)
+            block = segment[first : first + _BUILD_ROWS].astype(np.float64)
             squares += np.einsum("nd,nd->n", block, block)
             norms = np.sqrt(squares)
-            inverse[row, first:first + _BUILD_ROWS] = np.where(norms > 1e-12, 1.0 / np.maximum(norms, 1e-12), 0.0)
+            inverse[row, first : first + _BUILD_ROWS] = np.where(norms > 1e-12, 1.0 / np.maximum(norms, 1e-12), 0.0)
     return inverse
 
 
 class CascadeIndex:
     """Enrolment embeddings [N, D] with a key and a label (speaker) per row, searched at MRL prefixes."""
 
-    def __init__(self, embeddings: np.ndarray, keys: Sequence[str], labels: Sequence[str] | None = None, *,
-                 dims: Sequence[int] | None = None, dtype: str = "float32", backend: str = "torch"):
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        keys: Sequence[str],
+        labels: Sequence[str] | None = None,
+        *,
+        dims: Sequence[int] | None = None,
+        dtype: str = "float32",
+        backend: str = "torch",
+    ):
         """embeddings [N, D] (any scale); keys and labels: N str (labels, e.g. speakers, default to
         the keys); dims: the prefixes searchable (default `DEFAULT_DIMS` below D, plus D); dtype:
         storage; backend: "torch" or "faiss" (see the module docstring)."""
@@ -126,11 +135,17 @@ class CascadeIndex:
         if not dims or dims != sorted(set(dims)) or dims[0] < 1 or dims[-1] > size:
             raise ValueError(f"dims {dims}: expected strictly increasing dims in 1..{size} (the embedding size)")
         segments = _unit_segments(embeddings, dims, dtype)
-        self._setup(segments, _prefix_inverse_norms(segments), keys, keys if labels is None else labels, dims,
-                    backend)
+        self._setup(segments, _prefix_inverse_norms(segments), keys, keys if labels is None else labels, dims, backend)
 
-    def _setup(self, segments: list[np.ndarray], inverse_norms: np.ndarray, keys: Sequence[str],
-               labels: Sequence[str], dims: list[int], backend: str) -> None:
+    def _setup(
+        self,
+        segments: list[np.ndarray],
+        inverse_norms: np.ndarray,
+        keys: Sequence[str],
+        labels: Sequence[str],
+        dims: list[int],
+        backend: str,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         rows = len(segments[0])
@@ -163,7 +178,7 @@ class CascadeIndex:
     def prefix(self, dim: int, rows: slice = slice(None)) -> np.ndarray:
         """The enrolments (of `rows`) at `dim`: [n, dim] float32 unit rows, a copy."""
         position = self._dim_row(dim)
-        values = np.concatenate([segment[rows] for segment in self.segments[:position + 1]], axis=1)
+        values = np.concatenate([segment[rows] for segment in self.segments[: position + 1]], axis=1)
         return values.astype(np.float32) * self.inverse_norms[position, rows, None]
 
     def _dim_row(self, dim: int) -> int:
@@ -176,13 +191,22 @@ class CascadeIndex:
         if queries.ndim == 1:
             queries = queries[None]
         if queries.ndim != 2 or queries.shape[1] < dim:
-            raise ValueError(f"queries of shape {queries.shape} have fewer than the {dim} dims searched "
-                             f"(index dims {self.dims}); embed them at >= {dim} dims")
+            raise ValueError(
+                f"queries of shape {queries.shape} have fewer than the {dim} dims searched "
+                f"(index dims {self.dims}); embed them at >= {dim} dims"
+            )
         return queries
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, top_n: int = 5, first_dim: int = 64, shortlist: int = 100,
-               final_dim: int | None = None, scan_dtype: str = AUTO) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: np.ndarray,
+        top_n: int = 5,
+        first_dim: int = 64,
+        shortlist: int = 100,
+        final_dim: int | None = None,
+        scan_dtype: str = AUTO,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cascade: cosine at `first_dim` over all rows, the best `shortlist` re-scored at `final_dim`.
 
         Args:
@@ -207,8 +231,9 @@ class CascadeIndex:
         best, order = torch.topk(scores, top_n, dim=1)
         return torch.gather(rows, 1, order).numpy(), best.numpy()
 
-    def search_brute(self, queries: np.ndarray, top_n: int = 5, dim: int | None = None,
-                     scan_dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    def search_brute(
+        self, queries: np.ndarray, top_n: int = 5, dim: int | None = None, scan_dtype: str = "float32"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Brute force: cosine at `dim` (default D) against every row, exact with a float32 scan;
         returns as `search`."""
         dim = self.size if dim is None else dim
@@ -224,22 +249,22 @@ class CascadeIndex:
     def _prefix_parts(self, dim: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The segments that make up the prefix `dim`, and its inverse norms [N]."""
         position = self._dim_row(dim)
-        return self._torch_segments[:position + 1], torch.from_numpy(self.inverse_norms[position])
+        return self._torch_segments[: position + 1], torch.from_numpy(self.inverse_norms[position])
 
     def _score_rows(self, unit_queries: torch.Tensor, dim: int, rows: torch.Tensor) -> torch.Tensor:
         """Cosine at `dim` of each query [B, dim] with its own rows [B, m] -> [B, m] float32."""
         return exhaustive.score_rows(*self._prefix_parts(dim), unit_queries, rows, self._workspace)
 
-    def _top_rows(self, unit_queries: torch.Tensor, dim: int, k: int, scan_dtype: str
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _top_rows(
+        self, unit_queries: torch.Tensor, dim: int, k: int, scan_dtype: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best rows at `dim` for each query: (rows [B, k] int64, scores [B, k]), best first."""
         scan_dtype = scan_dtype_for(scan_dtype, self.backend)
         if self.backend == "faiss":
             if scan_dtype != "float32":
                 raise ValueError(f"scan_dtype {scan_dtype!r}: the faiss backend scans in float32")
             return self._top_rows_faiss(unit_queries, dim, k)
-        return exhaustive.top_rows(*self._prefix_parts(dim), unit_queries, k, self._workspace,
-                                   SCAN_DTYPES[scan_dtype])
+        return exhaustive.top_rows(*self._prefix_parts(dim), unit_queries, k, self._workspace, SCAN_DTYPES[scan_dtype])
 
     def _top_rows_faiss(self, unit_queries: torch.Tensor, dim: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`_top_rows` by a faiss `IndexFlatIP` over the unit rows at `dim` (built on first use)."""
@@ -247,8 +272,9 @@ class CascadeIndex:
             try:
                 import faiss
             except ImportError as error:
-                raise ImportError("backend 'faiss' needs faiss: pip install faiss-cpu "
-                                  "(or pip install 'mrl-dist[search]')") from error
+                raise ImportError(
+                    "backend 'faiss' needs faiss: pip install faiss-cpu (or pip install 'mrl-dist[search]')"
+                ) from error
             flat = faiss.IndexFlatIP(dim)
             for start in range(0, len(self), _BUILD_ROWS):
                 flat.add(self.prefix(dim, slice(start, start + _BUILD_ROWS)))
@@ -264,8 +290,7 @@ class CascadeIndex:
         arrays = {f"segment_{position}": segment for position, segment in enumerate(self.segments)}
         arrays.update(inverse_norms=self.inverse_norms, dims=np.asarray(self.dims, dtype=np.int64))
         _atomic_write(path, lambda file: np.savez(file, **arrays))
-        meta = {"format": INDEX_FORMAT, "rows": len(self), "dims": self.dims, "keys": self.keys,
-                "labels": self.labels}
+        meta = {"format": INDEX_FORMAT, "rows": len(self), "dims": self.dims, "keys": self.keys, "labels": self.labels}
         _atomic_write(keys_path(path), lambda file: file.write(json.dumps(meta).encode()))
         return path
 
@@ -284,11 +309,16 @@ class CascadeIndex:
             segments = [arrays[f"segment_{position}"] for position in range(len(dims))]
             inverse_norms = arrays["inverse_norms"]
         widths = [segment.shape[1] for segment in segments]
-        if (dims != meta["dims"] or widths != [b - a for a, b in zip([0, *dims[:-1]], dims)]
-                or {len(segment) for segment in segments} != {meta["rows"]}
-                or inverse_norms.shape != (len(dims), meta["rows"])):
-            raise ValueError(f"{path} (dims {dims}, segment widths {widths}) and {meta_path} ({meta['rows']} rows, "
-                             f"dims {meta['dims']}) are not one index; enrol again")
+        if (
+            dims != meta["dims"]
+            or widths != [b - a for a, b in zip([0, *dims[:-1]], dims)]
+            or {len(segment) for segment in segments} != {meta["rows"]}
+            or inverse_norms.shape != (len(dims), meta["rows"])
+        ):
+            raise ValueError(
+                f"{path} (dims {dims}, segment widths {widths}) and {meta_path} ({meta['rows']} rows, "
+                f"dims {meta['dims']}) are not one index; enrol again"
+            )
         if segments[0].dtype.name not in STORAGE_DTYPES:
             raise ValueError(f"{path}: embeddings are {segments[0].dtype.name}, expected one of {STORAGE_DTYPES}")
         index = cls.__new__(cls)

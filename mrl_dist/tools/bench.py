@@ -34,29 +34,51 @@ BENCH_MODES = ("classifier", "mrl-frozen", "mrl-unfrozen")
 VOXCELEB2_SPEAKERS = 5994
 
 
-def bench_config(preset: str, mode: str, batch_size: int, crop_seconds: float = 2.0, precision: str = "no",
-                 mrl_dims: Sequence[int] = (64, 128, 192, 256)) -> Config:
+def bench_config(
+    preset: str,
+    mode: str,
+    batch_size: int,
+    crop_seconds: float = 2.0,
+    precision: str = "no",
+    mrl_dims: Sequence[int] = (64, 128, 192, 256),
+) -> Config:
     """The trainer config of one bench case (defaults elsewhere: AdamW, grad_clip 5.0, AAM 0.2/30)."""
     if mode not in BENCH_MODES:
         raise ValueError(f"bench mode {mode!r}: expected one of {', '.join(BENCH_MODES)}")
-    return config_from_dict({
-        "model": {"backbone": preset, "pretrained": None, "mrl_dims": list(mrl_dims), "head_init": "random"},
-        "data": {"crop_seconds": crop_seconds},
-        "training": {"mode": "classifier" if mode == "classifier" else "mrl",
-                     "freeze_backbone": mode == "mrl-frozen", "batch_size": batch_size,
-                     "mixed_precision": precision},
-    }, source=f"bench {preset} {mode}")
+    return config_from_dict(
+        {
+            "model": {"backbone": preset, "pretrained": None, "mrl_dims": list(mrl_dims), "head_init": "random"},
+            "data": {"crop_seconds": crop_seconds},
+            "training": {
+                "mode": "classifier" if mode == "classifier" else "mrl",
+                "freeze_backbone": mode == "mrl-frozen",
+                "batch_size": batch_size,
+                "mixed_precision": precision,
+            },
+        },
+        source=f"bench {preset} {mode}",
+    )
 
 
 def with_random_weights(cfg: Config) -> Config:
     """A copy of a run config that builds the same architecture without downloading weights."""
-    data = {"model": {"backbone": cfg.model.backbone, "pretrained": None, "mrl_dims": list(cfg.model.mrl_dims),
-                      "head_init": "random"},
-            "training": {"mode": cfg.training.mode, "freeze_backbone": cfg.training.freeze_backbone,
-                         "batch_size": cfg.training.batch_size, "mixed_precision": cfg.training.mixed_precision,
-                         "grad_clip": cfg.training.grad_clip},
-            "data": {"crop_seconds": cfg.data.crop_seconds},
-            "loss": {"subcenters": cfg.loss.subcenters, "tied": cfg.loss.tied}}
+    data = {
+        "model": {
+            "backbone": cfg.model.backbone,
+            "pretrained": None,
+            "mrl_dims": list(cfg.model.mrl_dims),
+            "head_init": "random",
+        },
+        "training": {
+            "mode": cfg.training.mode,
+            "freeze_backbone": cfg.training.freeze_backbone,
+            "batch_size": cfg.training.batch_size,
+            "mixed_precision": cfg.training.mixed_precision,
+            "grad_clip": cfg.training.grad_clip,
+        },
+        "data": {"crop_seconds": cfg.data.crop_seconds},
+        "loss": {"subcenters": cfg.loss.subcenters, "tied": cfg.loss.tied},
+    }
     return config_from_dict(data, source=f"{cfg.run_dir} (random weights)")
 
 
@@ -74,8 +96,9 @@ class BenchStep:
         return stats["loss"]
 
 
-def build_training_step(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS,
-                        device: str | torch.device = "cpu") -> BenchStep:
+def build_training_step(
+    cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, device: str | torch.device = "cpu"
+) -> BenchStep:
     """What the trainer builds for `cfg` (mode, module, optimizer, schedule, the train/eval policy)
     on `device`, stepped by `SingleDevice` instead of an Accelerator."""
     device = torch.device(device)
@@ -91,8 +114,13 @@ def build_training_step(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS,
     return BenchStep(module, mode, step)
 
 
-def synthetic_batch(batch_size: int, crop_seconds: float, num_classes: int = VOXCELEB2_SPEAKERS,
-                    device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+def synthetic_batch(
+    batch_size: int,
+    crop_seconds: float,
+    num_classes: int = VOXCELEB2_SPEAKERS,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """`{"wave": [B, T] float32 16 kHz (quiet noise), "label": [B] int64}`."""
     generator = torch.Generator().manual_seed(seed)
     wave = 0.1 * torch.randn(batch_size, round(crop_seconds * SAMPLE_RATE), generator=generator)
@@ -130,23 +158,37 @@ class ThroughputResult:
     def median(self) -> float:
         return statistics.median(self.crops_per_second)
 
-    MARKDOWN_HEADER = ("| preset | mode | device | precision | batch | crop | threads | trainable params "
-                       "| crops/s (best) | crops/s (median) | ms/step (best) | peak alloc / reserved |\n"
-                       "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    MARKDOWN_HEADER = (
+        "| preset | mode | device | precision | batch | crop | threads | trainable params "
+        "| crops/s (best) | crops/s (median) | ms/step (best) | peak alloc / reserved |\n"
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    )
 
     def markdown_row(self) -> str:
         memory = "n/a (CPU)"
         if self.peak_allocated_bytes is not None:
             memory = f"{self.peak_allocated_bytes / 2**30:.2f} / {self.peak_reserved_bytes / 2**30:.2f} GiB"
         step_ms = 1000 * self.batch_size / self.best
-        return (f"| {self.preset} | {self.mode} | {self.device} | {self.precision} | {self.batch_size} "
-                f"| {self.crop_seconds:g} s | {self.threads} | {self.trainable:,} | {self.best:,.1f} "
-                f"| {self.median:,.1f} | {step_ms:,.0f} | {memory} |")
+        return (
+            f"| {self.preset} | {self.mode} | {self.device} | {self.precision} | {self.batch_size} "
+            f"| {self.crop_seconds:g} s | {self.threads} | {self.trainable:,} | {self.best:,.1f} "
+            f"| {self.median:,.1f} | {step_ms:,.0f} | {memory} |"
+        )
 
 
-def measure_throughput(preset: str, mode: str, batch_size: int = 32, crop_seconds: float = 2.0, steps: int = 20,
-                       warmup: int = 3, repeats: int = 1, device: str = "cpu", precision: str = "no",
-                       num_classes: int = VOXCELEB2_SPEAKERS, seed: int = 0) -> ThroughputResult:
+def measure_throughput(
+    preset: str,
+    mode: str,
+    batch_size: int = 32,
+    crop_seconds: float = 2.0,
+    steps: int = 20,
+    warmup: int = 3,
+    repeats: int = 1,
+    device: str = "cpu",
+    precision: str = "no",
+    num_classes: int = VOXCELEB2_SPEAKERS,
+    seed: int = 0,
+) -> ThroughputResult:
     """Crops per second of `steps` consecutive training steps after `warmup` untimed ones, `repeats`
     times on the same model (the batch stays on the device: this is the model step alone)."""
     torch.manual_seed(seed)
@@ -172,6 +214,19 @@ def measure_throughput(preset: str, mode: str, batch_size: int = 32, crop_second
     if target.type == "cuda":
         peak_allocated = torch.cuda.max_memory_allocated(target)
         peak_reserved = torch.cuda.max_memory_reserved(target)
-    return ThroughputResult(preset, mode, str(target), precision, batch_size, crop_seconds, torch.get_num_threads(),
-                            steps, repeats, rates, sizes["parameters"], sizes["trainable"], peak_allocated,
-                            peak_reserved)
+    return ThroughputResult(
+        preset,
+        mode,
+        str(target),
+        precision,
+        batch_size,
+        crop_seconds,
+        torch.get_num_threads(),
+        steps,
+        repeats,
+        rates,
+        sizes["parameters"],
+        sizes["trainable"],
+        peak_allocated,
+        peak_reserved,
+    )

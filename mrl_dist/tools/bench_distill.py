@@ -40,14 +40,24 @@ class CacheBenchResult:
         return self.cached_crops_per_second / self.live_crops_per_second
 
 
-def measure_teacher_cache(teacher_presets: Sequence[str] = ("b0", "b2"), student_preset: str = "tiny",
-                          dims: Sequence[int] = (64, 128, 192), batch_size: int = 32, crop_seconds: float = 2.0,
-                          steps: int = 5) -> CacheBenchResult:
+def measure_teacher_cache(
+    teacher_presets: Sequence[str] = ("b0", "b2"),
+    student_preset: str = "tiny",
+    dims: Sequence[int] = (64, 128, 192),
+    batch_size: int = 32,
+    crop_seconds: float = 2.0,
+    steps: int = 5,
+) -> CacheBenchResult:
     torch.manual_seed(0)
-    split = [list(dims[: len(dims) // 2 or 1]), list(dims[len(dims) // 2 or 1:])] if len(teacher_presets) == 2 \
+    split = (
+        [list(dims[: len(dims) // 2 or 1]), list(dims[len(dims) // 2 or 1 :])]
+        if len(teacher_presets) == 2
         else [list(dims)] * len(teacher_presets)
-    teachers = [Teacher(freeze_teacher(build_preset(name)), split[i] if i < len(split) else list(dims), 1.0, name)
-                for i, name in enumerate(teacher_presets)]
+    )
+    teachers = [
+        Teacher(freeze_teacher(build_preset(name)), split[i] if i < len(split) else list(dims), 1.0, name)
+        for i, name in enumerate(teacher_presets)
+    ]
     student = ReDimNetMRL(build_preset(student_preset).model_config, list(dims), keep_native=False).train()
     loss_fn = build_distillation_loss(student.dims, teachers, DistillLossesConfig(aam=0.0))
     optimizer = torch.optim.AdamW([*student.parameters(), *loss_fn.parameters()], lr=1e-4)

@@ -27,8 +27,10 @@ def cached_step_rate(preset: str, batch_size: int, steps: int) -> tuple[float, i
     step = build_training_step(cfg)
     step.module.from_features = True  # as the trainer sets it for data.features
     pooled_dim = build_preset(preset).pool_out_dim
-    batch = {"pooled": torch.randn(batch_size, pooled_dim),
-             "label": torch.randint(0, VOXCELEB2_SPEAKERS, (batch_size,))}
+    batch = {
+        "pooled": torch.randn(batch_size, pooled_dim),
+        "label": torch.randint(0, VOXCELEB2_SPEAKERS, (batch_size,)),
+    }
     for _ in range(3):
         step(batch)
     start = time.perf_counter()

@@ -55,8 +55,16 @@ def randomise_batchnorms(model: torch.nn.Module, seed: int = 0) -> None:
                 module.bias.copy_(0.3 * torch.randn(n, generator=generator))
 
 
-def measure_inference(preset: str, batch_size: int, seconds: float, repeats: int, warmup: int,
-                      mrl: bool = False, channels_last: bool = True, compile: bool = False) -> InferenceTiming:
+def measure_inference(
+    preset: str,
+    batch_size: int,
+    seconds: float,
+    repeats: int,
+    warmup: int,
+    mrl: bool = False,
+    channels_last: bool = True,
+    compile: bool = False,
+) -> InferenceTiming:
     """Time the plain eval model against its inference form on one batch of synthetic waves."""
     torch.manual_seed(0)
     model = build_preset(preset)

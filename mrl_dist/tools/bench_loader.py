@@ -76,7 +76,7 @@ class NaiveCrops(Dataset):
         else:
             wave = decode_file(path).wave
         start = np.random.randint(0, max(1, len(wave) - self.crop_frames + 1))
-        return torch.from_numpy(np.resize(wave[start:start + self.crop_frames], self.crop_frames))
+        return torch.from_numpy(np.resize(wave[start : start + self.crop_frames], self.crop_frames))
 
 
 def time_crops(batches, crops: int, batch_size: int, window: int = 4) -> tuple[float, float]:
@@ -98,9 +98,17 @@ def time_crops(batches, crops: int, batch_size: int, window: int = 4) -> tuple[f
 
 
 def bench_pipeline(manifest: Path, crop_seconds: float, crops: int, batch_size: int):
-    loader = make_train_loader(manifest, batch_size=batch_size, crop_seconds=crop_seconds,
-                               num_workers=0, seed=0, rank=0, world_size=1, shuffle_buffer=256,
-                               steps_per_epoch=crops // batch_size + 16)
+    loader = make_train_loader(
+        manifest,
+        batch_size=batch_size,
+        crop_seconds=crop_seconds,
+        num_workers=0,
+        seed=0,
+        rank=0,
+        world_size=1,
+        shuffle_buffer=256,
+        steps_per_epoch=crops // batch_size + 16,
+    )
     return time_crops(loader, crops, batch_size)
 
 
@@ -130,8 +138,9 @@ def bench_raw(manifest: Path, crop_seconds: float, crops: int, batch_size: int):
     return time_crops(bare_loop(), crops, batch_size)
 
 
-def measure_loaders(utterances: int, seconds: float, crop_seconds: float, crops: int, batch_size: int,
-                    repeats: int, m4a: bool = True) -> tuple[dict[str, float], dict[str, float]]:
+def measure_loaders(
+    utterances: int, seconds: float, crop_seconds: float, crops: int, batch_size: int, repeats: int, m4a: bool = True
+) -> tuple[dict[str, float], dict[str, float]]:
     """(whole-run crops/s, best-window crops/s) per loader name, each the best of `repeats`
     interleaved runs; the naive m4a row is added when `m4a` and PyAV can encode AAC."""
     import av
@@ -143,17 +152,19 @@ def measure_loaders(utterances: int, seconds: float, crop_seconds: float, crops:
         pack_split([root / "flac"], root / "shards", "bench", workers=1, shard_size_mb=16, progress=False)
         manifest = root / "shards" / "bench.manifest.json"
         loaders = [
-            ("(a) shard pipeline",
-             lambda: bench_pipeline(manifest, crop_seconds, crops, batch_size)),
-            ("(b) naive per-file FLAC",
-             lambda: bench_naive(files, crop_seconds, crops, batch_size)),
-            ("(c) raw limit",
-             lambda: bench_raw(manifest, crop_seconds, crops, batch_size)),
+            ("(a) shard pipeline", lambda: bench_pipeline(manifest, crop_seconds, crops, batch_size)),
+            ("(b) naive per-file FLAC", lambda: bench_naive(files, crop_seconds, crops, batch_size)),
+            ("(c) raw limit", lambda: bench_raw(manifest, crop_seconds, crops, batch_size)),
         ]
         if with_m4a:
             m4a_files = sorted((root / "m4a").rglob("*.m4a"))
-            loaders.insert(2, ("(b') naive per-file m4a (VoxCeleb2 as shipped)",
-                               lambda: bench_naive(m4a_files, crop_seconds, crops // 4, batch_size)))
+            loaders.insert(
+                2,
+                (
+                    "(b') naive per-file m4a (VoxCeleb2 as shipped)",
+                    lambda: bench_naive(m4a_files, crop_seconds, crops // 4, batch_size),
+                ),
+            )
         # Interleaved repeats, best of each: other jobs on a shared machine only slow runs down.
         whole = {name: 0.0 for name, _ in loaders}
         best = dict(whole)

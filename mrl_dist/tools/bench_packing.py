@@ -52,8 +52,7 @@ VOXCELEB2_SPEAKERS = 5_994
 PCM16_BYTES_PER_HOUR = SAMPLE_RATE * 2 * 3600
 
 
-def synthetic_m4a_corpus(root: Path, utterances: int, sample_rate: int, channels: int,
-                         seed: int = 0) -> float:
+def synthetic_m4a_corpus(root: Path, utterances: int, sample_rate: int, channels: int, seed: int = 0) -> float:
     """Writes ROOT/<speaker>/<video>/<utt>.m4a (AAC) of 4-11 s synthetic speech; returns seconds.
 
     Eight speakers from mrl_dist/demo's source-filter voices, one recording session per video;
@@ -74,10 +73,10 @@ def synthetic_m4a_corpus(root: Path, utterances: int, sample_rate: int, channels
         seconds = float(rng.uniform(4.0, 11.0))  # VoxCeleb2's mean is 7.55 s
         wave = synthesize_utterance(rng, voices[speaker], sessions[speaker, video], seconds)[:, None]
         if channels == 2:
-            wave = np.concatenate([wave, 0.9 * wave + 0.002 * rng.standard_normal(
-                wave.shape).astype(np.float32)], axis=1)
-        write_m4a(root / f"id{speaker:05d}" / f"v{video:04d}" / f"{index:05d}.m4a", wave,
-                  sample_rate)
+            wave = np.concatenate(
+                [wave, 0.9 * wave + 0.002 * rng.standard_normal(wave.shape).astype(np.float32)], axis=1
+            )
+        write_m4a(root / f"id{speaker:05d}" / f"v{video:04d}" / f"{index:05d}.m4a", wave, sample_rate)
         total += seconds
     return total
 
@@ -125,8 +124,13 @@ def measure_transcode(corpus: Path, source: str, cache: Path, repeats: int = 2) 
             spent["worker"] += time.perf_counter() - start
             seconds += record["seconds"]
         best = {stage: min(best[stage], spent[stage]) for stage in best}
-    return TranscodeResult(source, len(sources), seconds, sum(item.size for item in sources),
-                           **{stage: seconds / best[stage] for stage in best})
+    return TranscodeResult(
+        source,
+        len(sources),
+        seconds,
+        sum(item.size for item in sources),
+        **{stage: seconds / best[stage] for stage in best},
+    )
 
 
 @dataclass
@@ -138,8 +142,7 @@ class FlacLevelResult:
     crops_per_second: float
 
 
-def measure_flac_levels(cache: Path, levels: list[int], crops: int,
-                        crop_seconds: float = 2.0) -> list[FlacLevelResult]:
+def measure_flac_levels(cache: Path, levels: list[int], crops: int, crop_seconds: float = 2.0) -> list[FlacLevelResult]:
     """Re-encodes the level-0 FLAC files under `cache` (pass-1 output) at each level.
 
     The PCM inside is exactly what encode_flac quantised, so a level's bytes are what the shards
@@ -153,8 +156,7 @@ def measure_flac_levels(cache: Path, levels: list[int], crops: int,
         blobs = []
         for wave in pcm:
             buffer = io.BytesIO()
-            sf.write(buffer, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16",
-                     compression_level=level / 8)
+            sf.write(buffer, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16", compression_level=level / 8)
             blobs.append(buffer.getvalue())
         rng = np.random.default_rng(0)
         long_enough = [blob for blob, wave in zip(blobs, pcm) if len(wave) > frames]
@@ -181,8 +183,10 @@ def measure_pass2(corpus: Path, work: Path, shard_size_mb: float) -> tuple[float
     output = work / "shards"
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    written = sum(write_shard((str(output), plan, str(cache), str(work / "records"),
-                               plan_digest(identity, plan)))[2] for plan in plans)
+    written = sum(
+        write_shard((str(output), plan, str(cache), str(work / "records"), plan_digest(identity, plan)))[2]
+        for plan in plans
+    )
     return written / 1e6 / (time.perf_counter() - start), written / manifest["total_hours"]
 
 
@@ -238,14 +242,12 @@ class DiskResult:
 def measure_disk(corpus: Path, output: Path, workers: int, shard_size_mb: float) -> DiskResult:
     """Packs `corpus` into `output` while sampling the folder's size (FolderSampler)."""
     with FolderSampler(output) as sampler:
-        manifest = pack_split([corpus], output, "bench", workers=workers,
-                              shard_size_mb=shard_size_mb, progress=False)
+        manifest = pack_split([corpus], output, "bench", workers=workers, shard_size_mb=shard_size_mb, progress=False)
     sizes = [(output / shard["name"]).stat().st_size for shard in manifest["shards"]]
     return DiskResult(workers, folder_bytes(output), sampler.peak, max(sizes), len(sizes))
 
 
-def synthetic_listing(utterances: int, speakers: int,
-                      seed: int = 0) -> tuple[list[SourceFile], list[dict]]:
+def synthetic_listing(utterances: int, speakers: int, seed: int = 0) -> tuple[list[SourceFile], list[dict]]:
     """(sources sorted by key, their pass-1 decode records): a VoxCeleb2-like listing, no audio.
 
     Keys `idXXXXX/<11-char video>/NNNNN`, about 24 videos per speaker, 4-20 s utterances (mean
@@ -264,10 +266,19 @@ def synthetic_listing(utterances: int, speakers: int,
         path = f"/data/voxceleb2/dev/aac/{key}.m4a"
         source = SourceFile(key, path, int(frames[index]) // 4, 1_600_000_000_000_000_000 + index)
         sources.append(source)
-        records.append({"key": key, "path": path, "size": source.size, "mtime_ns": source.mtime_ns,
-                        "bytes": int(frames[index] * 1.2), "frames": int(frames[index]),
-                        "seconds": int(frames[index]) / SAMPLE_RATE, "original_sample_rate": 16000,
-                        "original_channels": 1})
+        records.append(
+            {
+                "key": key,
+                "path": path,
+                "size": source.size,
+                "mtime_ns": source.mtime_ns,
+                "bytes": int(frames[index] * 1.2),
+                "frames": int(frames[index]),
+                "seconds": int(frames[index]) / SAMPLE_RATE,
+                "original_sample_rate": 16000,
+                "original_channels": 1,
+            }
+        )
     order = sorted(range(utterances), key=lambda i: sources[i].key)
     return [sources[i] for i in order], [records[i] for i in order]
 
@@ -331,13 +342,18 @@ def planning_at_scale(folder: str, utterances: int, speakers: int) -> dict:
     seconds["read manifest"] = time.perf_counter() - start
     if read.total_samples != utterances or sum(s.samples for s in read.shards) != utterances:
         raise RuntimeError(f"{path} reads back {read.total_samples} samples, not {utterances}")
-    return {"seconds": seconds, "shards": len(plans), "speakers": read.num_speakers,
-            "samples": read.total_samples, "manifest_bytes": path.stat().st_size,
-            "jsonl_bytes": (state / "decoded.jsonl").stat().st_size, "rss_start": rss_start}
+    return {
+        "seconds": seconds,
+        "shards": len(plans),
+        "speakers": read.num_speakers,
+        "samples": read.total_samples,
+        "manifest_bytes": path.stat().st_size,
+        "jsonl_bytes": (state / "decoded.jsonl").stat().st_size,
+        "rss_start": rss_start,
+    }
 
 
-def measure_planning(folder: Path, utterances: int = VOXCELEB2_UTTERANCES,
-                     speakers: int = VOXCELEB2_SPEAKERS) -> dict:
+def measure_planning(folder: Path, utterances: int = VOXCELEB2_UTTERANCES, speakers: int = VOXCELEB2_SPEAKERS) -> dict:
     """planning_at_scale in a fresh (spawned) process; adds its `peak_rss` in bytes."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
         return fresh.submit(_planning_with_rss, str(folder), utterances, speakers).result()
@@ -348,9 +364,15 @@ def _planning_with_rss(folder: str, utterances: int, speakers: int) -> dict:
     return {**result, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def voxceleb2_estimate(cores: int, transcode: TranscodeResult, pass2_mb_per_s: float,
-                       shard_bytes_per_hour: float, planning_seconds: float,
-                       disk_gb_per_s: float, shard_size_mb: float = 256.0) -> dict:
+def voxceleb2_estimate(
+    cores: int,
+    transcode: TranscodeResult,
+    pass2_mb_per_s: float,
+    shard_bytes_per_hour: float,
+    planning_seconds: float,
+    disk_gb_per_s: float,
+    shard_size_mb: float = 256.0,
+) -> dict:
     """Hours and GB to pack VoxCeleb2 dev on `cores` cores from this machine's per-core rates.
 
     CPU-bound times scale linearly with the processes (pass 2: at most MAX_SHARD_WRITERS); the
@@ -364,9 +386,14 @@ def voxceleb2_estimate(cores: int, transcode: TranscodeResult, pass2_mb_per_s: f
     writers = min(cores, MAX_SHARD_WRITERS)
     pass1 = VOXCELEB2_HOURS / (transcode.worker * cores)
     pass2 = final / 1e6 / (pass2_mb_per_s * writers) / 3600
-    return {"cores": cores, "pass1_hours": pass1, "pass2_hours": pass2,
-            "pass1_disk_hours": max(pass1, (source + final) / disk),
-            "pass2_disk_hours": max(pass2, 2 * final / disk),
-            "planning_hours": planning_seconds / 3600,
-            "source_gb": source / 1e9, "final_gb": final / 1e9,
-            "peak_gb": (final + writers * shard_size_mb * 2**20) / 1e9}
+    return {
+        "cores": cores,
+        "pass1_hours": pass1,
+        "pass2_hours": pass2,
+        "pass1_disk_hours": max(pass1, (source + final) / disk),
+        "pass2_disk_hours": max(pass2, 2 * final / disk),
+        "planning_hours": planning_seconds / 3600,
+        "source_gb": source / 1e9,
+        "final_gb": final / 1e9,
+        "peak_gb": (final + writers * shard_size_mb * 2**20) / 1e9,
+    }

@@ -22,7 +22,8 @@ from .machine import bench_header
 
 def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Training-step throughput of one preset and mode, or the memory estimate of the shipped configs.")
+        description="Training-step throughput of one preset and mode, or the memory estimate of the shipped configs."
+    )
     parser.add_argument("--preset", default="tiny", choices=PRESETS)
     parser.add_argument("--mode", default="classifier", choices=BENCH_MODES)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -34,8 +35,12 @@ def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument("--num-classes", type=int, default=VOXCELEB2_SPEAKERS)
-    parser.add_argument("--estimate-memory", nargs="+", metavar="CONFIG",
-                        help="print the estimated peak memory of these configs (those with a known card) and exit")
+    parser.add_argument(
+        "--estimate-memory",
+        nargs="+",
+        metavar="CONFIG",
+        help="print the estimated peak memory of these configs (those with a known card) and exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -58,9 +63,18 @@ def bench_train_main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
-    result = measure_throughput(args.preset, args.mode, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
-                                steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=args.device,
-                                precision=args.precision, num_classes=args.num_classes)
+    result = measure_throughput(
+        args.preset,
+        args.mode,
+        batch_size=args.batch_size,
+        crop_seconds=args.crop_seconds,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+        precision=args.precision,
+        num_classes=args.num_classes,
+    )
     print(ThroughputResult.MARKDOWN_HEADER)
     print(result.markdown_row())
     print("# crops/s per repeat: " + ", ".join(f"{rate:.1f}" for rate in result.crops_per_second))
@@ -72,7 +86,8 @@ def bench_train_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_loader_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit.")
+        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit."
+    )
     parser.add_argument("--utterances", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=8.0, help="utterance length")
     parser.add_argument("--crop-seconds", type=float, default=2.0)
@@ -89,19 +104,24 @@ def bench_loader_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # one loader worker is one core
     from .bench_loader import measure_loaders
 
-    whole, best = measure_loaders(args.utterances, args.seconds, args.crop_seconds, args.crops, args.batch_size,
-                                  args.repeats, m4a=not args.no_m4a)
+    whole, best = measure_loaders(
+        args.utterances, args.seconds, args.crop_seconds, args.crops, args.batch_size, args.repeats, m4a=not args.no_m4a
+    )
     pipeline, raw = best["(a) shard pipeline"], best["(c) raw limit"]
     naive = best["(b) naive per-file FLAC"]
     print(bench_header())
-    print(f"# {args.utterances} x {args.seconds:g} s utterances, {args.crop_seconds:g} s crops, "
-          f"batch {args.batch_size}, one worker, best of {args.repeats}")
+    print(
+        f"# {args.utterances} x {args.seconds:g} s utterances, {args.crop_seconds:g} s crops, "
+        f"batch {args.batch_size}, one worker, best of {args.repeats}"
+    )
     print("| loader | crops/s (best 4-batch window) | crops/s (whole run) | time per crop vs raw |")
     print("| --- | ---: | ---: | ---: |")
     for name in best:
         print(f"| {name} | {best[name]:,.0f} | {whole[name]:,.0f} | {raw / best[name]:.2f}x |")
-    print(f"\npipeline: {raw / pipeline:.2f}x the raw limit's time per crop (target <= 1.5x), "
-          f"{pipeline / naive:.2f}x the naive FLAC loader's crops/s (target >= 2x)")
+    print(
+        f"\npipeline: {raw / pipeline:.2f}x the raw limit's time per crop (target <= 1.5x), "
+        f"{pipeline / naive:.2f}x the naive FLAC loader's crops/s (target >= 2x)"
+    )
     return 0
 
 
@@ -110,7 +130,8 @@ def bench_loader_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_inference_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Trunk inference speed: plain eval form vs `inference_form` (mrl_dist/models/inference.py).")
+        description="Trunk inference speed: plain eval form vs `inference_form` (mrl_dist/models/inference.py)."
+    )
     parser.add_argument("--preset", default="b2", choices=PRESETS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="utterance length")
@@ -130,18 +151,30 @@ def bench_inference_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from .bench_inference import measure_inference
 
-    timing = measure_inference(args.preset, args.batch_size, args.seconds, args.repeats, args.warmup,
-                               mrl=args.mrl, channels_last=not args.no_channels_last, compile=args.compile)
+    timing = measure_inference(
+        args.preset,
+        args.batch_size,
+        args.seconds,
+        args.repeats,
+        args.warmup,
+        mrl=args.mrl,
+        channels_last=not args.no_channels_last,
+        compile=args.compile,
+    )
     best, median = timing.best, timing.median
     family = "ReDimNet2" if args.preset.startswith("redimnet2") else "ReDimNet"
     kind = f"ReDimNetMRL ({family})" if args.mrl else family
     print(f"max |plain - form| = {timing.difference:.2e}; inference_form built in {timing.build_s:.2f} s")
-    print("| preset | model | batch | seconds | plain ms/batch (best / median) | "
-          "inference form ms/batch (best / median) | speed-up (best) |")
+    print(
+        "| preset | model | batch | seconds | plain ms/batch (best / median) | "
+        "inference form ms/batch (best / median) | speed-up (best) |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {args.preset} | {kind} | {args.batch_size} | {args.seconds:g} | "
-          f"{best['plain']:.1f} / {median['plain']:.1f} | {best['form']:.1f} / {median['form']:.1f} | "
-          f"**{best['plain'] / best['form']:.2f}x** |")
+    print(
+        f"| {args.preset} | {kind} | {args.batch_size} | {args.seconds:g} | "
+        f"{best['plain']:.1f} / {median['plain']:.1f} | {best['form']:.1f} / {median['form']:.1f} | "
+        f"**{best['plain'] / best['form']:.2f}x** |"
+    )
     print(bench_header())
     return 0
 
@@ -151,7 +184,8 @@ def bench_inference_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_distill_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Distillation step speed with teachers run live vs read from the teacher-embedding cache.")
+        description="Distillation step speed with teachers run live vs read from the teacher-embedding cache."
+    )
     parser.add_argument("--teachers", nargs="+", default=["b0", "b2"], help="teacher presets (random weights)")
     parser.add_argument("--student", default="tiny")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -167,12 +201,15 @@ def bench_distill_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from .bench_distill import measure_teacher_cache
 
-    result = measure_teacher_cache(args.teachers, args.student, batch_size=args.batch_size,
-                                   crop_seconds=args.crop_seconds, steps=args.steps)
+    result = measure_teacher_cache(
+        args.teachers, args.student, batch_size=args.batch_size, crop_seconds=args.crop_seconds, steps=args.steps
+    )
     print("| teachers | student | batch | teachers ms/batch | live crops/s | cached crops/s | speed-up |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {'+'.join(args.teachers)} | {args.student} | {args.batch_size} | {result.teacher_ms_per_batch:.0f} | "
-          f"{result.live_crops_per_second:.1f} | {result.cached_crops_per_second:.1f} | {result.speedup:.2f}x |")
+    print(
+        f"| {'+'.join(args.teachers)} | {args.student} | {args.batch_size} | {result.teacher_ms_per_batch:.0f} | "
+        f"{result.live_crops_per_second:.1f} | {result.cached_crops_per_second:.1f} | {result.speedup:.2f}x |"
+    )
     return 0
 
 
@@ -181,7 +218,8 @@ def bench_distill_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_features_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Head training from cached trunk features vs recomputing the frozen trunk, and the cache's cost.")
+        description="Head training from cached trunk features vs recomputing the frozen trunk, and the cache's cost."
+    )
     parser.add_argument("--presets", nargs="+", default=["tiny", "b2"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--crop-seconds", type=float, default=2.0)
@@ -199,18 +237,28 @@ def bench_features_main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     print(bench_header())
-    print("| preset | P | recompute crops/s | cached crops/s | speed-up | cache build crops/s "
-          f"| build per 1,000 utt. (K={args.crops_per_utterance}) | size per 1,000 utt. |")
+    print(
+        "| preset | P | recompute crops/s | cached crops/s | speed-up | cache build crops/s "
+        f"| build per 1,000 utt. (K={args.crops_per_utterance}) | size per 1,000 utt. |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for preset in args.presets:
-        recompute = measure_throughput(preset, "mrl-frozen", batch_size=args.batch_size,
-                                       crop_seconds=args.crop_seconds, steps=args.recompute_steps, warmup=1).best
+        recompute = measure_throughput(
+            preset,
+            "mrl-frozen",
+            batch_size=args.batch_size,
+            crop_seconds=args.crop_seconds,
+            steps=args.recompute_steps,
+            warmup=1,
+        ).best
         cached, pooled_dim = cached_step_rate(preset, args.batch_size, args.cached_steps)
         build = build_rate(preset, min(args.batch_size, 32), args.crop_seconds, repeats=2)
         crops = 1000 * args.crops_per_utterance
         size_mb = crops * (2 * pooled_dim + 3 * 8 + 40) / 1e6  # fp16 features + label/start/id + key
-        print(f"| {preset} | {pooled_dim} | {recompute:,.1f} | {cached:,.0f} | {cached / recompute:,.0f}x "
-              f"| {build:,.1f} | {crops / build:,.0f} s | {size_mb:,.1f} MB |")
+        print(
+            f"| {preset} | {pooled_dim} | {recompute:,.1f} | {cached:,.0f} | {cached / recompute:,.0f}x "
+            f"| {build:,.1f} | {crops / build:,.0f} s | {size_mb:,.1f} MB |"
+        )
     return 0
 
 

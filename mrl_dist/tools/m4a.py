@@ -15,8 +15,7 @@ def write_m4a(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
     layout = "stereo" if wave.shape[1] == 2 else "mono"
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("aac", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T), format="fltp",
-                                           layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T), format="fltp", layout=layout)
         frame.sample_rate = sample_rate
         for packet in stream.encode(frame):
             container.mux(packet)

@@ -1,7 +1,7 @@
 """The header line every benchmark prints: when, on what, under which load, by which command.
 
-    # 2026-12-03 Intel(R) Xeon(R) Processor, 2 CPUs, torch 2.13.0+cpu, 2 threads, load average 0.4, ...
-    # python launch/bench_search.py --threads 1
+# 2026-12-03 Intel(R) Xeon(R) Processor, 2 CPUs, torch 2.13.0+cpu, 2 threads, load average 0.4, ...
+# python launch/bench_search.py --threads 1
 """
 
 from __future__ import annotations

@@ -167,15 +167,21 @@ class StepMemory:
 def _fit_timelines(small: list[int], large: list[int], small_batch: int, large_batch: int) -> list[tuple[float, float]]:
     span = large_batch - small_batch
     if len(small) != len(large):  # a data-dependent op: fall back to the two peaks
-        log.warning("memory: %d ops at batch %d but %d at batch %d; fitting the peaks only",
-                    len(small), small_batch, len(large), large_batch)
+        log.warning(
+            "memory: %d ops at batch %d but %d at batch %d; fitting the peaks only",
+            len(small),
+            small_batch,
+            len(large),
+            large_batch,
+        )
         small, large = [max(small)], [max(large)]
     lines = [(lo - (hi - lo) / span * small_batch, (hi - lo) / span) for lo, hi in zip(small, large)]
     return upper_envelope(lines)
 
 
-def measure_step_memory(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, batch_sizes: Sequence[int] = (2, 4),
-                        name: str | None = None) -> StepMemory:
+def measure_step_memory(
+    cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, batch_sizes: Sequence[int] = (2, 4), name: str | None = None
+) -> StepMemory:
     """Measure `StepMemory` for the training step `cfg` describes (its model, mode, freezing, crop).
 
     Use random weights (`bench.with_random_weights`): the bytes do not depend on their values.
@@ -218,7 +224,8 @@ def measure_step_memory(cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, batc
         parameter_bytes=sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]),
         gradient_bytes=sum(p.numel() * p.element_size() for p in trainable),
         optimizer_bytes=sum(t.numel() * t.element_size() for t in state),
-        saved_fixed=saved_small - saved_slope * small, saved_per_sample=saved_slope,
+        saved_fixed=saved_small - saved_slope * small,
+        saved_per_sample=saved_slope,
         live_lines=_fit_timelines(timeline_small, timeline_large, small, large),
         optimizer_step_bytes=max(step_small, step_large),
     )
@@ -231,8 +238,10 @@ def activation_factor(measured: str, wanted: str) -> float:
         return 1.0
     if measured == "no":
         return HALF_PRECISION_FACTOR
-    raise ValueError(f"activations measured under {measured} autocast cannot stand for precision {wanted!r}; "
-                     "measure in float32 ('no') or at that precision")
+    raise ValueError(
+        f"activations measured under {measured} autocast cannot stand for precision {wanted!r}; "
+        "measure in float32 ('no') or at that precision"
+    )
 
 
 @dataclass
@@ -248,9 +257,14 @@ class PeakEstimate:
         return max(self.saved_method_bytes, self.live_method_bytes)
 
 
-def estimate_gpu_peak(memory: StepMemory, batch_size: int, precision: str | None = None, ddp: bool = True,
-                      context_bytes: float = CUDA_CONTEXT_BYTES,
-                      headroom: float = FRAGMENTATION_HEADROOM) -> PeakEstimate:
+def estimate_gpu_peak(
+    memory: StepMemory,
+    batch_size: int,
+    precision: str | None = None,
+    ddp: bool = True,
+    context_bytes: float = CUDA_CONTEXT_BYTES,
+    headroom: float = FRAGMENTATION_HEADROOM,
+) -> PeakEstimate:
     """Peak GPU memory of one rank at `batch_size` (see the module docstring for the formula).
     `precision` defaults to the one `memory` was measured at."""
     precision = precision or memory.precision
@@ -262,12 +276,19 @@ def estimate_gpu_peak(memory: StepMemory, batch_size: int, precision: str | None
     live_activations = max(0.0, memory.live(batch_size) - memory.gradient_bytes)
     live_tensors = resident + memory.gradient_bytes + max(factor * live_activations, memory.optimizer_step_bytes)
     scale = 1.0 + headroom
-    return PeakEstimate(batch_size, precision, context_bytes + scale * saved_tensors,
-                        context_bytes + scale * live_tensors)
+    return PeakEstimate(
+        batch_size, precision, context_bytes + scale * saved_tensors, context_bytes + scale * live_tensors
+    )
 
 
-def largest_fitting_batch(memory: StepMemory, card_bytes: float, precision: str | None = None, margin: float = 0.15,
-                          multiple: int = 8, ddp: bool = True) -> int:
+def largest_fitting_batch(
+    memory: StepMemory,
+    card_bytes: float,
+    precision: str | None = None,
+    margin: float = 0.15,
+    multiple: int = 8,
+    ddp: bool = True,
+) -> int:
     """The largest multiple of `multiple` whose estimate stays under (1 - margin) x card memory."""
     budget = (1.0 - margin) * card_bytes
     batch = 0
@@ -295,6 +316,7 @@ def measure_inference_bytes(cfg: Config, seconds: Sequence[float] = (2.0, 4.0), 
 
 
 # --- the shipped GPU configs: card, and the batch that fits once the backbone is unfrozen ---
+
 
 @dataclass(frozen=True)
 class CardTarget:
@@ -329,8 +351,9 @@ def _cases(cfg: Config, target: CardTarget) -> list[tuple[str, Config, int]]:
     return cases
 
 
-def config_memory_tables(config_paths: Sequence[str], margin: float = 0.15,
-                         padded_seconds: Sequence[float] = (20.0, 60.0)) -> tuple[str, str]:
+def config_memory_tables(
+    config_paths: Sequence[str], margin: float = 0.15, padded_seconds: Sequence[float] = (20.0, 60.0)
+) -> tuple[str, str]:
     """Markdown tables of estimated peak memory for the shipped GPU configs among `config_paths`:
     training (as shipped, and with the backbone unfrozen) and validation (rank 0, no_grad, a
     batch of utterances padded to each of `padded_seconds`)."""
@@ -338,12 +361,16 @@ def config_memory_tables(config_paths: Sequence[str], margin: float = 0.15,
 
     steps: dict[tuple, StepMemory] = {}
     per_second: dict[tuple, float] = {}
-    training = ["| config | card | training | batch / device | saved method | live method | planning peak "
-                "| of card | largest batch within 85 % |",
-                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    training = [
+        "| config | card | training | batch / device | saved method | live method | planning peak "
+        "| of card | largest batch within 85 % |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     lengths = " | ".join(f"{s:g} s utterances" for s in padded_seconds)
-    validation = [f"| config | card | validation batch | {lengths} |",
-                  "| --- | --- | ---: |" + " ---: |" * len(padded_seconds)]
+    validation = [
+        f"| config | card | validation batch | {lengths} |",
+        "| --- | --- | ---: |" + " ---: |" * len(padded_seconds),
+    ]
     for path in config_paths:
         name = os.path.splitext(os.path.basename(path))[0]
         if name not in GPU_TARGETS:
@@ -351,8 +378,13 @@ def config_memory_tables(config_paths: Sequence[str], margin: float = 0.15,
         target, cfg = GPU_TARGETS[name], load_config(path)
         card_bytes = target.memory_gib * GIB
         for label, case, batch in _cases(cfg, target):
-            key = (case.model.backbone, case.training.mode, case.training.freeze_backbone,
-                   case.data.crop_seconds, case.training.mixed_precision)
+            key = (
+                case.model.backbone,
+                case.training.mode,
+                case.training.freeze_backbone,
+                case.data.crop_seconds,
+                case.training.mixed_precision,
+            )
             if key not in steps:
                 steps[key] = measure_step_memory(case)
             estimate = estimate_gpu_peak(steps[key], batch)
@@ -360,17 +392,28 @@ def config_memory_tables(config_paths: Sequence[str], margin: float = 0.15,
             training.append(
                 f"| {name} | {target.card} | {case.model.backbone} {label}, {case.training.mixed_precision} "
                 f"| {batch} | {estimate.saved_method_bytes / GIB:.1f} GiB | {estimate.live_method_bytes / GIB:.1f} GiB "
-                f"| **{estimate.bytes / GIB:.1f} GiB** | {100 * estimate.bytes / card_bytes:.0f} % | {largest} |")
+                f"| **{estimate.bytes / GIB:.1f} GiB** | {100 * estimate.bytes / card_bytes:.0f} % | {largest} |"
+            )
         shipped = _cases(cfg, target)[0][1]
-        resident = steps[(shipped.model.backbone, shipped.training.mode, shipped.training.freeze_backbone,
-                          shipped.data.crop_seconds, shipped.training.mixed_precision)]
+        resident = steps[
+            (
+                shipped.model.backbone,
+                shipped.training.mode,
+                shipped.training.freeze_backbone,
+                shipped.data.crop_seconds,
+                shipped.training.mixed_precision,
+            )
+        ]
         key = (shipped.model.backbone, shipped.training.mixed_precision)
         if key not in per_second:
             per_second[key] = measure_inference_bytes(shipped)
         cells = []
         for seconds in padded_seconds:
-            tensors = resident.parameter_bytes + resident.optimizer_bytes + \
-                per_second[key] * seconds * cfg.validation.batch_size
+            tensors = (
+                resident.parameter_bytes
+                + resident.optimizer_bytes
+                + per_second[key] * seconds * cfg.validation.batch_size
+            )
             peak = CUDA_CONTEXT_BYTES + (1 + FRAGMENTATION_HEADROOM) * tensors
             cells.append(f"{peak / GIB:.1f} GiB ({100 * peak / card_bytes:.0f} %)")
         validation.append(f"| {name} | {target.card} | {cfg.validation.batch_size} | {' | '.join(cells)} |")

@@ -30,8 +30,11 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first (temporary folders are never listed)."""
     if not checkpoints.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in checkpoints.iterdir()
-             if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name)) and (p / TRAINER_STATE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in checkpoints.iterdir()
+        if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name)) and (p / TRAINER_STATE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 

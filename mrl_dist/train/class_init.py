@@ -22,9 +22,12 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def class_mean_embeddings(embed: Callable[[torch.Tensor], torch.Tensor],
-                          batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
-                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def class_mean_embeddings(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean unit-length embedding per class: `embed(inputs [B, ...]) -> [B, D]` over
     `(inputs, labels [B])` batches (label -1: unlabelled, ignored). Returns (means [C, D] float32
     on the CPU, counts [C] int64); a class without samples has a zero row and count 0."""

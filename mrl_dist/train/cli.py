@@ -14,9 +14,15 @@ from .launcher import relaunch_cpu_processes, use_cpu_when_no_gpu
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
     """`--config FILE` and repeatable `--set KEY=VALUE`, as every job that reads a run config takes them."""
     parser.add_argument("--config", required=True, help=config_help)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, value parsed as YAML (repeatable): "
-                             "--set training.batch_size=64 --set model.mrl_dims=[32,64]")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, value parsed as YAML (repeatable): "
+        "--set training.batch_size=64 --set model.mrl_dims=[32,64]",
+    )
 
 
 def start_job(args: argparse.Namespace) -> Config | None:
@@ -36,9 +42,13 @@ def start_job(args: argparse.Namespace) -> Config | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train mrl-dist models (MRL head, classifier, distillation).")
     add_config_arguments(parser, "YAML config, e.g. configs/a100.yaml")
-    parser.add_argument("--resume", default=None, metavar="latest|PATH",
-                        help="continue from the newest checkpoint of run_dir ('latest', a fresh start if "
-                             "there is none) or from a checkpoints/step-N folder")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="latest|PATH",
+        help="continue from the newest checkpoint of run_dir ('latest', a fresh start if "
+        "there is none) or from a checkpoints/step-N folder",
+    )
     return parser.parse_args(argv)
 
 
@@ -58,13 +68,20 @@ def train_main(argv: list[str] | None = None) -> int:
 def parse_cache_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run a frozen-trunk config's trunk once over its training shards and store the pooled "
-                    "features; then train the head with --set data.features=OUTPUT.")
+        "features; then train the head with --set data.features=OUTPUT."
+    )
     add_config_arguments(parser, "YAML config of a frozen-trunk MRL run")
     parser.add_argument("--output", required=True, help="folder of the cache (resumable: re-run to continue)")
-    parser.add_argument("--crops-per-utterance", type=int, default=1, metavar="K",
-                        help="seeded crops of data.crop_seconds per utterance, each its own augmentation draw")
-    parser.add_argument("--batch-size", type=int, default=None, help="crops per trunk pass (default 4 x "
-                                                                     "validation.batch_size)")
+    parser.add_argument(
+        "--crops-per-utterance",
+        type=int,
+        default=1,
+        metavar="K",
+        help="seeded crops of data.crop_seconds per utterance, each its own augmentation draw",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="crops per trunk pass (default 4 x validation.batch_size)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -78,8 +95,9 @@ def cache_features_main(argv: list[str] | None = None) -> int:
     try:
         from .feature_cache import build_feature_cache
 
-        result = build_feature_cache(cfg, args.output, args.crops_per_utterance, args.batch_size,
-                                     progress=not args.no_progress)
+        result = build_feature_cache(
+            cfg, args.output, args.crops_per_utterance, args.batch_size, progress=not args.no_progress
+        )
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -31,8 +31,9 @@ class CollectiveError(RuntimeError):
 class Collectives:
     """The loop's cross-rank operations; every one is a no-op (or local) with a single process."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device, step_timeout: timedelta,
-                 main_wait_timeout: timedelta):
+    def __init__(
+        self, rank: int, world_size: int, device: torch.device, step_timeout: timedelta, main_wait_timeout: timedelta
+    ):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.step_timeout, self.main_wait_timeout = step_timeout, main_wait_timeout
         self._main_wait_group = None
@@ -56,7 +57,8 @@ class Collectives:
             raise CollectiveError(
                 f"rank {self.rank} of {self.world_size}: {what} failed or timed out (limit {limit}, {key}): "
                 f"another rank is hung, crashed or was killed; see its log. "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from err
 
     def sum(self, values: torch.Tensor, what: str) -> torch.Tensor:
         """All-reduce (sum) of `values` on this rank's device, per-step timeout."""

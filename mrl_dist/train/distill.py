@@ -43,6 +43,7 @@ UNLABELLED = -1  # label of a sample from an unlabelled shard
 
 # ---------------------------------------------------------------------------- teachers
 
+
 @dataclass
 class Teacher:
     """A frozen, eval-mode teacher and what it supervises: student `dims`, loss `weight`."""
@@ -94,19 +95,24 @@ def load_teachers(configs: Sequence[TeacherConfig], device: torch.device | str =
     return teachers
 
 
-def teacher_embeddings(teachers: Sequence[Teacher], wave: torch.Tensor,
-                       autocast_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+def teacher_embeddings(
+    teachers: Sequence[Teacher], wave: torch.Tensor, autocast_dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
     """`wave [B, T]` -> one float32 `[B, E_t]` per teacher, without autograd.
 
     With `autocast_dtype` (bf16/fp16) teachers run under autocast on `wave`'s device type.
     """
-    autocast = (torch.autocast(device_type=wave.device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None else nullcontext())
+    autocast = (
+        torch.autocast(device_type=wave.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else nullcontext()
+    )
     with torch.no_grad(), autocast:
         return [teacher.model(wave).float() for teacher in teachers]
 
 
 # ---------------------------------------------------------------------------- loss terms
+
 
 def adapter_key(teacher_index: int, dim: int) -> str:
     return f"t{teacher_index}_d{dim}"
@@ -170,6 +176,7 @@ def labelled_rows(labels: torch.Tensor | None) -> torch.Tensor | None:
 
 # ---------------------------------------------------------------------------- the combined loss
 
+
 class DistillationLoss(nn.Module):
     """Weighted sum of the distillation terms over every (teacher, supervised prefix).
 
@@ -183,8 +190,13 @@ class DistillationLoss(nn.Module):
     with `embedding: 0` there are no adapters, with `aam: 0` the AAM loss is not kept.
     """
 
-    def __init__(self, student_dims: Sequence[int], teachers_spec: Sequence[tuple[int, Sequence[int], float]],
-                 weights: DistillLossesConfig, aam_loss: MatryoshkaAAMLoss | None = None):
+    def __init__(
+        self,
+        student_dims: Sequence[int],
+        teachers_spec: Sequence[tuple[int, Sequence[int], float]],
+        weights: DistillLossesConfig,
+        aam_loss: MatryoshkaAAMLoss | None = None,
+    ):
         """`teachers_spec`: one `(teacher_embed_dim, supervised student dims, weight)` per teacher."""
         super().__init__()
         self.student_dims = [int(d) for d in student_dims]
@@ -193,35 +205,47 @@ class DistillationLoss(nn.Module):
         for index, (_, dims, weight) in enumerate(self.teachers_spec):
             require(teacher_dims_problem(dims, self.student_dims), f"distill.teachers[{index}].dims")
             require(weight_problem(weight), f"distill.teachers[{index}].weight")
-        self.adapters = (DistillationAdapters([(e, dims) for e, dims, _ in self.teachers_spec])
-                         if weights.embedding > 0 else None)
+        self.adapters = (
+            DistillationAdapters([(e, dims) for e, dims, _ in self.teachers_spec]) if weights.embedding > 0 else None
+        )
         if weights.aam > 0:
             if aam_loss is None:
-                raise ValueError(f"distill.losses.aam is {weights.aam} but no MatryoshkaAAMLoss was given; "
-                                 "build one for the student's dims, or set distill.losses.aam: 0")
+                raise ValueError(
+                    f"distill.losses.aam is {weights.aam} but no MatryoshkaAAMLoss was given; "
+                    "build one for the student's dims, or set distill.losses.aam: 0"
+                )
             if aam_loss.dims[-1] > self.student_dims[-1]:
-                raise ValueError(f"the AAM loss covers dims {aam_loss.dims}, beyond the student's largest "
-                                 f"dim {self.student_dims[-1]}")
+                raise ValueError(
+                    f"the AAM loss covers dims {aam_loss.dims}, beyond the student's largest "
+                    f"dim {self.student_dims[-1]}"
+                )
         self.aam_loss = aam_loss if weights.aam > 0 else None
         self._pair_weight_sum = sum(w * len(dims) for _, dims, w in self.teachers_spec)
 
-    def forward(self, student_embedding: torch.Tensor, teacher_embeddings: Sequence[torch.Tensor],
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        student_embedding: torch.Tensor,
+        teacher_embeddings: Sequence[torch.Tensor],
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`student_embedding [B, max_dim]`, one `[B, E_t]` per teacher, `labels [B]` int64 or None
         (`-1` marks an unlabelled sample) -> (total loss, stats of detached 0-d tensors).
 
         Stats: `embedding/t0_d64`, `similarity/t0_d64`, `aam`, `aam/accuracy_d64`, `total`.
         """
         if len(teacher_embeddings) != len(self.teachers_spec):
-            raise ValueError(f"got {len(teacher_embeddings)} teacher embeddings for "
-                             f"{len(self.teachers_spec)} configured teachers")
+            raise ValueError(
+                f"got {len(teacher_embeddings)} teacher embeddings for {len(self.teachers_spec)} configured teachers"
+            )
         student = student_embedding.float()
         stats: dict[str, torch.Tensor] = {}
         embedding_sum = similarity_sum = student.new_zeros(())
         for index, ((embed_dim, dims, weight), teacher) in enumerate(zip(self.teachers_spec, teacher_embeddings)):
             if teacher.shape != (student.shape[0], embed_dim):
-                raise ValueError(f"teacher {index} embedding has shape {tuple(teacher.shape)}, expected "
-                                 f"[{student.shape[0]}, {embed_dim}]")
+                raise ValueError(
+                    f"teacher {index} embedding has shape {tuple(teacher.shape)}, expected "
+                    f"[{student.shape[0]}, {embed_dim}]"
+                )
             teacher_cosines = cosine_matrix(teacher) if self.weights.similarity > 0 else None
             for dim in dims:
                 prefix, key = student[:, :dim], adapter_key(index, dim)
@@ -238,8 +262,10 @@ class DistillationLoss(nn.Module):
         if self.aam_loss is not None:
             rows = labelled_rows(labels)
             if rows is None:
-                raise ValueError(f"distill.losses.aam is {self.weights.aam} but this batch has no speaker labels "
-                                 "(labels None or all -1); for unlabelled shards set distill.losses.aam: 0")
+                raise ValueError(
+                    f"distill.losses.aam is {self.weights.aam} but this batch has no speaker labels "
+                    "(labels None or all -1); for unlabelled shards set distill.losses.aam: 0"
+                )
             aam, aam_stats = self.aam_loss(student[rows], labels[rows])
             total = total + self.weights.aam * aam
             stats["aam"] = aam.detach()
@@ -248,9 +274,12 @@ class DistillationLoss(nn.Module):
         return total, stats
 
 
-def build_distillation_loss(student_dims: Sequence[int], teachers: Sequence[Teacher],
-                            weights: DistillLossesConfig, aam_loss: MatryoshkaAAMLoss | None = None
-                            ) -> DistillationLoss:
+def build_distillation_loss(
+    student_dims: Sequence[int],
+    teachers: Sequence[Teacher],
+    weights: DistillLossesConfig,
+    aam_loss: MatryoshkaAAMLoss | None = None,
+) -> DistillationLoss:
     """`DistillationLoss` for loaded teachers (their embed dims, dims and weights)."""
     spec = [(t.embed_dim, t.dims, t.weight) for t in teachers]
     return DistillationLoss(student_dims, spec, weights, aam_loss)
@@ -295,18 +324,25 @@ class TeacherEmbeddingCache:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a torn or foreign file: say which, and how to recover
-            raise CheckpointError(f"{path}: unreadable teacher embedding cache ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''}); delete it to rebuild") from err
+            raise CheckpointError(
+                f"{path}: unreadable teacher embedding cache ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); delete it to rebuild"
+            ) from err
         fields = ("format", "teacher", "embed_dim", "keys", "starts", "lengths", "embeddings")
         if not isinstance(payload, dict) or any(name not in payload for name in fields):
-            raise CheckpointError(f"{path}: not a teacher embedding cache (expected keys {list(fields)}); "
-                                  f"delete it to rebuild")
-        if payload["format"] != CACHE_FORMAT or payload["teacher"] != self.teacher \
-                or payload["embed_dim"] != self.embed_dim:
+            raise CheckpointError(
+                f"{path}: not a teacher embedding cache (expected keys {list(fields)}); delete it to rebuild"
+            )
+        if (
+            payload["format"] != CACHE_FORMAT
+            or payload["teacher"] != self.teacher
+            or payload["embed_dim"] != self.embed_dim
+        ):
             raise CheckpointError(
                 f"{path}: teacher embedding cache for {payload['teacher']!r} ({payload['embed_dim']}-D, "
                 f"{payload['format']}) does not match teacher {self.teacher!r} ({self.embed_dim}-D, {CACHE_FORMAT}); "
-                f"delete {self.folder} to rebuild it")
+                f"delete {self.folder} to rebuild it"
+            )
         rows = payload["embeddings"].float().unbind(0)
         keys = zip(payload["keys"], payload["starts"].tolist(), payload["lengths"].tolist())
         for key, row in zip(keys, rows):
@@ -315,17 +351,24 @@ class TeacherEmbeddingCache:
                 self._own.append(key)
 
     @staticmethod
-    def _keys(keys: Sequence[str], starts: Sequence[int] | torch.Tensor,
-              lengths: Sequence[int] | torch.Tensor) -> list[CacheKey]:
+    def _keys(
+        keys: Sequence[str], starts: Sequence[int] | torch.Tensor, lengths: Sequence[int] | torch.Tensor
+    ) -> list[CacheKey]:
         starts = starts.tolist() if isinstance(starts, torch.Tensor) else starts
         lengths = lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths
         if not len(keys) == len(starts) == len(lengths):
-            raise ValueError(f"cache keys, starts and lengths differ in length: "
-                             f"{len(keys)}, {len(starts)}, {len(lengths)}")
+            raise ValueError(
+                f"cache keys, starts and lengths differ in length: {len(keys)}, {len(starts)}, {len(lengths)}"
+            )
         return [(str(k), int(s), int(n)) for k, s, n in zip(keys, starts, lengths)]
 
-    def get(self, keys: Sequence[str], starts: Sequence[int] | torch.Tensor, lengths: Sequence[int] | torch.Tensor,
-            device: torch.device | str | None = None) -> torch.Tensor | None:
+    def get(
+        self,
+        keys: Sequence[str],
+        starts: Sequence[int] | torch.Tensor,
+        lengths: Sequence[int] | torch.Tensor,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor | None:
         """Embeddings `[B, E]` float32 of these crops, or None when any one is missing."""
         wanted = self._keys(keys, starts, lengths)
         if not wanted or any(key not in self._entries for key in wanted):
@@ -333,13 +376,20 @@ class TeacherEmbeddingCache:
         rows = torch.stack([self._entries[key] for key in wanted])
         return rows if device is None else rows.to(device)
 
-    def put(self, keys: Sequence[str], starts: Sequence[int] | torch.Tensor, lengths: Sequence[int] | torch.Tensor,
-            embeddings: torch.Tensor) -> None:
+    def put(
+        self,
+        keys: Sequence[str],
+        starts: Sequence[int] | torch.Tensor,
+        lengths: Sequence[int] | torch.Tensor,
+        embeddings: torch.Tensor,
+    ) -> None:
         """Remember `embeddings [B, E]` for these crops (kept on CPU as float32)."""
         wanted = self._keys(keys, starts, lengths)
         if embeddings.shape != (len(wanted), self.embed_dim):
-            raise ValueError(f"cache {self.teacher}: embeddings have shape {tuple(embeddings.shape)}, expected "
-                             f"[{len(wanted)}, {self.embed_dim}]")
+            raise ValueError(
+                f"cache {self.teacher}: embeddings have shape {tuple(embeddings.shape)}, expected "
+                f"[{len(wanted)}, {self.embed_dim}]"
+            )
         rows = embeddings.detach().float().cpu().unbind(0)
         for key, row in zip(wanted, rows):
             if key not in self._entries:
@@ -353,12 +403,13 @@ class TeacherEmbeddingCache:
             return None
         own = list(dict.fromkeys(self._own))
         payload = {
-            "format": CACHE_FORMAT, "teacher": self.teacher, "embed_dim": self.embed_dim,
+            "format": CACHE_FORMAT,
+            "teacher": self.teacher,
+            "embed_dim": self.embed_dim,
             "keys": [key for key, _, _ in own],
             "starts": torch.tensor([start for _, start, _ in own], dtype=torch.int64),
             "lengths": torch.tensor([length for _, _, length in own], dtype=torch.int64),
-            "embeddings": (torch.stack([self._entries[key] for key in own]) if own
-                           else torch.zeros(0, self.embed_dim)),
+            "embeddings": (torch.stack([self._entries[key] for key in own]) if own else torch.zeros(0, self.embed_dim)),
         }
         self._dirty = False
         return atomic_save(payload, self.path)
@@ -369,15 +420,21 @@ def teacher_cache_dir(train_manifest: str | os.PathLike) -> Path:
     return Path(train_manifest).parent / "teacher-cache"
 
 
-def open_teacher_caches(teachers: Sequence[Teacher], folder: str | os.PathLike,
-                        part: str = "rank0") -> list[TeacherEmbeddingCache]:
+def open_teacher_caches(
+    teachers: Sequence[Teacher], folder: str | os.PathLike, part: str = "rank0"
+) -> list[TeacherEmbeddingCache]:
     return [TeacherEmbeddingCache(folder, t.name, t.embed_dim, part) for t in teachers]
 
 
-def cached_teacher_embeddings(teachers: Sequence[Teacher], caches: Sequence[TeacherEmbeddingCache],
-                              wave: torch.Tensor, keys: Sequence[str], starts: Sequence[int] | torch.Tensor,
-                              lengths: Sequence[int] | torch.Tensor,
-                              autocast_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+def cached_teacher_embeddings(
+    teachers: Sequence[Teacher],
+    caches: Sequence[TeacherEmbeddingCache],
+    wave: torch.Tensor,
+    keys: Sequence[str],
+    starts: Sequence[int] | torch.Tensor,
+    lengths: Sequence[int] | torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
     """Like `teacher_embeddings`, reading each teacher's batch from its cache when all of it is
     there and computing (then caching) it otherwise. Output on `wave`'s device."""
     outputs = []

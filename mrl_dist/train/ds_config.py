@@ -32,22 +32,27 @@ from ..config import Config, ConfigError
 
 AUTO = "auto"
 
-NOT_GUARDED_NOTE = ("DeepSpeed: the engine applies each step inside backward; a step with non-finite "
-                    "gradients cannot be skipped by the trainer (fp16: the engine's loss scaler skips "
-                    "overflows), only counted, and training.max_bad_steps in a row stop the run")
+NOT_GUARDED_NOTE = (
+    "DeepSpeed: the engine applies each step inside backward; a step with non-finite "
+    "gradients cannot be skipped by the trainer (fp16: the engine's loss scaler skips "
+    "overflows), only counted, and training.max_bad_steps in a row stop the run"
+)
 
 
 def check_deepspeed_supported(cfg: Config) -> None:
     """Refuse, before anything is built, the settings this trainer cannot run under DeepSpeed."""
     if cfg.training.unfreeze_after_steps is not None:
-        raise ConfigError("training.unfreeze_after_steps",
-                          "is not supported under DeepSpeed (unfreezing mid-run would need a second engine); "
-                          "train frozen, or unfrozen from the start (training.freeze_backbone: false), or use "
-                          "the DDP launcher configs/accelerate/multi-gpu.yaml")
+        raise ConfigError(
+            "training.unfreeze_after_steps",
+            "is not supported under DeepSpeed (unfreezing mid-run would need a second engine); "
+            "train frozen, or unfrozen from the start (training.freeze_backbone: false), or use "
+            "the DDP launcher configs/accelerate/multi-gpu.yaml",
+        )
 
 
-def fill_deepspeed_config(ds_config: dict[str, Any], cfg: Config, world_size: int,
-                          source: str = "the DeepSpeed config") -> dict[str, Any]:
+def fill_deepspeed_config(
+    ds_config: dict[str, Any], cfg: Config, world_size: int, source: str = "the DeepSpeed config"
+) -> dict[str, Any]:
     """A copy of `ds_config` with every "auto" value the run owns filled in (see module doc).
 
     Raises ConfigError naming the run-config key when the launcher config sets a different value.
@@ -57,8 +62,10 @@ def fill_deepspeed_config(ds_config: dict[str, Any], cfg: Config, world_size: in
         "train_micro_batch_size_per_gpu": (tcfg.batch_size, "training.batch_size"),
         "gradient_accumulation_steps": (tcfg.grad_accum, "training.grad_accum"),
         "gradient_clipping": (float(tcfg.grad_clip) if tcfg.grad_clip is not None else 0.0, "training.grad_clip"),
-        "train_batch_size": (tcfg.batch_size * tcfg.grad_accum * world_size,
-                             f"training.batch_size x training.grad_accum x {world_size} ranks"),
+        "train_batch_size": (
+            tcfg.batch_size * tcfg.grad_accum * world_size,
+            f"training.batch_size x training.grad_accum x {world_size} ranks",
+        ),
     }
     filled = copy.deepcopy(ds_config)
     for name, (value, key) in owned.items():
@@ -66,13 +73,17 @@ def fill_deepspeed_config(ds_config: dict[str, Any], cfg: Config, world_size: in
         if current == AUTO:
             filled[name] = value
         elif not math.isclose(float(current), float(value)):
-            raise ConfigError(key, f"is {value} but {source} sets {name}: {current}; make them equal, or set "
-                                   f"{name} to 'auto' (or leave it out) so the run config decides")
+            raise ConfigError(
+                key,
+                f"is {value} but {source} sets {name}: {current}; make them equal, or set "
+                f"{name} to 'auto' (or leave it out) so the run config decides",
+            )
     return filled
 
 
 def apply_to_accelerator(accelerator, cfg: Config) -> None:
     """Fill the launcher's DeepSpeed plugin config in place (before `prepare`)."""
     plugin = accelerator.state.deepspeed_plugin
-    plugin.deepspeed_config = fill_deepspeed_config(plugin.deepspeed_config, cfg, accelerator.num_processes,
-                                                    source="the accelerate DeepSpeed config")
+    plugin.deepspeed_config = fill_deepspeed_config(
+        plugin.deepspeed_config, cfg, accelerator.num_processes, source="the accelerate DeepSpeed config"
+    )

@@ -55,20 +55,30 @@ def check_trunk_is_frozen(cfg: Config, what: str) -> None:
     if tcfg.mode != "mrl":
         raise ConfigError("training.mode", f"is {tcfg.mode!r}; {what} needs mode 'mrl' with a frozen trunk")
     if not tcfg.freeze_backbone or tcfg.unfreeze_after_steps is not None:
-        raise ConfigError("training.freeze_backbone",
-                          f"{what} needs a trunk frozen for the whole run (freeze_backbone: true, "
-                          f"unfreeze_after_steps: null); got freeze_backbone={tcfg.freeze_backbone}, "
-                          f"unfreeze_after_steps={tcfg.unfreeze_after_steps}")
+        raise ConfigError(
+            "training.freeze_backbone",
+            f"{what} needs a trunk frozen for the whole run (freeze_backbone: true, "
+            f"unfreeze_after_steps: null); got freeze_backbone={tcfg.freeze_backbone}, "
+            f"unfreeze_after_steps={tcfg.unfreeze_after_steps}",
+        )
 
 
-def cache_fields(cfg: Config, fingerprint: str, crops_per_utterance: int, pooled_dim: int,
-                 num_speakers: int | None) -> dict[str, Any]:
+def cache_fields(
+    cfg: Config, fingerprint: str, crops_per_utterance: int, pooled_dim: int, num_speakers: int | None
+) -> dict[str, Any]:
     """What determines the cache's content (checked on resume and when training from it)."""
-    return {"trunk_fingerprint": fingerprint, "backbone": cfg.model.backbone, "crop_seconds": cfg.data.crop_seconds,
-            "crops_per_utterance": crops_per_utterance, "seed": cfg.seed,
-            "augment": dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None,
-            "precision": cfg.training.mixed_precision, "pooled_dim": pooled_dim, "num_speakers": num_speakers,
-            "source": str(cfg.data.train)}
+    return {
+        "trunk_fingerprint": fingerprint,
+        "backbone": cfg.model.backbone,
+        "crop_seconds": cfg.data.crop_seconds,
+        "crops_per_utterance": crops_per_utterance,
+        "seed": cfg.seed,
+        "augment": dataclasses.asdict(cfg.data.augment) if cfg.data.augment.active else None,
+        "precision": cfg.training.mixed_precision,
+        "pooled_dim": pooled_dim,
+        "num_speakers": num_speakers,
+        "source": str(cfg.data.train),
+    }
 
 
 def _check_plan(output: Path, fields: dict[str, Any]) -> None:
@@ -79,18 +89,35 @@ def _check_plan(output: Path, fields: dict[str, Any]) -> None:
         previous = json.loads((output / name).read_text())
         differing = sorted(k for k in fields if previous.get(k) != fields[k])
         if differing:
-            raise ConfigError(differing[0], f"{output} holds a cache made with other settings "
-                                            f"({', '.join(differing)} differ); use another --output or delete it")
+            raise ConfigError(
+                differing[0],
+                f"{output} holds a cache made with other settings "
+                f"({', '.join(differing)} differ); use another --output or delete it",
+            )
 
 
 @torch.inference_mode()
-def _shard_features(trunk: ReDimNet, url: str, cfg: Config, crops_per_utterance: int, batch_size: int,
-                    augment: AugmentConfig | None, device: torch.device, dtype: torch.dtype | None,
-                    skips: SkipCounter):
+def _shard_features(
+    trunk: ReDimNet,
+    url: str,
+    cfg: Config,
+    crops_per_utterance: int,
+    batch_size: int,
+    augment: AugmentConfig | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    skips: SkipCounter,
+):
     keys, labels, starts, augment_ids, pooled = [], [], [], [], []
-    for batch in crop_batches(url, crops_per_utterance=crops_per_utterance,
-                              crop_frames=round(cfg.data.crop_seconds * SAMPLE_RATE), seed=cfg.seed,
-                              batch_size=batch_size, augment=augment, skips=skips):
+    for batch in crop_batches(
+        url,
+        crops_per_utterance=crops_per_utterance,
+        crop_frames=round(cfg.data.crop_seconds * SAMPLE_RATE),
+        seed=cfg.seed,
+        batch_size=batch_size,
+        augment=augment,
+        skips=skips,
+    ):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             features = trunk.pooled(batch["wave"].to(device))
         pooled.append(features.float().cpu())
@@ -99,28 +126,41 @@ def _shard_features(trunk: ReDimNet, url: str, cfg: Config, crops_per_utterance:
         starts.append(batch["start"])
         augment_ids.append(batch["augment_id"])
     empty = torch.zeros(0, dtype=torch.int64)
-    return (keys, torch.cat(labels) if labels else empty, torch.cat(starts) if starts else empty,
-            torch.cat(augment_ids) if augment_ids else empty,
-            torch.cat(pooled) if pooled else torch.zeros(0, trunk.pool_out_dim))
+    return (
+        keys,
+        torch.cat(labels) if labels else empty,
+        torch.cat(starts) if starts else empty,
+        torch.cat(augment_ids) if augment_ids else empty,
+        torch.cat(pooled) if pooled else torch.zeros(0, trunk.pool_out_dim),
+    )
 
 
-def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: int = 1,
-                        batch_size: int | None = None, progress: bool = True,
-                        accelerator: Accelerator | None = None) -> dict[str, Any]:
+def build_feature_cache(
+    cfg: Config,
+    output: str | Path,
+    crops_per_utterance: int = 1,
+    batch_size: int | None = None,
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> dict[str, Any]:
     """Write the cache (see module doc); returns {"manifest", "files", "crops", "seconds", "skipped"}.
 
     `accelerator`: the running one (the trainer's, for `data.features: auto`); else one is made."""
     check_trunk_is_frozen(cfg, "launch/cache_features.py")
     if cfg.data.augment.speed_perturb:
-        raise ConfigError("data.augment.speed_perturb", "relabels speakers per speed; the feature cache does not "
-                                                        "support it (noise and reverberation it does)")
+        raise ConfigError(
+            "data.augment.speed_perturb",
+            "relabels speakers per speed; the feature cache does not support it (noise and reverberation it does)",
+        )
     if crops_per_utterance < 1:
         raise ValueError(f"--crops-per-utterance must be >= 1, got {crops_per_utterance}")
     if not backbone_is_pretrained(cfg):
         log.warning("model.backbone %s is not pretrained: caching the features of a random trunk", cfg.model.backbone)
     precision = cfg.training.mixed_precision
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=precision if torch.cuda.is_available() or precision != "fp16" else "no")
+        accelerator = Accelerator(
+            mixed_precision=precision if torch.cuda.is_available() or precision != "fp16" else "no"
+        )
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     dtype = autocast_dtype(precision)
@@ -148,18 +188,33 @@ def build_feature_cache(cfg: Config, output: str | Path, crops_per_utterance: in
         if path.is_file():
             continue  # written by an earlier (interrupted) run
         keys, labels, starts, augment_ids, pooled = _shard_features(
-            trunk, url, cfg, crops_per_utterance, batch_size or cfg.validation.batch_size * 4, augment, device,
-            dtype, skips)
+            trunk,
+            url,
+            cfg,
+            crops_per_utterance,
+            batch_size or cfg.validation.batch_size * 4,
+            augment,
+            device,
+            dtype,
+            skips,
+        )
         write_feature_file(path, url, keys, labels, starts, augment_ids, pooled)
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"seconds": time.perf_counter() - start, "skipped": skips.by_reason}
     if accelerator.is_main_process:
-        files = [(feature_file_name(url), len(read_feature_file(output / feature_file_name(url))["keys"]))
-                 for url in source.urls]
+        files = [
+            (feature_file_name(url), len(read_feature_file(output / feature_file_name(url))["keys"]))
+            for url in source.urls
+        ]
         manifest = write_manifest(output, fields, files)
         (output / PLAN_FILE).unlink(missing_ok=True)
         result.update(manifest=str(manifest), files=len(files), crops=sum(n for _, n in files))
-        log.info("feature cache %s: %d crops in %d files, %.1f s", output / FEATURES_MANIFEST, result["crops"],
-                 len(files), result["seconds"])
+        log.info(
+            "feature cache %s: %d crops in %d files, %.1f s",
+            output / FEATURES_MANIFEST,
+            result["crops"],
+            len(files),
+            result["seconds"],
+        )
     accelerator.wait_for_everyone()
     return result

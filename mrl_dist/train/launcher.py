@@ -49,9 +49,18 @@ def relaunch_cpu_processes() -> None:
     if not processes or processes < 2:
         return
     os.environ["MRL_DIST_RELAUNCHED"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ.get("MASTER_PORT", "29500"),
-               *sys.argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        os.environ["MASTER_ADDR"],
+        "--master_port",
+        os.environ.get("MASTER_PORT", "29500"),
+        *sys.argv,
+    ]
     print(f"mrl-dist: starting {processes} CPU processes (gloo): {shlex.join(command)}", file=sys.stderr)
     sys.stdout.flush()
     os.execv(sys.executable, command)

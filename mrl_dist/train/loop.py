@@ -73,9 +73,12 @@ class Trainer:
         self.rank, self.world_size = acc.process_index, acc.num_processes
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.collectives = Collectives(
-            self.rank, self.world_size, acc.device,
+            self.rank,
+            self.world_size,
+            acc.device,
             step_timeout=timedelta(minutes=cfg.training.collective_timeout_minutes),
-            main_wait_timeout=timedelta(minutes=cfg.validation.timeout_minutes))
+            main_wait_timeout=timedelta(minutes=cfg.validation.timeout_minutes),
+        )
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -83,8 +86,14 @@ class Trainer:
 
         self.tracker_lines: list[str] = []  # said during set-up, written once the tracker exists
         self.resume_dir = ckpt.resolve_resume(resume, self.checkpoints)
-        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_into_epoch": 0, "best_metric": None,
-                                      "bad_steps_total": 0, "skipped_samples": 0}
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "batches_into_epoch": 0,
+            "best_metric": None,
+            "bad_steps_total": 0,
+            "skipped_samples": 0,
+        }
         if self.resume_dir is not None:
             self.state.update(ckpt.read_trainer_state(self.resume_dir))
 
@@ -97,20 +106,24 @@ class Trainer:
         self.skipped_before_start = self.state["skipped_samples"]  # corrupt samples of earlier runs
         self.num_classes = self.train_loader.num_classes or 0
         if self.mode.needs_labels and not self.num_classes:
-            raise ValueError(f"data.train: {cfg.data.train} carries no speaker labels (a manifest gives them); "
-                             f"training.mode {tcfg.mode} needs them"
-                             + (" (set distill.losses.aam: 0 to distil without labels)" if tcfg.mode == "distill" else ""))
+            raise ValueError(
+                f"data.train: {cfg.data.train} carries no speaker labels (a manifest gives them); "
+                f"training.mode {tcfg.mode} needs them"
+                + (" (set distill.losses.aam: 0 to distil without labels)" if tcfg.mode == "distill" else "")
+            )
 
         set_seed(cfg.seed)  # identical initial weights on every rank
         module = self.mode.build(self.num_classes, self._pca_features, resuming=self.resume_dir is not None)
         if self.features is not None:
-            check_cache_fits(self.features, trunk_fingerprint(module.model, module.model.model_config),
-                             cfg.data.crop_seconds)
+            check_cache_fits(
+                self.features, trunk_fingerprint(module.model, module.model.model_config), cfg.data.crop_seconds
+            )
             module.from_features = True
         fitted = self.mode.head_fitted_on_main(module, resuming=self.resume_dir is not None)
         if fitted is not None:  # rank 0 fitted it alone; every rank starts from rank 0's
-            self.collectives.broadcast_from_main([*fitted.parameters(), *fitted.buffers()],
-                                                 "receiving the PCA head from rank 0")
+            self.collectives.broadcast_from_main(
+                [*fitted.parameters(), *fitted.buffers()], "receiving the PCA head from rank 0"
+            )
         if self._class_means_wanted(module):
             self._init_class_weights(module)
         self.mode.unfreeze_if_due(module, self.state["step"])  # a resume past the unfreeze step
@@ -135,17 +148,32 @@ class Trainer:
     def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
         cfg = self.cfg
         if self.features is not None:
-            return FeatureLoader(self.features, batch_size=cfg.training.batch_size,
-                                 steps_per_epoch=batches or self.batches_per_epoch, seed=cfg.seed + seed_offset,
-                                 rank=self.rank, world_size=self.world_size, epoch=epoch,
-                                 crops_per_speaker=cfg.data.crops_per_speaker)
+            return FeatureLoader(
+                self.features,
+                batch_size=cfg.training.batch_size,
+                steps_per_epoch=batches or self.batches_per_epoch,
+                seed=cfg.seed + seed_offset,
+                rank=self.rank,
+                world_size=self.world_size,
+                epoch=epoch,
+                crops_per_speaker=cfg.data.crops_per_speaker,
+            )
         augment = cfg.data.augment if cfg.data.augment.active else None
         return make_train_loader(
-            cfg.data.train, batch_size=cfg.training.batch_size, crop_seconds=cfg.data.crop_seconds,
-            num_workers=cfg.data.num_workers, seed=cfg.seed + seed_offset, rank=self.rank,
-            world_size=self.world_size, epoch=epoch, shuffle_buffer=cfg.data.shuffle_buffer,
-            augment=augment, steps_per_epoch=batches or self.batches_per_epoch,
-            pin_memory=torch.cuda.is_available(), fixed_crops=self.mode.fixed_crops)
+            cfg.data.train,
+            batch_size=cfg.training.batch_size,
+            crop_seconds=cfg.data.crop_seconds,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.seed + seed_offset,
+            rank=self.rank,
+            world_size=self.world_size,
+            epoch=epoch,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            augment=augment,
+            steps_per_epoch=batches or self.batches_per_epoch,
+            pin_memory=torch.cuda.is_available(),
+            fixed_crops=self.mode.fixed_crops,
+        )
 
     def _open_features(self) -> FeatureCache | None:
         """data.features: a cache folder, or "auto": this run's own, built first in RUN/features."""
@@ -154,8 +182,13 @@ class Trainer:
             return None
         folder = Path(cfg.data.features) if cfg.data.features != "auto" else self.run_dir / "features"
         if cfg.data.features == "auto" and not (folder / FEATURES_MANIFEST).is_file():
-            build_feature_cache(cfg, folder, cfg.data.feature_crops_per_utterance,
-                                progress=self.accelerator.is_main_process, accelerator=self.accelerator)
+            build_feature_cache(
+                cfg,
+                folder,
+                cfg.data.feature_crops_per_utterance,
+                progress=self.accelerator.is_main_process,
+                accelerator=self.accelerator,
+            )
         return open_feature_cache(folder)
 
     def _pca_features(self, redimnet: ReDimNet) -> torch.Tensor | None:
@@ -171,8 +204,13 @@ class Trainer:
 
     def _class_means_wanted(self, module: TrainModule) -> bool:
         cfg = self.cfg
-        return (cfg.loss.class_init == "mean" and self.resume_dir is None and backbone_is_pretrained(cfg)
-                and module.aam_loss is not None and hasattr(module.model, "head"))
+        return (
+            cfg.loss.class_init == "mean"
+            and self.resume_dir is None
+            and backbone_is_pretrained(cfg)
+            and module.aam_loss is not None
+            and hasattr(module.model, "head")
+        )
 
     def _init_class_weights(self, module: TrainModule) -> None:
         """loss.class_init: mean. Rank 0 averages the initial head's embeddings per speaker (every
@@ -184,8 +222,9 @@ class Trainer:
                 batches = ((p["pooled"].float(), p["labels"]) for p in map(read_feature_file, self.features.files))
                 embed = model.to(device).head
             else:
-                loader = self._train_loader(epoch=0, seed_offset=CLASS_INIT_SEED_OFFSET,
-                                            batches=self.cfg.loss.class_init_batches)
+                loader = self._train_loader(
+                    epoch=0, seed_offset=CLASS_INIT_SEED_OFFSET, batches=self.cfg.loss.class_init_batches
+                )
                 batches = ((batch["wave"], batch["label"]) for batch in loader)
                 fast = inference_form(model).to(device)
                 embed = lambda wave: fast.head(fast.pooled(wave))  # noqa: E731
@@ -194,8 +233,10 @@ class Trainer:
             means, counts = class_mean_embeddings(embed, batches, aam.num_classes, device)
             model.train(was_training)
             found = set_class_weights(aam, means, counts)
-            self.tracker_lines.append(f"class weights: speaker means of {int(counts.sum())} crops for {found} of "
-                                      f"{aam.num_classes} classes (the rest random)")
+            self.tracker_lines.append(
+                f"class weights: speaker means of {int(counts.sum())} crops for {found} of "
+                f"{aam.num_classes} classes (the rest random)"
+            )
         self.collectives.broadcast_from_main(list(aam.parameters()), "receiving the class weights from rank 0")
 
     def _batches(self) -> Iterator[dict]:
@@ -207,8 +248,10 @@ class Trainer:
             epoch, done = epoch + 1, 0
         if done:
             self.partial_epoch_loader = self._train_loader(
-                epoch, seed_offset=RESUME_STREAM_SEED_PER_STEP * self.state["step"],
-                batches=self.batches_per_epoch - done)
+                epoch,
+                seed_offset=RESUME_STREAM_SEED_PER_STEP * self.state["step"],
+                batches=self.batches_per_epoch - done,
+            )
             for batch in self.partial_epoch_loader:
                 self.state["batches_into_epoch"] += 1
                 yield batch
@@ -224,8 +267,10 @@ class Trainer:
     def _skipped_samples(self) -> int:
         """Corrupt samples skipped so far by every rank's loaders, earlier runs of a resumed run included."""
         local = self.train_loader.skipped + (self.partial_epoch_loader.skipped if self.partial_epoch_loader else 0)
-        total = self.collectives.sum(torch.tensor(float(local), device=self.accelerator.device),
-                                     f"step {self.state['step']}: summing skipped-sample counts")
+        total = self.collectives.sum(
+            torch.tensor(float(local), device=self.accelerator.device),
+            f"step {self.state['step']}: summing skipped-sample counts",
+        )
         self.state["skipped_samples"] = self.skipped_before_start + int(total)
         return self.state["skipped_samples"]
 
@@ -233,8 +278,10 @@ class Trainer:
     def _agree(self, finite: torch.Tensor) -> bool:
         """One all-reduce decides for every rank together: skip, stop, or go on."""
         stop = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
-        decision = self.collectives.sum(torch.stack([(~finite).float(), stop]),
-                                        f"step {self.state['step'] + 1}: all-reduce of the skip/stop decision")
+        decision = self.collectives.sum(
+            torch.stack([(~finite).float(), stop]),
+            f"step {self.state['step'] + 1}: all-reduce of the skip/stop decision",
+        )
         bad_ranks, stop_ranks = decision.tolist()
         self.stop.requested = stop_ranks > 0
         return bad_ranks == 0
@@ -247,7 +294,8 @@ class Trainer:
         self.tracker.write_line(
             f"mode={tcfg.mode} ranks={self.world_size} device={acc.device} precision={tcfg.mixed_precision} "
             f"classes={self.num_classes} parameters={sizes['parameters']} trainable={sizes['trainable']} "
-            f"start_step={self.state['step']} run_dir={self.run_dir}")
+            f"start_step={self.state['step']} run_dir={self.run_dir}"
+        )
         if self.is_deepspeed:
             self.tracker.write_line(ds_config.NOT_GUARDED_NOTE)
         if self.state["step"] == 0 and cfg.validation.at_start and backbone_is_pretrained(cfg):
@@ -276,17 +324,22 @@ class Trainer:
                 bad_in_row += 1
                 self.state["bad_steps_total"] += 1
                 action = "counted, not skipped (DeepSpeed applied it)" if self.is_deepspeed else "step skipped"
-                self.tracker.write_line(f"step {step}: non-finite loss or gradient, {action} "
-                                        f"({bad_in_row} in a row)")
+                self.tracker.write_line(f"step {step}: non-finite loss or gradient, {action} ({bad_in_row} in a row)")
                 if bad_in_row >= tcfg.max_bad_steps:
-                    raise BadStepError(f"{bad_in_row} steps in a row had a non-finite loss or gradient "
-                                       f"(training.max_bad_steps={tcfg.max_bad_steps}); lower "
-                                       "training.optimizer.lr or check the data")
+                    raise BadStepError(
+                        f"{bad_in_row} steps in a row had a non-finite loss or gradient "
+                        f"(training.max_bad_steps={tcfg.max_bad_steps}); lower "
+                        "training.optimizer.lr or check the data"
+                    )
             values = None
             if step % cfg.logging.every_steps == 0 and window_steps:
                 values = {k: float(v) / window_steps for k, v in window.items()}
-                values.update(lr=self.scheduler.get_last_lr()[0], epoch=self.state["epoch"],
-                              skipped=self._skipped_samples(), bad_steps=self.state["bad_steps_total"])
+                values.update(
+                    lr=self.scheduler.get_last_lr()[0],
+                    epoch=self.state["epoch"],
+                    skipped=self._skipped_samples(),
+                    bad_steps=self.state["bad_steps_total"],
+                )
                 if cfg.loss.margin_warmup_steps:
                     values["margin"] = margin_at(step - 1, cfg.loss)
                 window, window_steps = {}, 0
@@ -303,8 +356,12 @@ class Trainer:
         self.tracker.close()
         acc.wait_for_everyone()
         acc.end_training()  # leaves the process group cleanly (gloo aborts at exit otherwise)
-        return {"status": status, "step": self.state["step"], "best_metric": self.state["best_metric"],
-                "run_dir": str(self.run_dir)}
+        return {
+            "status": status,
+            "step": self.state["step"],
+            "best_metric": self.state["best_metric"],
+            "run_dir": str(self.run_dir),
+        }
 
     def _rewrap_after_unfreeze(self) -> None:
         self.val_pooled = None  # the trunk changes from now on
@@ -321,8 +378,13 @@ class Trainer:
             if trials is None:
                 raise FileNotFoundError(f"data.val: {cfg.data.val} has no trials file; pack it with --trials")
             report, _, _ = evaluate_embeddings(model, self._val_embeddings(model), trials)
-            record = {"step": self.state["step"], "epoch": self.state["epoch"], "eer": report["eer"],
-                      "min_dcf": report["min_dcf"], "threshold": report["threshold"]}
+            record = {
+                "step": self.state["step"],
+                "epoch": self.state["epoch"],
+                "eer": report["eer"],
+                "min_dcf": report["min_dcf"],
+                "threshold": report["threshold"],
+            }
             self.tracker.validation(record)
             self._update_best(report)
         self.collectives.wait_for_main(f"step {self.state['step']}: waiting for rank 0 to validate")
@@ -335,12 +397,18 @@ class Trainer:
         frozen_trunk = getattr(model, "trunk_frozen", False) and hasattr(model, "head")
         if frozen_trunk and self.val_pooled is not None:
             return embed_pooled_features(model, self.val_pooled, device=acc.device)
-        loader = make_eval_loader(cfg.data.val, None, max_seconds=cfg.validation.max_seconds,
-                                  batch_size=cfg.validation.batch_size, num_workers=min(2, cfg.data.num_workers))
+        loader = make_eval_loader(
+            cfg.data.val,
+            None,
+            max_seconds=cfg.validation.max_seconds,
+            batch_size=cfg.validation.batch_size,
+            num_workers=min(2, cfg.data.num_workers),
+        )
         if not frozen_trunk:
             return extract_embeddings(model, loader, device=acc.device, autocast_dtype=self.autocast_dtype)
-        self.val_pooled = extract_embeddings(inference_form(model), loader, device=acc.device, heads=[POOLED],
-                                             autocast_dtype=self.autocast_dtype)
+        self.val_pooled = extract_embeddings(
+            inference_form(model), loader, device=acc.device, heads=[POOLED], autocast_dtype=self.autocast_dtype
+        )
         return embed_pooled_features(model, self.val_pooled, device=acc.device)
 
     def _update_best(self, report: dict[str, Any]) -> None:

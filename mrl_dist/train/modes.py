@@ -42,8 +42,13 @@ log = logging.getLogger(__name__)
 def trunk_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers of the trunk (front-end, backbone, pooling) of a ReDimNet or ReDimNetMRL."""
     parts = [getattr(model, name, None) for name in ("spec", "backbone", "pool")]
-    return [m for part in parts if part is not None for m in part.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [
+        m
+        for part in parts
+        if part is not None
+        for m in part.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 class TrainModule(nn.Module):
@@ -106,9 +111,11 @@ def load_backbone(cfg: Config) -> ReDimNet:
     """The ReDimNet named by `model.backbone`: a checkpoint path, a pretrained preset, or random."""
     pretrained = cfg.model.pretrained
     try:
-        return load_model_source(cfg.model.backbone,
-                                 None if pretrained is None else (pretrained.train_type, pretrained.dataset),
-                                 fusion=fusion_overrides(cfg.model.fusion))
+        return load_model_source(
+            cfg.model.backbone,
+            None if pretrained is None else (pretrained.train_type, pretrained.dataset),
+            fusion=fusion_overrides(cfg.model.fusion),
+        )
     except FileNotFoundError as err:
         raise FileNotFoundError(f"model.backbone: {err}") from None
 
@@ -119,15 +126,24 @@ def backbone_is_pretrained(cfg: Config) -> bool:
 
 def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLoss:
     weights = cfg.loss.dim_weights if dims == cfg.model.mrl_dims else None
-    return MatryoshkaAAMLoss(dims, num_classes, margin=cfg.loss.margin, scale=cfg.loss.scale,
-                             subcenters=cfg.loss.subcenters, dim_weights=weights, tied=cfg.loss.tied)
+    return MatryoshkaAAMLoss(
+        dims,
+        num_classes,
+        margin=cfg.loss.margin,
+        scale=cfg.loss.scale,
+        subcenters=cfg.loss.subcenters,
+        dim_weights=weights,
+        tied=cfg.loss.tied,
+    )
 
 
 def resolved_head_type(cfg: Config) -> str:
     """model.head_type, except that a head without a pretrained embedding to rotate is linear."""
     if cfg.model.head_type == "rotation" and (cfg.model.head_init == "random" or not backbone_is_pretrained(cfg)):
-        log.warning("model.head_type=rotation needs a pretrained embedding (head_init pca or pretrained, a "
-                    "pretrained backbone): using a linear head")
+        log.warning(
+            "model.head_type=rotation needs a pretrained embedding (head_init pca or pretrained, a "
+            "pretrained backbone): using a linear head"
+        )
         return "linear"
     return cfg.model.head_type
 
@@ -159,11 +175,17 @@ def build_mrl_model(cfg: Config, pca_features: PooledFeatures | None, resuming: 
         if pooled is not None:
             log.info("PCA head from %d pooled vectors", len(pooled))
     # A random backbone's "native" embedding means nothing: keep it only when pretrained.
-    model = ReDimNetMRL.from_redimnet(redimnet, dims=cfg.model.mrl_dims, head_init=head_init,
-                                      pooled_features=pooled, seed=cfg.seed,
-                                      keep_native=backbone_is_pretrained(cfg), head_type=resolved_head_type(cfg),
-                                      train_extra_dims=cfg.model.train_extra_dims,
-                                      weights_arrive_later=weights_arrive_later)
+    model = ReDimNetMRL.from_redimnet(
+        redimnet,
+        dims=cfg.model.mrl_dims,
+        head_init=head_init,
+        pooled_features=pooled,
+        seed=cfg.seed,
+        keep_native=backbone_is_pretrained(cfg),
+        head_type=resolved_head_type(cfg),
+        train_extra_dims=cfg.model.train_extra_dims,
+        weights_arrive_later=weights_arrive_later,
+    )
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
     elif model.native is not None:
@@ -222,8 +244,9 @@ class MRLMode(Mode):
 
     def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         model = build_mrl_model(self.cfg, pca_features, resuming)
-        return TrainModule(model, make_loss(self.cfg, model.dims, num_classes),
-                           freeze_bn_stats=self.cfg.training.freeze_bn_stats)
+        return TrainModule(
+            model, make_loss(self.cfg, model.dims, num_classes), freeze_bn_stats=self.cfg.training.freeze_bn_stats
+        )
 
     def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
         # build_mrl_model fits the PCA head on rank 0 exactly then.
@@ -256,8 +279,11 @@ class ClassifierMode(Mode):
         model = load_backbone(self.cfg)
         if hasattr(model, "attach_ptm_teacher"):  # SSRFNet: its PTM teacher, found or refused before step 1
             model.attach_ptm_teacher()
-        return TrainModule(model, make_loss(self.cfg, [model.embed_dim], num_classes),
-                           freeze_bn_stats=self.cfg.training.freeze_bn_stats)
+        return TrainModule(
+            model,
+            make_loss(self.cfg, [model.embed_dim], num_classes),
+            freeze_bn_stats=self.cfg.training.freeze_bn_stats,
+        )
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for p in module.model.parameters()} if backbone_is_pretrained(self.cfg) else set()
@@ -279,9 +305,11 @@ class DistillMode(MRLMode):
         self.caches: list[TeacherEmbeddingCache] | None = None
         self.autocast_dtype: torch.dtype | None = None
         if self.fixed_crops and cfg.data.augment.active:
-            raise ValueError("distill.cache_teacher_embeddings: cached teacher embeddings are of the clean fixed "
-                             "crop; turn data.augment off (noise_prob, reverb_prob 0, speed_perturb false) or "
-                             "the cache off")
+            raise ValueError(
+                "distill.cache_teacher_embeddings: cached teacher embeddings are of the clean fixed "
+                "crop; turn data.augment off (noise_prob, reverb_prob 0, speed_perturb false) or "
+                "the cache off"
+            )
 
     def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
         student = build_mrl_model(self.cfg, pca_features, resuming)
@@ -289,8 +317,11 @@ class DistillMode(MRLMode):
         weights = self.cfg.distill.losses
         aam = make_loss(self.cfg, student.dims, num_classes) if weights.aam > 0 else None
         # The TrainModule holds student, adapters and AAM weights; the teachers stay outside.
-        return TrainModule(student, build_distillation_loss(student.dims, self.teachers, weights, aam),
-                           freeze_bn_stats=self.cfg.training.freeze_bn_stats)
+        return TrainModule(
+            student,
+            build_distillation_loss(student.dims, self.teachers, weights, aam),
+            freeze_bn_stats=self.cfg.training.freeze_bn_stats,
+        )
 
     def place_on_device(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         for teacher in self.teachers:
@@ -303,8 +334,11 @@ class DistillMode(MRLMode):
         if self.caches is None:
             return {"teacher_embeddings": teacher_embeddings(self.teachers, wave, self.autocast_dtype)}
         lengths = [wave.shape[1]] * wave.shape[0]
-        return {"teacher_embeddings": cached_teacher_embeddings(
-            self.teachers, self.caches, wave, batch["key"], batch["start"], lengths, self.autocast_dtype)}
+        return {
+            "teacher_embeddings": cached_teacher_embeddings(
+                self.teachers, self.caches, wave, batch["key"], batch["start"], lengths, self.autocast_dtype
+            )
+        }
 
     def save_caches(self) -> None:
         for cache in self.caches or []:

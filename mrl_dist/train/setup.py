@@ -51,7 +51,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
             # The default group serves the per-step collectives: a hung rank is found in minutes.
             # Waiting for rank 0's validation uses a group of its own (collectives.py).
             InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.training.collective_timeout_minutes)),
-            DistributedDataParallelKwargs(find_unused_parameters=False)],
+            DistributedDataParallelKwargs(find_unused_parameters=False),
+        ],
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds_config.check_deepspeed_supported(cfg)
@@ -87,8 +88,9 @@ def rewrap_ddp(accelerator: Accelerator, wrapped: torch.nn.Module) -> torch.nn.M
     if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         return wrapped
     kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
-    new = torch.nn.parallel.DistributedDataParallel(wrapped.module, device_ids=wrapped.device_ids,
-                                                    output_device=wrapped.output_device, **kwargs)
+    new = torch.nn.parallel.DistributedDataParallel(
+        wrapped.module, device_ids=wrapped.device_ids, output_device=wrapped.output_device, **kwargs
+    )
     if accelerator.ddp_handler is not None:
         accelerator.ddp_handler.register_comm_hook(new)
     # Accelerate's own list (save_state, load_state) holds the wrapper or the bare module:

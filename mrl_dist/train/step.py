@@ -92,8 +92,15 @@ class TrainingStep:
     the schedule. Stats are averaged over the micro-batches and stay on the device.
     """
 
-    def __init__(self, engine: Engine, optimizer: torch.optim.Optimizer, scheduler, mode: Mode,
-                 training: TrainingConfig, device: torch.device):
+    def __init__(
+        self,
+        engine: Engine,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        mode: Mode,
+        training: TrainingConfig,
+        device: torch.device,
+    ):
         self.engine = engine
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -114,8 +121,9 @@ class TrainingStep:
         loss = loss.detach()
         return loss, {"loss": loss, **flatten_stats(parts)}
 
-    def __call__(self, module: nn.Module, batches: Iterator[dict],
-                 agree: Callable[[torch.Tensor], bool] = finite_here) -> tuple[bool, Stats]:
+    def __call__(
+        self, module: nn.Module, batches: Iterator[dict], agree: Callable[[torch.Tensor], bool] = finite_here
+    ) -> tuple[bool, Stats]:
         finite, stats = self.accumulate_gradients(module, batches)
         return self.apply(module, finite, stats, agree), stats
 
@@ -132,8 +140,9 @@ class TrainingStep:
                 stats[key] = stats.get(key, 0) + value / grad_accum
         return finite, stats
 
-    def apply(self, module: nn.Module, finite: torch.Tensor, stats: Stats,
-              agree: Callable[[torch.Tensor], bool] = finite_here) -> bool:
+    def apply(
+        self, module: nn.Module, finite: torch.Tensor, stats: Stats, agree: Callable[[torch.Tensor], bool] = finite_here
+    ) -> bool:
         """Clip, agree, then the optimizer and scheduler step (adds "grad_norm" to `stats`).
         Returns whether the update was applied."""
         tcfg = self.training

@@ -35,15 +35,17 @@ class Tracker:
         self._last_step = start_step
         if not is_main:
             return
-        self.bar = tqdm(total=cfg.training.max_steps, initial=start_step, desc=cfg.training.mode,
-                        dynamic_ncols=True, smoothing=0.1)
+        self.bar = tqdm(
+            total=cfg.training.max_steps, initial=start_step, desc=cfg.training.mode, dynamic_ncols=True, smoothing=0.1
+        )
         self.log_file = open(run_dir / "train.log", "a", encoding="utf-8")
         # Library messages (skipped samples, head-init fallbacks, cache builds) go to the run
         # folder too, not only to stderr: one log of the run, on rank 0.
         self.log_handler = logging.StreamHandler(self.log_file)
         self.log_handler.setLevel(logging.INFO)
-        self.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                                        datefmt="%Y-%m-%d %H:%M:%S"))
+        self.log_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+        )
         logging.getLogger("mrl_dist").addHandler(self.log_handler)
         if cfg.logging.tensorboard:
             try:
@@ -51,14 +53,21 @@ class Tracker:
 
                 self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                self.write_line("tensorboard is not installed: TensorBoard logging is off "
-                                "(pip install 'mrl-dist[tensorboard]', or set logging.tensorboard: false)")
+                self.write_line(
+                    "tensorboard is not installed: TensorBoard logging is off "
+                    "(pip install 'mrl-dist[tensorboard]', or set logging.tensorboard: false)"
+                )
         if cfg.logging.wandb:
             try:
                 import wandb
 
-                self.wandb = wandb.init(project=cfg.logging.wandb_project, dir=str(run_dir),
-                                        config=config_to_dict(cfg), id=wandb_run_id(run_dir), resume="allow")
+                self.wandb = wandb.init(
+                    project=cfg.logging.wandb_project,
+                    dir=str(run_dir),
+                    config=config_to_dict(cfg),
+                    id=wandb_run_id(run_dir),
+                    resume="allow",
+                )
             except ImportError:
                 self.write_line("wandb is not installed: wandb logging is off (pip install 'mrl-dist[wandb]')")
 
@@ -81,8 +90,12 @@ class Tracker:
         crops_per_second = (step - self._last_step) * crops_per_step / max(1e-9, now - self._last_time)
         self._last_time, self._last_step = now, step
         values = {**values, "crops_per_s": crops_per_second}
-        self.bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}",
-                             crops_s=f"{crops_per_second:.0f}", skipped=int(values.get("skipped", 0)))
+        self.bar.set_postfix(
+            loss=f"{values['loss']:.3f}",
+            lr=f"{values['lr']:.2e}",
+            crops_s=f"{crops_per_second:.0f}",
+            skipped=int(values.get("skipped", 0)),
+        )
         self.write_line(f"step {step} " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
         self.scalars(step, {f"train/{k}": v for k, v in values.items()})
 

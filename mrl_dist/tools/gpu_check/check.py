@@ -56,8 +56,13 @@ class Check:
             from ...demo.run import prepare_demo_shards
 
             began = time.monotonic()
-            self._shards = prepare_demo_shards(self.work_dir / "demo", speakers=self.plan.corpus_speakers,
-                                               utterances=self.plan.corpus_utterances, seed=0, shard_size_mb=1)
+            self._shards = prepare_demo_shards(
+                self.work_dir / "demo",
+                speakers=self.plan.corpus_speakers,
+                utterances=self.plan.corpus_utterances,
+                seed=0,
+                shard_size_mb=1,
+            )
             self.progress(f"demo shards ready in {time.monotonic() - began:.1f} s: {self._shards}")
         return self._shards
 

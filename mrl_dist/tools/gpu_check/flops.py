@@ -28,8 +28,21 @@ BF16_DENSE_PEAKS: tuple[tuple[str, float | None, str], ...] = (
 )
 
 
-def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                       _output_padding, _groups, output_mask, out_shape=None, **_kwargs) -> int:
+def conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **_kwargs,
+) -> int:
     """FLOPs of aten.convolution_backward: each requested gradient (input, weight) costs what the
     forward convolution costs. torch's own formula counts the weight gradient of a grouped
     convolution `groups` times over (pytorch/pytorch#183405), and ReDimNet's blocks are grouped
@@ -40,15 +53,15 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
 
 def count_flops(run_once: Callable[[], Any]) -> int:
     """Total FLOPs of the matmuls and convolutions `run_once()` executes (forward and backward)."""
-    counter = FlopCounterMode(display=False,
-                              custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop})
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop})
     with counter:
         run_once()
     return int(counter.get_total_flops())
 
 
-def model_flops_utilisation(flops_per_crop: float | None, crops_per_second: float | None,
-                            peak_flops: float | None) -> float | None:
+def model_flops_utilisation(
+    flops_per_crop: float | None, crops_per_second: float | None, peak_flops: float | None
+) -> float | None:
     """Achieved FLOP/s over the device's peak, in [0, 1]-ish; None when any figure is unknown."""
     if not flops_per_crop or not crops_per_second or not peak_flops or peak_flops <= 0:
         return None
@@ -70,8 +83,9 @@ def device_peak_flops(device_name: str | None, override_tflops: float | None = N
 
 def _nvidia_smi(query: str) -> str | None:
     try:
-        result = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20)
+        result = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
@@ -81,17 +95,29 @@ def machine_info(device: str) -> dict[str, Any]:
     import accelerate
 
     info: dict[str, Any] = {
-        "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "accelerate": accelerate.__version__, "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "accelerate": accelerate.__version__,
+        "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
-        "gpu": None, "gpu_memory_gib": None, "compute_capability": None, "driver": None,
-        "cuda_runtime": torch.version.cuda, "cudnn": None,
+        "gpu": None,
+        "gpu_memory_gib": None,
+        "compute_capability": None,
+        "driver": None,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": None,
     }
     if device == "cuda" and torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(properties.total_memory / 2**30, 1),
-                    compute_capability=f"{properties.major}.{properties.minor}",
-                    driver=_nvidia_smi("driver_version"), cudnn=torch.backends.cudnn.version(),
-                    gpu_count=torch.cuda.device_count())
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+            compute_capability=f"{properties.major}.{properties.minor}",
+            driver=_nvidia_smi("driver_version"),
+            cudnn=torch.backends.cudnn.version(),
+            gpu_count=torch.cuda.device_count(),
+        )
     return info

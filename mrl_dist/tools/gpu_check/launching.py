@@ -39,11 +39,32 @@ def launch_prefix(check: Check, accelerate_config: str | None = None) -> list[st
     given accelerate config (DeepSpeed)."""
     launch = accelerate_launch()
     if check.device == "cpu":
-        return [*launch, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
-                check.precision, "--dynamo_backend", "no"]
+        return [
+            *launch,
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            check.precision,
+            "--dynamo_backend",
+            "no",
+        ]
     config = accelerate_config or str(REPO / "configs" / "accelerate" / "multi-gpu.yaml")
-    return [*launch, "--config_file", config, "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", check.precision, "--main_process_port", str(free_port())]
+    return [
+        *launch,
+        "--config_file",
+        config,
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        check.precision,
+        "--main_process_port",
+        str(free_port()),
+    ]
 
 
 def subprocess_env(check: Check) -> dict[str, str]:
@@ -71,8 +92,9 @@ def _kill_tree(process: subprocess.Popen) -> None:
 def run_logged(command: list[str], log: Path, timeout_s: float, env: dict[str, str], what: str) -> int:
     """Run `command` with stdout+stderr to `log`; kill it (and its children) after `timeout_s`."""
     with open(log, "ab") as handle:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             return process.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
@@ -93,8 +115,9 @@ def trainer_processes(launcher_pid: int) -> list[int]:
     return found
 
 
-def run_and_sigterm(command: list[str], log: Path, train_log: Path, after_step: int, timeout_s: float,
-                    env: dict[str, str]) -> tuple[int, int | None]:
+def run_and_sigterm(
+    command: list[str], log: Path, train_log: Path, after_step: int, timeout_s: float, env: dict[str, str]
+) -> tuple[int, int | None]:
     """Start a training launch, SIGTERM its trainer process(es) once train.log shows step
     `after_step`, and wait for the exit. Returns (exit code, step at which the signal went out;
     None if the run ended first). The ranks are signalled, not the launcher: accelerate's launcher
@@ -102,8 +125,9 @@ def run_and_sigterm(command: list[str], log: Path, train_log: Path, after_step: 
     offset = train_log.stat().st_size if train_log.is_file() else 0
     deadline = time.monotonic() + max(1.0, timeout_s)
     with open(log, "ab") as handle:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         signalled_at = None
         while process.poll() is None and time.monotonic() < deadline:
             step = last_logged_step(train_log, offset)
@@ -119,8 +143,9 @@ def run_and_sigterm(command: list[str], log: Path, train_log: Path, after_step: 
             return process.wait(timeout=max(1.0, deadline - time.monotonic())), signalled_at
         except subprocess.TimeoutExpired:
             _kill_tree(process)
-            raise SectionError(f"{command[-1]}: killed after {timeout_s:.0f} s (time budget)",
-                               output_tail(log)) from None
+            raise SectionError(
+                f"{command[-1]}: killed after {timeout_s:.0f} s (time budget)", output_tail(log)
+            ) from None
 
 
 def run_config(check: Check, run_dir: Path, shards: Path, **sections: dict) -> dict[str, Any]:
@@ -129,13 +154,28 @@ def run_config(check: Check, run_dir: Path, shards: Path, **sections: dict) -> d
     config: dict[str, Any] = {
         "run_dir": str(run_dir),
         "seed": 0,
-        "model": {"backbone": plan.run_backbone, "pretrained": None, "mrl_dims": [64, 128, 192, 256],
-                  "head_init": "random"},
-        "data": {"train": str(shards / "train.manifest.json"), "val": str(shards / "val.manifest.json"),
-                 "crop_seconds": plan.run_crop, "num_workers": plan.run_workers, "shuffle_buffer": 64},
-        "training": {"mode": "classifier", "batch_size": plan.run_batch, "max_steps": plan.classifier_steps,
-                     "steps_per_epoch": max(2, plan.every), "mixed_precision": check.precision,
-                     "schedule": {"warmup_steps": 2, "decay": "cosine"}, "optimizer": {"name": "adamw", "lr": 0.002}},
+        "model": {
+            "backbone": plan.run_backbone,
+            "pretrained": None,
+            "mrl_dims": [64, 128, 192, 256],
+            "head_init": "random",
+        },
+        "data": {
+            "train": str(shards / "train.manifest.json"),
+            "val": str(shards / "val.manifest.json"),
+            "crop_seconds": plan.run_crop,
+            "num_workers": plan.run_workers,
+            "shuffle_buffer": 64,
+        },
+        "training": {
+            "mode": "classifier",
+            "batch_size": plan.run_batch,
+            "max_steps": plan.classifier_steps,
+            "steps_per_epoch": max(2, plan.every),
+            "mixed_precision": check.precision,
+            "schedule": {"warmup_steps": 2, "decay": "cosine"},
+            "optimizer": {"name": "adamw", "lr": 0.002},
+        },
         "validation": {"every_steps": plan.classifier_steps, "batch_size": 8, "max_seconds": plan.val_max_seconds},
         "checkpoint": {"every_steps": plan.classifier_steps, "keep_last": 2, "best_metric": "mean_eer"},
         "logging": {"every_steps": 1, "tensorboard": False},

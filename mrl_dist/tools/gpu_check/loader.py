@@ -9,16 +9,26 @@ from typing import Any
 from .check import Check, _synchronize
 
 
-def time_loader(manifest: Path, num_workers: int, batch_size: int, crop_seconds: float, seconds: float,
-                device: str) -> dict[str, Any]:
+def time_loader(
+    manifest: Path, num_workers: int, batch_size: int, crop_seconds: float, seconds: float, device: str
+) -> dict[str, Any]:
     """Crops/s of make_train_loader's batches copied into device memory, after warm-up batches
     (each worker's first batch carries its start-up); timed for `seconds`, at least 2 batches."""
     from ...data.pipeline import make_train_loader
 
     cuda = device == "cuda"
-    loader = make_train_loader(manifest, batch_size=batch_size, crop_seconds=crop_seconds, num_workers=num_workers,
-                               seed=0, rank=0, world_size=1, shuffle_buffer=256, steps_per_epoch=100_000,
-                               pin_memory=cuda)
+    loader = make_train_loader(
+        manifest,
+        batch_size=batch_size,
+        crop_seconds=crop_seconds,
+        num_workers=num_workers,
+        seed=0,
+        rank=0,
+        world_size=1,
+        shuffle_buffer=256,
+        steps_per_epoch=100_000,
+        pin_memory=cuda,
+    )
     batches = iter(loader)
     began = time.perf_counter()
     for _ in range(max(1, num_workers) + 1):
@@ -32,9 +42,15 @@ def time_loader(manifest: Path, num_workers: int, batch_size: int, crop_seconds:
     _synchronize(device)
     elapsed = time.perf_counter() - began
     batches.close()  # ends the epoch's DataLoader, which shuts its workers down
-    return {"num_workers": num_workers, "batch_size": batch_size, "crop_seconds": crop_seconds,
-            "crops_per_s": count * batch_size / elapsed, "batches_timed": count, "warmup_s": round(first, 2),
-            "status": "ok"}
+    return {
+        "num_workers": num_workers,
+        "batch_size": batch_size,
+        "crop_seconds": crop_seconds,
+        "crops_per_s": count * batch_size / elapsed,
+        "batches_timed": count,
+        "warmup_s": round(first, 2),
+        "status": "ok",
+    }
 
 
 def section_loader(check: Check) -> dict[str, Any]:
@@ -47,8 +63,9 @@ def section_loader(check: Check) -> dict[str, Any]:
             continue
         check.progress(f"loader: {workers} workers")
         try:
-            rows.append(time_loader(manifest, workers, plan.loader_batch, plan.loader_crop, plan.loader_seconds,
-                                    check.device))
+            rows.append(
+                time_loader(manifest, workers, plan.loader_batch, plan.loader_crop, plan.loader_seconds, check.device)
+            )
         except Exception as error:
             rows.append({"num_workers": workers, "status": "failed", "error": f"{type(error).__name__}: {error}"[:500]})
     failed = [r for r in rows if r["status"] == "failed"]
@@ -60,6 +77,9 @@ def section_loader(check: Check) -> dict[str, Any]:
         section.update(status="skipped", reason="time budget")
     else:
         best = max(done, key=lambda r: r["crops_per_s"])
-        section.update(status="ok", summary=f"best {best['crops_per_s']:,.0f} crops/s with {best['num_workers']} "
-                                            f"workers (batch {best['batch_size']}, {best['crop_seconds']:g} s crops)")
+        section.update(
+            status="ok",
+            summary=f"best {best['crops_per_s']:,.0f} crops/s with {best['num_workers']} "
+            f"workers (batch {best['batch_size']}, {best['crop_seconds']:g} s crops)",
+        )
     return section

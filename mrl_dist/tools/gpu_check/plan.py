@@ -16,29 +16,54 @@ SECTIONS = ("bench", "train-run", "loader", "deepspeed")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     summary = sys.modules[__package__].__doc__.split("\n\n")[0]  # the package docstring's first paragraph
-    parser = argparse.ArgumentParser(prog="launch/gpu_check.py", description=summary,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="launch/gpu_check.py", description=summary, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default="gpu-check", help="folder for gpu-check.json and gpu-check.md")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes everywhere (tiny preset, batch 4, short crops, a few steps)")
-    parser.add_argument("--time-budget-s", type=float, default=480.0,
-                        help="global deadline; sections that no longer fit are skipped")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="run only these sections")
-    parser.add_argument("--precision", choices=("bf16", "no"), default=None,
-                        help="autocast precision (default: bf16 on cuda, no on cpu)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense bf16 peak in TFLOP/s, for MFU (overrides the table)")
-    parser.add_argument("--install-deepspeed", action="store_true",
-                        help="pip install deepspeed when it does not import")
-    parser.add_argument("--loader-workers", type=int, nargs="+", default=None,
-                        help="loader worker counts to time (default 0 2 4 8; --quick: 0 2)")
-    parser.add_argument("--configs", nargs="+", default=None,
-                        help="run configs whose batch sizes are benched (default: the shipped GPU configs)")
-    parser.add_argument("--work-dir", default=None,
-                        help="scratch folder for shards and runs (default: a temporary one, removed "
-                             "unless a section failed or --keep-work)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes everywhere (tiny preset, batch 4, short crops, a few steps)"
+    )
+    parser.add_argument(
+        "--time-budget-s", type=float, default=480.0, help="global deadline; sections that no longer fit are skipped"
+    )
+    parser.add_argument(
+        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these sections"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "no"),
+        default=None,
+        help="autocast precision (default: bf16 on cuda, no on cpu)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak in TFLOP/s, for MFU (overrides the table)",
+    )
+    parser.add_argument(
+        "--install-deepspeed", action="store_true", help="pip install deepspeed when it does not import"
+    )
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="loader worker counts to time (default 0 2 4 8; --quick: 0 2)",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help="run configs whose batch sizes are benched (default: the shipped GPU configs)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="scratch folder for shards and runs (default: a temporary one, removed "
+        "unless a section failed or --keep-work)",
+    )
     parser.add_argument("--keep-work", action="store_true")
     args = parser.parse_args(argv)
     if args.time_budget_s <= 0:
@@ -107,13 +132,47 @@ def bench_sizes_from_configs(paths: Sequence[str]) -> tuple[BenchSize, ...]:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan(preset="tiny", teachers=("tiny", "tiny"), bench_sizes=(BenchSize(4, 0.5, ("quick",)),),
-                    bench_steps=2, bench_warmup=1, bench_repeats=1, run_backbone="tiny", run_batch=4,
-                    run_crop=1.0, run_workers=0, classifier_steps=2, mrl_steps=8, unfreeze_after=3,
-                    sigterm_after=4, every=4, val_max_seconds=1.0, deepspeed_steps=4, loader_batch=4,
-                    loader_crop=1.0, loader_seconds=1.0)
-    return Plan(preset="b2", teachers=("b0", "b2"), bench_sizes=None,
-                bench_steps=20, bench_warmup=5, bench_repeats=2, run_backbone="b2", run_batch=32,
-                run_crop=2.0, run_workers=4, classifier_steps=10, mrl_steps=60, unfreeze_after=20,
-                sigterm_after=30, every=20, val_max_seconds=4.0, deepspeed_steps=30, loader_batch=256,
-                loader_crop=2.0, loader_seconds=5.0)
+        return Plan(
+            preset="tiny",
+            teachers=("tiny", "tiny"),
+            bench_sizes=(BenchSize(4, 0.5, ("quick",)),),
+            bench_steps=2,
+            bench_warmup=1,
+            bench_repeats=1,
+            run_backbone="tiny",
+            run_batch=4,
+            run_crop=1.0,
+            run_workers=0,
+            classifier_steps=2,
+            mrl_steps=8,
+            unfreeze_after=3,
+            sigterm_after=4,
+            every=4,
+            val_max_seconds=1.0,
+            deepspeed_steps=4,
+            loader_batch=4,
+            loader_crop=1.0,
+            loader_seconds=1.0,
+        )
+    return Plan(
+        preset="b2",
+        teachers=("b0", "b2"),
+        bench_sizes=None,
+        bench_steps=20,
+        bench_warmup=5,
+        bench_repeats=2,
+        run_backbone="b2",
+        run_batch=32,
+        run_crop=2.0,
+        run_workers=4,
+        classifier_steps=10,
+        mrl_steps=60,
+        unfreeze_after=20,
+        sigterm_after=30,
+        every=20,
+        val_max_seconds=4.0,
+        deepspeed_steps=30,
+        loader_batch=256,
+        loader_crop=2.0,
+        loader_seconds=5.0,
+    )

@@ -27,7 +27,10 @@ from .report import JSON_NAME, MARKDOWN_NAME, REPORT_FORMAT, render_markdown, wr
 from .train_run import section_train_run
 
 SECTION_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
-    "bench": section_bench, "train-run": section_train_run, "loader": section_loader, "deepspeed": section_deepspeed,
+    "bench": section_bench,
+    "train-run": section_train_run,
+    "loader": section_loader,
+    "deepspeed": section_deepspeed,
 }
 # Below this many seconds left a section is not started (GPU pass / --quick).
 SECTION_MINIMUM_S = {"bench": (30, 3), "train-run": (150, 30), "loader": (15, 3), "deepspeed": (60, 5)}
@@ -56,8 +59,11 @@ def run_section(check: Check, name: str) -> dict[str, Any]:
         if error.output_tail:
             result["output_tail"] = error.output_tail
     except Exception as error:  # any other bug or device error: recorded, the next section runs
-        result = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                  "traceback": traceback.format_exc()[-4000:]}
+        result = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
     _free_device_memory(check.device)  # after the except block, whose traceback held the tensors
     result["elapsed_s"] = round(time.monotonic() - began, 1)
     ending = result.get("summary") or result.get("reason") or result.get("error", "")
@@ -83,17 +89,34 @@ def run_all(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(argv), "machine": info,
-        "settings": {"device": args.device, "quick": args.quick, "precision": args.precision,
-                     "time_budget_s": args.time_budget_s, "peak_flops": peak, "peak_source": peak_source,
-                     "sections": list(args.sections)},
-        "sections": {}, "elapsed_s": 0.0, "ok": True,
+        "command": command_line(argv),
+        "machine": info,
+        "settings": {
+            "device": args.device,
+            "quick": args.quick,
+            "precision": args.precision,
+            "time_budget_s": args.time_budget_s,
+            "peak_flops": peak,
+            "peak_source": peak_source,
+            "sections": list(args.sections),
+        },
+        "sections": {},
+        "elapsed_s": 0.0,
+        "ok": True,
     }
-    check = Check(args=args, plan=make_plan(args), work_dir=work_dir, deadline=started + args.time_budget_s,
-                  started=started, peak_flops=peak)
+    check = Check(
+        args=args,
+        plan=make_plan(args),
+        work_dir=work_dir,
+        deadline=started + args.time_budget_s,
+        started=started,
+        peak_flops=peak,
+    )
     report["settings"]["plan"] = _plan_summary(check.plan)
-    check.progress(f"device {args.device} ({info['gpu'] or info['cpu']}), precision {args.precision}, "
-                   f"budget {args.time_budget_s:.0f} s, work dir {work_dir}")
+    check.progress(
+        f"device {args.device} ({info['gpu'] or info['cpu']}), precision {args.precision}, "
+        f"budget {args.time_budget_s:.0f} s, work dir {work_dir}"
+    )
     for name in SECTIONS:
         if name not in args.sections:
             continue
@@ -120,12 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but torch sees no CUDA device; for the CPU self-test run "
-              "python launch/gpu_check.py --device cpu --quick", file=sys.stderr)
+        print(
+            "error: --device cuda, but torch sees no CUDA device; for the CPU self-test run "
+            "python launch/gpu_check.py --device cpu --quick",
+            file=sys.stderr,
+        )
         return 2
     report = run_all(args, argv)
     print(render_markdown(report))
     statuses = {name: s["status"] for name, s in report["sections"].items()}
-    print(f"wrote {Path(args.output) / JSON_NAME} and {Path(args.output) / MARKDOWN_NAME}; "
-          f"sections: {statuses}", file=sys.stderr)
+    print(
+        f"wrote {Path(args.output) / JSON_NAME} and {Path(args.output) / MARKDOWN_NAME}; sections: {statuses}",
+        file=sys.stderr,
+    )
     return 0 if report["ok"] else 1

@@ -33,9 +33,18 @@ def parse_train_log(text: str) -> list[dict[str, Any]]:
     for line in text.splitlines():
         start = _START_LINE.search(line)
         if start:
-            segments.append({"mode": start.group(1), "ranks": int(start.group(2)), "device": start.group(3),
-                             "start_step": int(start.group(5)), "end_step": int(start.group(5)),
-                             "unfreeze_lines": 0, "rates": [], "stopped_by_signal": False})
+            segments.append(
+                {
+                    "mode": start.group(1),
+                    "ranks": int(start.group(2)),
+                    "device": start.group(3),
+                    "start_step": int(start.group(5)),
+                    "end_step": int(start.group(5)),
+                    "unfreeze_lines": 0,
+                    "rates": [],
+                    "stopped_by_signal": False,
+                }
+            )
             continue
         if not segments:
             continue
