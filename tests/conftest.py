@@ -153,3 +153,33 @@ def isolated_hub(tmp_path, monkeypatch):
     torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
     yield tmp_path / "torch_home" / "hub" / "checkpoints"
     torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
+
+
+@pytest.fixture(scope="session")
+def official_file(tmp_path_factory):
+    """`official_file("b0")`: an official-format checkpoint (`{"model_config", "state_dict"}`) of
+    a preset, made here so that tests needing a b0 or b2 *file* (name resolution, a pretrained
+    trunk) run in a fresh clone. Weights are seeded random, perturbed like the official parity
+    fixtures (every parameter + 0.05 N(0, 1), BatchNorm statistics randomised) so that every
+    layer matters. Official *parity* is tested against the fixtures in tests/fixtures_path.py."""
+    import torch
+
+    from mrl_dist.models import build_preset, save_official_checkpoint
+    from mrl_dist.tools.bench_inference import randomise_batchnorms
+
+    folder = tmp_path_factory.mktemp("official_files")
+    made: dict[str, Path] = {}
+
+    def make(preset: str) -> Path:
+        if preset not in made:
+            torch.manual_seed(0)
+            model = build_preset(preset)
+            generator = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+            randomise_batchnorms(model, seed=2)
+            made[preset] = save_official_checkpoint(model.eval(), folder / f"{preset}-random.pt")
+        return made[preset]
+
+    return make

@@ -16,7 +16,7 @@ from mrl_dist.models.inference import (
     unfolded_batchnorms,
 )
 
-from fixtures_path import redimnet_fixture
+from fixtures_path import MICRO_REDIMNET, fixture_file
 
 TOLERANCE = 1e-5
 BATCH_SIZES = (1, 3)
@@ -226,10 +226,10 @@ def test_inference_form_of_anything_else_is_a_type_error():
         inference_form(nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("name", ["b0", "b2"])
+@pytest.mark.parametrize("name", [*MICRO_REDIMNET, "b0", "b2"])  # b0, b2: the extended tier
 def test_inference_form_reproduces_the_official_reference_outputs(name):
-    model = load_pretrained(redimnet_fixture(f"{name}-random.pt"))
-    reference = torch.load(redimnet_fixture(f"{name}-random.io.pt"), weights_only=True)
+    model = load_pretrained(fixture_file(name))
+    reference = torch.load(fixture_file(name, outputs=True), weights_only=True)
     form = inference_form(model)
     with inference_context():
         outputs = form.extract(reference["wave"])

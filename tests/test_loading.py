@@ -6,8 +6,6 @@ import torch
 from mrl_dist.models import CheckpointError, load_pretrained, read_checkpoint, resolve_checkpoint
 from mrl_dist.models.loading import save_official_checkpoint
 
-from fixtures_path import redimnet_fixture
-
 
 class NotAWeight:
     """Pickling an instance of this class makes a file that needs code to load."""
@@ -27,8 +25,8 @@ def test_file_without_model_config_is_refused_naming_what_it_found(tmp_path):
         load_pretrained(path)
 
 
-def test_state_dict_that_does_not_fit_its_config_is_refused(tmp_path):
-    payload = read_checkpoint(redimnet_fixture("b0-random.pt"))
+def test_state_dict_that_does_not_fit_its_config_is_refused(official_file, tmp_path):
+    payload = read_checkpoint(official_file("b0"))
     del payload["state_dict"]["linear.bias"]
     path = tmp_path / "broken.pt"
     torch.save(payload, path)
@@ -36,18 +34,18 @@ def test_state_dict_that_does_not_fit_its_config_is_refused(tmp_path):
         load_pretrained(path)
 
 
-def test_preset_name_resolves_from_the_checkpoints_env_folder(tmp_path, isolated_hub, monkeypatch):
+def test_preset_name_resolves_from_the_checkpoints_env_folder(official_file, tmp_path, isolated_hub, monkeypatch):
     folder = tmp_path / "ckpts"
     folder.mkdir()
-    (folder / "b0-vox2-ft_lm.pt").write_bytes(redimnet_fixture("b0-random.pt").read_bytes())
+    (folder / "b0-vox2-ft_lm.pt").write_bytes(official_file("b0").read_bytes())
     monkeypatch.setenv("MRL_DIST_CHECKPOINTS", str(folder))
     model = load_pretrained("b0")
     assert not model.training and model.config.F == 60
 
 
-def test_preset_name_resolves_from_torch_hub_cache(isolated_hub):
+def test_preset_name_resolves_from_torch_hub_cache(official_file, isolated_hub):
     isolated_hub.mkdir(parents=True)
-    (isolated_hub / "b2-vox1-ptn.pt").write_bytes(redimnet_fixture("b2-random.pt").read_bytes())
+    (isolated_hub / "b2-vox1-ptn.pt").write_bytes(official_file("b2").read_bytes())
     model = load_pretrained("b2", dataset="vox1", train_type="ptn")
     assert model.config.C == 16
 
@@ -70,10 +68,10 @@ def test_failed_download_names_file_folders_and_url(tmp_path, isolated_hub, monk
     assert "b3-vox2-ft_lm.pt" in message and str(isolated_hub) in message and "no-such-mirror" in message
 
 
-def test_download_lands_in_torch_hub_cache_and_loads(tmp_path, isolated_hub, monkeypatch):
+def test_download_lands_in_torch_hub_cache_and_loads(official_file, tmp_path, isolated_hub, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    (mirror / "b0-vox2-ft_lm.pt").write_bytes(redimnet_fixture("b0-random.pt").read_bytes())
+    (mirror / "b0-vox2-ft_lm.pt").write_bytes(official_file("b0").read_bytes())
     monkeypatch.setenv("MRL_DIST_CHECKPOINT_URL", f"file://{mirror}/{{file}}")
     model = load_pretrained("b0")
     assert (isolated_hub / "b0-vox2-ft_lm.pt").is_file()
@@ -91,8 +89,8 @@ def test_unknown_source_is_an_error_naming_it():
         load_pretrained("not-a-model")
 
 
-def test_saved_official_file_reloads_to_the_same_model(tmp_path):
-    model = load_pretrained(redimnet_fixture("b0-random.pt"))
+def test_saved_official_file_reloads_to_the_same_model(official_file, tmp_path):
+    model = load_pretrained(official_file("b0"))
     path = save_official_checkpoint(model, tmp_path / "copy.pt")
     again = load_pretrained(path)
     wave = torch.randn(1, 16000)

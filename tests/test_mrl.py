@@ -6,15 +6,13 @@ import torch
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import ReDimNetMRL, build_preset, collect_pooled, load_pretrained, pca_rotation
 
-from fixtures_path import redimnet_fixture
-
 torch.manual_seed(0)
 WAVES = [torch.randn(8, 12000) for _ in range(6)]  # 48 utterances of 0.75 s
 
 
 @pytest.fixture(scope="module")
-def pretrained():
-    return load_pretrained(redimnet_fixture("b0-random.pt"))
+def pretrained(official_file):
+    return load_pretrained(official_file("b0"))
 
 
 @pytest.fixture(scope="module")

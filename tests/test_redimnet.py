@@ -16,36 +16,37 @@ from mrl_dist.models import (
 )
 from mrl_dist.models.frontend import MelFrontend
 
-from fixtures_path import redimnet_fixture
+from fixtures_path import MICRO_REDIMNET, OFFICIAL_SHAPES, fixture_file
 
-OFFICIAL_SHAPES = json.loads(redimnet_fixture("official_state_dict_shapes.json").read_text())
+OFFICIAL_STATE_DICTS = json.loads(OFFICIAL_SHAPES.read_text())
+PARITY_MODELS = [*MICRO_REDIMNET, "b0", "b2"]  # b0, b2: the extended tier
 
 
-@pytest.mark.parametrize("name", ["b0", "b2"])
+@pytest.mark.parametrize("name", PARITY_MODELS)
 @pytest.mark.parametrize("tensor", ["mel", "backbone", "pooled", "embedding"])
 def test_official_checkpoint_reproduces_reference_outputs(name, tensor):
-    model = load_pretrained(redimnet_fixture(f"{name}-random.pt"))
-    reference = torch.load(redimnet_fixture(f"{name}-random.io.pt"), weights_only=True)
+    model = load_pretrained(fixture_file(name))
+    reference = torch.load(fixture_file(name, outputs=True), weights_only=True)
     with torch.no_grad():
         outputs = model.extract(reference["wave"])
     assert outputs[tensor].shape == reference[tensor].shape
     assert (outputs[tensor] - reference[tensor]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["b0", "b2"])
+@pytest.mark.parametrize("name", PARITY_MODELS)
 def test_forward_returns_the_official_embedding(name):
-    model = load_pretrained(redimnet_fixture(f"{name}-random.pt"))
-    reference = torch.load(redimnet_fixture(f"{name}-random.io.pt"), weights_only=True)
+    model = load_pretrained(fixture_file(name))
+    reference = torch.load(fixture_file(name, outputs=True), weights_only=True)
     assert not model.training
     with torch.no_grad():
         embedding = model(reference["wave"])
     assert (embedding - reference["embedding"]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["b0", "b2"])
+@pytest.mark.parametrize("name", PARITY_MODELS)
 def test_written_official_file_has_the_official_keys_and_values(name, tmp_path):
-    original = read_checkpoint(redimnet_fixture(f"{name}-random.pt"))
-    payload = official_payload(load_pretrained(redimnet_fixture(f"{name}-random.pt")))
+    original = read_checkpoint(fixture_file(name))
+    payload = official_payload(load_pretrained(fixture_file(name)))
     assert set(payload["state_dict"]) == set(original["state_dict"])
     for key, value in original["state_dict"].items():
         assert torch.equal(payload["state_dict"][key], value), key
@@ -54,7 +55,7 @@ def test_written_official_file_has_the_official_keys_and_values(name, tmp_path):
 
 @pytest.mark.parametrize("name", OFFICIAL_PRESETS)
 def test_preset_matches_official_config_keys_shapes_and_parameter_count(name):
-    official = OFFICIAL_SHAPES[name]
+    official = OFFICIAL_STATE_DICTS[name]
     assert preset_config(name) == json.loads(json.dumps(official["model_config"]))
     payload = official_payload(build_preset(name))
     shapes = {key: list(value.shape) for key, value in payload["state_dict"].items()}
@@ -123,9 +124,10 @@ def test_return_all_outputs_gives_every_stage_output():
     assert len(stages) == len(model.config.stages_setup) + 2  # stem, stages, fused
 
 
-def test_mel_filterbank_matches_the_official_buffer():
-    official = read_checkpoint(redimnet_fixture("b2-random.pt"))["state_dict"]
-    frontend = MelFrontend(n_mels=72)
+@pytest.mark.parametrize("name, n_mels", [("micro-b", 32), ("b2", 72)])
+def test_mel_filterbank_matches_the_official_buffer(name, n_mels):
+    official = read_checkpoint(fixture_file(name))["state_dict"]
+    frontend = MelFrontend(n_mels=n_mels)
     assert (frontend.mel_filterbank - official["spec.torchfbank.2.mel_scale.fb"]).abs().max() < 1e-5
     assert torch.equal(frontend.window, official["spec.torchfbank.2.spectrogram.window"])
 

@@ -20,26 +20,26 @@ from mrl_dist.models.loading import (
 from mrl_dist.models.presets import PRESETS, REDIMNET2_PRESETS, build_preset, preset_config
 from mrl_dist.models.redimnet2 import ReDimNet2
 
-from fixtures_path import redimnet2_fixture
+from fixtures_path import MICRO_REDIMNET2, fixture_file, redimnet2_fixture
 
-FIXTURES = ["v2tiny", "v2small", "v2b3"]
+FIXTURES = [*MICRO_REDIMNET2, "v2tiny", "v2small", "v2b3"]  # v2*: the extended tier
 TENSORS = ["mel", "backbone", "pooled", "embedding"]
 
 
 def reference(name: str) -> dict:
-    return torch.load(redimnet2_fixture(f"{name}-random.io.pt"), weights_only=True)
+    return torch.load(fixture_file(name, outputs=True), weights_only=True)
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
 def official(request):
     """(name, model loaded from the official file, reference outputs)."""
-    model = load_pretrained(redimnet2_fixture(f"{request.param}-random.pt"))
+    model = load_pretrained(fixture_file(request.param))
     return request.param, model, reference(request.param)
 
 
 def test_official_file_loads_with_no_missing_or_unexpected_keys(official):
     name, _, _ = official
-    payload = read_checkpoint(redimnet2_fixture(f"{name}-random.pt"))
+    payload = read_checkpoint(fixture_file(name))
     model = ReDimNet2(**payload["model_config"])
     result = model.load_state_dict(official_to_local(payload["state_dict"]), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -66,7 +66,7 @@ def test_inference_form_equals_the_official_embedding(official):
 
 def test_written_official_file_has_the_official_keys_and_values(official, tmp_path):
     name, model, _ = official
-    original = read_checkpoint(redimnet2_fixture(f"{name}-random.pt"))
+    original = read_checkpoint(fixture_file(name))
     payload = official_payload(model)
     assert set(payload["state_dict"]) == set(original["state_dict"])
     for key, value in original["state_dict"].items():
@@ -75,19 +75,21 @@ def test_written_official_file_has_the_official_keys_and_values(official, tmp_pa
     assert isinstance(load_pretrained(tmp_path / "again.pt"), ReDimNet2)
 
 
-def test_tf_frontend_builds_the_official_basis_and_mel_weights():
-    state = read_checkpoint(redimnet2_fixture("v2small-random.pt"))["state_dict"]
-    frontend = TFMelFrontend(n_mels=72, hop_length=160, do_preemph=True, norm_signal=True)
+@pytest.mark.parametrize("name, n_mels", [("micro2-tf", 16), ("v2small", 72)])
+def test_tf_frontend_builds_the_official_basis_and_mel_weights(name, n_mels):
+    state = read_checkpoint(fixture_file(name))["state_dict"]
+    frontend = TFMelFrontend(n_mels=n_mels, hop_length=160, do_preemph=True, norm_signal=True)
     assert torch.allclose(frontend.dft_real, state["spec.torchfbank.2.real_kernel_pt"], atol=1e-6)
     assert torch.allclose(frontend.dft_imag, state["spec.torchfbank.2.image_kernel_pt"], atol=1e-6)
     assert torch.allclose(frontend.mel_weights, state["spec.torchfbank.2.melbanks_pt"], atol=1e-6)
     # No STFT operator: the graph is convolutions, so it exports where torch.stft does not.
-    mel = frontend.eval()(reference("v2small")["wave"])
-    assert (mel - reference("v2small")["mel"]).abs().max().item() < 1e-4
+    mel = frontend.eval()(reference(name)["wave"])
+    assert (mel - reference(name)["mel"]).abs().max().item() < 1e-4
 
 
-def test_families_are_told_apart_by_model_config():
-    v2 = read_checkpoint(redimnet2_fixture("v2b3-random.pt"))["model_config"]
+@pytest.mark.parametrize("name", [*MICRO_REDIMNET2, "v2b3"])
+def test_families_are_told_apart_by_model_config(name):
+    v2 = read_checkpoint(fixture_file(name))["model_config"]
     assert model_family(v2) == "redimnet2"
     assert model_family(preset_config("b2")) == "redimnet"
     # A minimal ReDimNet2 config without any ReDimNet2-only key: the stride pairs tell.
@@ -166,7 +168,7 @@ def test_optional_layers_build_and_run():
 def test_redimnet2_name_resolves_to_the_official_file_name(tmp_path, isolated_hub, monkeypatch):
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "b6-vb2+vox2_v0-lm.pt").write_bytes(redimnet2_fixture("v2tiny-random.pt").read_bytes())
+    (folder / "b6-vb2+vox2_v0-lm.pt").write_bytes(fixture_file("micro2-tf").read_bytes())
     monkeypatch.setenv("MRL_DIST_CHECKPOINTS", str(folder))
     model = load_pretrained("redimnet2-b6", train_type="lm", dataset="vb2+vox2_v0")
     assert isinstance(model, ReDimNet2)
@@ -182,18 +184,16 @@ def test_redimnet2_name_offline_names_the_file_and_the_release(isolated_hub, mon
 def test_redimnet2_download_goes_to_its_own_hub_folder(tmp_path, isolated_hub, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    (mirror / "b0-vox2-lm.pt").write_bytes(redimnet2_fixture("v2tiny-random.pt").read_bytes())
+    (mirror / "b0-vox2-lm.pt").write_bytes(fixture_file("micro2-tf").read_bytes())
     monkeypatch.setenv("MRL_DIST_REDIMNET2_URL", f"file://{mirror}/{{file}}")
     assert isinstance(load_pretrained("redimnet2-b0"), ReDimNet2)
     assert (isolated_hub / "redimnet2" / "b0-vox2-lm.pt").is_file()
 
 
 def test_a_file_of_the_other_family_under_a_redimnet2_name_is_refused(tmp_path, isolated_hub, monkeypatch):
-    from fixtures_path import redimnet_fixture
-
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "b0-vox2-lm.pt").write_bytes(redimnet_fixture("b0-random.pt").read_bytes())
+    (folder / "b0-vox2-lm.pt").write_bytes(fixture_file("micro-b").read_bytes())
     monkeypatch.setenv("MRL_DIST_CHECKPOINTS", str(folder))
     with pytest.raises(CheckpointError, match="holds a redimnet model"):
         load_pretrained("redimnet2-b0")
@@ -208,24 +208,25 @@ def test_redimnet2_presets_are_presets():
 # ---------------------------------------------------------------------------- MRL over ReDimNet2
 
 
+@pytest.mark.parametrize("name", ["micro2-tf", "v2small"])
 @pytest.mark.parametrize("head_init", ["pretrained", "pca", "random"])
-def test_mrl_model_over_a_redimnet2_trunk(head_init, tmp_path):
-    trunk = load_pretrained(redimnet2_fixture("v2small-random.pt"))
-    ref = reference("v2small")
+def test_mrl_model_over_a_redimnet2_trunk(head_init, name, tmp_path):
+    trunk = load_pretrained(fixture_file(name))
+    ref = reference(name)
+    native_dim = ref["embedding"].shape[1]
+    dims = [native_dim // 3, 2 * native_dim // 3, native_dim, 4 * native_dim // 3]
     pooled = trunk.pooled(ref["wave"]).detach()
     features = pooled.repeat(150, 1) + 0.05 * torch.randn(
         300, pooled.shape[1], generator=torch.Generator().manual_seed(0)
     )
-    model = ReDimNetMRL.from_redimnet(
-        trunk, dims=[64, 128, 192, 256], head_init=head_init, pooled_features=features
-    ).eval()
+    model = ReDimNetMRL.from_redimnet(trunk, dims=dims, head_init=head_init, pooled_features=features).eval()
     with torch.no_grad():
         every = model.forward_all(ref["wave"])
         native = model.native_embedding(model.pooled(ref["wave"]))
-    assert {d: e.shape for d, e in every.items()} == {d: (2, d) for d in (64, 128, 192, 256)}
+    assert {d: e.shape for d, e in every.items()} == {d: (2, d) for d in dims}
     assert (native - ref["embedding"]).abs().max().item() < 1e-4
-    if head_init == "pretrained":  # the 192-D prefix is the native embedding
-        assert (every[192] - ref["embedding"]).abs().max().item() < 1e-4
+    if head_init == "pretrained":  # the native-dim prefix is the native embedding
+        assert (every[native_dim] - ref["embedding"]).abs().max().item() < 1e-4
     model.save_checkpoint(tmp_path / "mrl.pt")
     loaded = ReDimNetMRL.from_checkpoint(tmp_path / "mrl.pt")
     with torch.no_grad():

@@ -10,16 +10,14 @@ from mrl_dist.models import ReDimNetMRL, collect_pooled, load_pretrained
 from mrl_dist.models.heads import MatryoshkaHead
 from mrl_dist.train.class_init import class_mean_embeddings, set_class_weights
 
-from fixtures_path import redimnet_fixture
-
 torch.manual_seed(0)
 WAVES = [torch.randn(8, 12000) for _ in range(4)]
 WAVE = torch.randn(3, 16000)
 
 
 @pytest.fixture(scope="module")
-def pretrained():
-    return load_pretrained(redimnet_fixture("b0-random.pt"))
+def pretrained(official_file):
+    return load_pretrained(official_file("b0"))
 
 
 @pytest.fixture()
