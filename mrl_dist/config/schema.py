@@ -1,11 +1,26 @@
 """The run configuration's schema: one dataclass per YAML section, their defaults, and the
-named choices (Literals). Every option is documented in docs/configs.md."""
+named choices (Literals). Every key carries its one-line description (`option(help=...)`);
+`python -m mrl_dist.config.reference --write docs/configs.md` renders them into the docs' table
+of every key, and tests/test_config_reference.py fails when one is missing or the docs are stale."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+HELP = "help"  # the field-metadata key that holds a key's description
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, factory: Callable[[], Any] | None = None) -> Any:
+    """A config key: its default (or `factory` for a mutable one: a list, a section; neither for
+    a required key) and its one-line description, with units, for the docs."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={HELP: help})
+    return dataclasses.field(default=default, metadata={HELP: help})
+
 
 HeadInit = Literal["pretrained", "pca", "random"]  # models/mrl.py says what each does
 HeadType = Literal["linear", "rotation"]  # models/rotation_head.py says why "rotation" exists
@@ -20,83 +35,150 @@ Decay = Literal["cosine", "exponential", "none"]
 
 @dataclass
 class PretrainedConfig:
-    """Which official ReDimNet weights to start from."""
+    """Which official weights (ReDimNet or ReDimNet2) to start from."""
 
-    train_type: str | None = None  # null: the family's default (ReDimNet ft_lm, ReDimNet2 lm)
-    dataset: str | None = None  # null: vox2
+    train_type: str | None = option(
+        None,
+        help="Training type of the official weights; null: the family's default (ReDimNet `ft_lm`, ReDimNet2 `lm`).",
+    )
+    dataset: str | None = option(None, help="Dataset the official weights were trained on; null: `vox2`.")
 
 
 @dataclass
 class PTMFusionConfig:
     """SSRFNet's pretrained speech model; null keys keep the preset's."""
 
-    source: str | None = None  # a Hugging Face id (microsoft/wavlm-large) or a local folder
-    freeze: bool | None = None  # false: the PTM trains (only with student: none)
+    source: str | None = option(
+        None,
+        help="The pretrained speech model: a Hugging Face id (`microsoft/wavlm-large`, read from `$HF_HOME/hub`) "
+        "or a local folder; null: the preset's.",
+    )
+    freeze: bool | None = option(
+        None,
+        help="`true`: the PTM never trains; `false` trains it too (only with `student: none`); "
+        "null: the preset's (`true`).",
+    )
 
 
 @dataclass
 class FusionConfig:
     """SSRFNet's fusion settings (models/ssrfnet.py); every key null keeps the preset's value."""
 
-    ptm: PTMFusionConfig | None = None
-    student: Literal["svmixer", "none"] | None = None  # none: the frozen PTM's states feed the backend
-    inject_stages: int | None = None  # the first N stages each take one merged layer group
-    group_size: int | None = None  # K layers per group
-    proj_kernel: int | None = None  # the PFM's Conv1d kernel
-    time_align: Literal["stride2_stem", "interpolate"] | None = None
-    distill_layers: list[int] | None = None  # teacher states the student learns to predict
-    distill_weight: float | None = None  # weight of that loss beside the speaker loss; 0: off
-    backend_checkpoint: str | None = None  # an official ReDimNet file for the backend (interpolate only)
+    ptm: PTMFusionConfig | None = option(None, help="The pretrained speech model (PTM); null: the preset's.")
+    student: Literal["svmixer", "none"] | None = option(
+        None,
+        help="`svmixer`: an SV-Mixer distilled from the PTM feeds the backend (the paper's); "
+        "`none`: the frozen PTM's states feed it.",
+    )
+    inject_stages: int | None = option(
+        None, help="The first N backend stages each take one merged group of PTM layers (`ssrfnet`: 4)."
+    )
+    group_size: int | None = option(None, help="K, PTM layers merged per group (`ssrfnet`: 4).")
+    proj_kernel: int | None = option(None, help="Kernel of the PFM's Conv1d projection, odd (`ssrfnet`: 5).")
+    time_align: Literal["stride2_stem", "interpolate"] | None = option(
+        None,
+        help="`stride2_stem`: the paper's 50 Hz backend; `interpolate`: ReDimNet's own stem at 100 Hz, "
+        "the PTM's features interpolated (our extension).",
+    )
+    distill_layers: list[int] | None = option(
+        None, help="PTM layers the student learns to predict (`ssrfnet`: 8, 16, 24 of WavLM-Large's 25)."
+    )
+    distill_weight: float | None = option(
+        None, help="Weight of that layer-prediction loss beside the speaker loss (`ssrfnet`: 1.0); 0: off."
+    )
+    backend_checkpoint: str | None = option(
+        None,
+        help="With `time_align: interpolate`: an official ReDimNet file (same F, C, stages) that starts the "
+        "backend; null: a fresh backend.",
+    )
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "b2"  # preset name (b0..b6, ...) or path to an official-format checkpoint
-    pretrained: PretrainedConfig | None = field(default_factory=PretrainedConfig)  # null: random init
-    mrl_dims: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # nested prefix sizes
-    head_init: HeadInit = "pretrained"
-    pca_batches: int = 8  # batches of pooled features used by head_init: pca
-    # linear: a BatchNorm + Linear trained freely (with loss.class_init: mean it beat its start and
-    # the native embedding at every dim on three corpora, docs/benchmarks.md); rotation: prefixes
-    # up to the native dim are the native embedding under a trained rotation, so the native-size
-    # prefix scores exactly like native whatever training does (models/rotation_head.py).
-    head_type: HeadType = "linear"
-    # rotation head: train the dims beyond the native ones (else zero: the largest prefix scores
-    # like the native embedding). Off by default: trained on the backbone's own speakers they add
-    # noise on unseen ones (docs/benchmarks.md); worth trying on speakers the backbone never saw.
-    train_extra_dims: bool = False
-    fusion: FusionConfig | None = None  # SSRFNet backbones only (model.backbone: ssrfnet, ssrfnet-tiny)
+    """The trunk and its Matryoshka head."""
+
+    backbone: str = option(
+        "b2",
+        help="The trunk: a preset (`b0`..`b6`, `M`, `tiny`, `redimnet2-b0`..`redimnet2-b6`, `ssrfnet`, ...) "
+        "or the path of an official-format checkpoint.",
+    )
+    pretrained: PretrainedConfig | None = option(
+        factory=PretrainedConfig,
+        help="Official weights of a preset `backbone` (a checkpoint file brings its own); null: random initialisation.",
+    )
+    mrl_dims: list[int] = option(
+        factory=lambda: [64, 128, 192, 256],
+        help="The nested embedding sizes trained, strictly increasing; the last is the embedding's size.",
+    )
+    head_init: HeadInit = option(
+        "pretrained",
+        help="How the head starts: `pretrained` (the native embedding layer; dims beyond it small and random), "
+        "`pca` (the same, rotated so that every prefix is its best linear truncation) or `random`.",
+    )
+    pca_batches: int = option(8, help="Training batches whose pooled features fit the PCA head (`head_init: pca`).")
+    # linear: with loss.class_init: mean it beat its start and the native embedding at every dim
+    # on three corpora (docs/benchmarks.md); rotation: the native-size prefix scores exactly like
+    # native whatever training does (models/rotation_head.py), the conservative choice.
+    head_type: HeadType = option(
+        "linear",
+        help="`linear`: a BatchNorm + Linear trained freely; `rotation`: the prefixes up to the native size "
+        "are the native embedding under a trained rotation.",
+    )
+    # Off by default: trained on the backbone's own speakers the extra dims add noise on unseen
+    # ones (docs/benchmarks.md); worth trying on speakers the backbone never saw.
+    train_extra_dims: bool = option(
+        False, help="Rotation head: train the dims beyond the native size (else they stay zero)."
+    )
+    fusion: FusionConfig | None = option(
+        None,
+        help="SSRFNet's fusion settings (`backbone: ssrfnet` or `ssrfnet-tiny`, `pretrained: null`); "
+        "null: the preset's.",
+    )
 
 
 @dataclass
 class NoiseSnrConfig:
     """[low, high] SNR range in dB per MUSAN category."""
 
-    noise: list[float] = field(default_factory=lambda: [0.0, 15.0])
-    speech: list[float] = field(default_factory=lambda: [13.0, 20.0])
-    music: list[float] = field(default_factory=lambda: [5.0, 15.0])
+    noise: list[float] = option(factory=lambda: [0.0, 15.0], help="[low, high] SNR of a noise clip, in dB.")
+    speech: list[float] = option(factory=lambda: [13.0, 20.0], help="[low, high] SNR of each babble clip, in dB.")
+    music: list[float] = option(factory=lambda: [5.0, 15.0], help="[low, high] SNR of a music clip, in dB.")
 
 
 @dataclass
 class NoiseCountConfig:
     """[low, high] clips mixed at once per MUSAN category (babble: several speakers)."""
 
-    noise: list[int] = field(default_factory=lambda: [1, 1])
-    speech: list[int] = field(default_factory=lambda: [3, 7])
-    music: list[int] = field(default_factory=lambda: [1, 1])
+    noise: list[int] = option(factory=lambda: [1, 1], help="[low, high] noise clips mixed into one crop.")
+    speech: list[int] = option(
+        factory=lambda: [3, 7], help="[low, high] speech clips mixed into one crop (babble), each at its own SNR."
+    )
+    music: list[int] = option(factory=lambda: [1, 1], help="[low, high] music clips mixed into one crop.")
 
 
 @dataclass
 class AugmentConfig:
     """Training-time augmentation (data/augment.py): speed -> crop -> reverb -> noise."""
 
-    noise_dir: str | None = None  # MUSAN layout (noise/, speech/, music/), one folder, or noise shards
-    noise_snr: NoiseSnrConfig = field(default_factory=NoiseSnrConfig)
-    noise_count: NoiseCountConfig = field(default_factory=NoiseCountConfig)
-    rir_dir: str | None = None
-    reverb_prob: float = 0.0
-    noise_prob: float = 0.0
-    speed_perturb: bool = False
+    noise_dir: str | None = option(
+        None,
+        help="Additive noise: a MUSAN-layout folder (`noise/`, `speech/`, `music/`), a folder of clips "
+        "(the one category `noise`) or noise shards; null: none.",
+    )
+    noise_snr: NoiseSnrConfig = option(factory=NoiseSnrConfig, help="SNR range per MUSAN category, in dB.")
+    noise_count: NoiseCountConfig = option(factory=NoiseCountConfig, help="Clips mixed at once per MUSAN category.")
+    rir_dir: str | None = option(
+        None, help="A folder of room impulse responses (wav/flac/ogg, searched recursively); null: no reverberation."
+    )
+    reverb_prob: float = option(0.0, help="Probability that a crop is convolved with a random RIR from `rir_dir`.")
+    noise_prob: float = option(
+        0.0, help="Probability that a crop gets noise from `noise_dir` (its category drawn uniformly)."
+    )
+    speed_perturb: bool = option(
+        False,
+        help="Play each utterance at speed 0.9, 1.0 or 1.1 (uniformly); the changed speeds are speaker classes "
+        "of their own (3x the classes).",
+    )
 
     @property
     def active(self) -> bool:
@@ -106,141 +188,250 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "shards/train.manifest.json"
-    val: str = "shards/val.manifest.json"  # manifest of the validation shards and their trials file
-    crop_seconds: float = 2.0
-    num_workers: int = 8
-    shuffle_buffer: int = 1000
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # A folder written by launch/cache_features.py: the head trains from the trunk's cached pooled
-    # features (no audio, no trunk). "auto": the run builds that cache itself first, in
-    # RUN/features (resumable), from feature_crops_per_utterance crops of every training utterance.
-    # Frozen-trunk mrl runs only; null: train from data.train's audio.
-    features: str | None = None
-    feature_crops_per_utterance: int = 4  # K seeded crops per utterance when features is "auto"
-    # Batches from cached features hold this many crops of each speaker (batch_size / this
-    # speakers): same-speaker pairs in every batch. 1: crops drawn without regard to speaker.
-    crops_per_speaker: int = 1
+    """Where the shards are and how training crops are drawn from them."""
+
+    train: str = option(
+        "shards/train.manifest.json",
+        help="Training shards: a `NAME.manifest.json` (a path or an http(s) URL; it gives the speaker labels), "
+        "or shard paths, URLs or `pipe:` commands as a brace pattern (`::` joins several).",
+    )
+    val: str = option(
+        "shards/val.manifest.json",
+        help="Validation shards: a manifest that names their trials file (EER per dim is measured on it).",
+    )
+    crop_seconds: float = option(
+        2.0, help="Length of each random training crop, in seconds (shorter utterances are repeated to it)."
+    )
+    num_workers: int = option(8, help="Data loader worker processes per rank (validation uses at most 2).")
+    shuffle_buffer: int = option(1000, help="Utterances each loader worker shuffles among before cropping.")
+    augment: AugmentConfig = option(
+        factory=AugmentConfig, help="Training-time augmentation; off while every probability is 0 and speed is off."
+    )
+    # "auto" builds the cache first (resumable) and trains the head from it for as many epochs as
+    # the run asks, without audio or trunk: the trunk runs once instead of every step.
+    features: str | None = option(
+        None,
+        help="Train the head from the frozen trunk's cached pooled features: a `launch/cache_features.py` "
+        "folder, or `auto` (this run's own, built first in `RUN/features`); null: from `data.train`'s audio.",
+    )
+    feature_crops_per_utterance: int = option(
+        4, help="Seeded crops cached per training utterance when `features` is `auto`."
+    )
+    crops_per_speaker: int = option(
+        1,
+        help="With cached features: crops of each speaker per batch (`batch_size / n` speakers); "
+        "1: crops drawn regardless of speaker.",
+    )
 
 
 @dataclass
 class OptimizerConfig:
-    name: OptimizerName = "adamw"
-    lr: float = 0.001
-    weight_decay: float = 0.0001
-    momentum: float = 0.9  # sgd only
-    backbone_lr_ratio: float = 0.1  # a pretrained trunk, once unfrozen, trains at lr x this
+    """The optimizer; every parameter is in it from the start, frozen ones too."""
+
+    name: OptimizerName = option("adamw", help="`adamw`, or `sgd` (Nesterov momentum).")
+    lr: float = option(0.001, help="Peak learning rate of the head (of everything but a pretrained trunk).")
+    weight_decay: float = option(0.0001, help="Weight decay (AdamW: decoupled; SGD: L2).")
+    momentum: float = option(0.9, help="SGD momentum (`sgd` only).")
+    backbone_lr_ratio: float = option(0.1, help="A pretrained trunk trains at `lr` x this (once unfrozen).")
 
 
 @dataclass
 class ScheduleConfig:
-    warmup_steps: int = 1000
-    decay: Decay = "cosine"
-    min_lr_ratio: float = 0.01  # floor of lr / peak lr
-    gamma: float | None = None  # exponential decay factor; null: reach min_lr_ratio at max_steps
+    """The learning rate over the run: linear warm-up, then decay to a floor."""
+
+    warmup_steps: int = option(1000, help="Optimizer steps of linear warm-up to the peak `lr`; 0: none.")
+    decay: Decay = option(
+        "cosine",
+        help="After the warm-up: `cosine` (down to the floor at `training.max_steps`), `exponential` "
+        "(by `gamma`, never below the floor) or `none` (constant).",
+    )
+    min_lr_ratio: float = option(0.01, help="Floor of the learning rate, as a fraction of the peak.")
+    gamma: float | None = option(
+        None, help="Exponential decay factor per optimizer step; null: the one that reaches the floor at `max_steps`."
+    )
 
 
 @dataclass
 class TrainingConfig:
-    mode: ModeName = "mrl"
-    freeze_backbone: bool = True
-    unfreeze_after_steps: int | None = None  # null: stay frozen for the whole run
-    batch_size: int = 128  # per device
-    grad_accum: int = 1
-    max_steps: int = 60000
-    steps_per_epoch: int = 2000
-    mixed_precision: MixedPrecision = "bf16"
-    grad_clip: float | None = 5.0  # max grad norm; null: no clipping
-    max_bad_steps: int = 20  # NaN/inf steps in a row before stopping
-    # Keep the running statistics of the trunk's BatchNorm layers (front-end, backbone, pooling)
-    # fixed while the trunk trains: the usual choice when fine-tuning a pretrained backbone on
-    # small per-device batches. The head's BatchNorm still updates. See docs/configs.md.
-    freeze_bn_stats: bool = False
-    # How long a per-step collective (the all-reduce every step) may wait for the slowest rank
-    # before the run fails with an error naming the rank and what it was doing.
-    collective_timeout_minutes: float = 10.0
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """What trains, for how long, on how many crops per step."""
+
+    mode: ModeName = option(
+        "mrl",
+        help="`mrl`: a Matryoshka head on a ReDimNet trunk; `classifier`: a plain ReDimNet + AAM on its "
+        "native embedding; `distill`: an MRL student taught by `distill.teachers`.",
+    )
+    freeze_backbone: bool = option(
+        True, help="Keep the trunk frozen (no gradients, eval mode): only the head trains (`mrl` and `distill` modes)."
+    )
+    unfreeze_after_steps: int | None = option(
+        None, help="Optimizer step at which the frozen trunk starts training; null: frozen for the whole run."
+    )
+    batch_size: int = option(128, help="Crops per micro-batch on each device (process).")
+    grad_accum: int = option(
+        1, help="Micro-batches per optimizer step; crops per step = `batch_size` x `grad_accum` x processes."
+    )
+    max_steps: int = option(60000, help="Length of the run, in optimizer steps.")
+    steps_per_epoch: int = option(
+        2000, help="Optimizer steps per loader epoch; each epoch reseeds every rank's endless shard stream."
+    )
+    mixed_precision: MixedPrecision = option(
+        "bf16", help='Autocast precision: `"no"` (quoted in YAML), `fp16` (CUDA only) or `bf16`.'
+    )
+    grad_clip: float | None = option(5.0, help="Maximum gradient norm; null: no clipping.")
+    max_bad_steps: int = option(
+        20,
+        help="Optimizer steps in a row with a non-finite loss or gradient (each skipped; under DeepSpeed only "
+        "counted) before the run stops.",
+    )
+    # The usual choice when fine-tuning a pretrained backbone on small per-device batches, whose
+    # statistics are noisier than the pretrained ones (docs/configs.md, "Train/eval policy").
+    freeze_bn_stats: bool = option(
+        False,
+        help="Keep the running statistics of the trunk's BatchNorm layers fixed while it trains "
+        "(the head's still update).",
+    )
+    collective_timeout_minutes: float = option(
+        10.0,
+        help="Minutes a per-step collective waits for the slowest rank before the run fails, naming the rank.",
+    )
+    optimizer: OptimizerConfig = option(factory=OptimizerConfig, help="The optimizer.")
+    schedule: ScheduleConfig = option(factory=ScheduleConfig, help="The learning-rate schedule.")
 
 
 @dataclass
 class LossConfig:
-    margin: float = 0.2
-    scale: float = 30.0
-    subcenters: int = 1
-    dim_weights: list[float] | None = None  # one per model.mrl_dims; null: equal weights
-    tied: bool = True  # one classifier weight matrix whose prefixes serve every dim
-    # Class weights at the start: "mean" = each speaker's mean embedding under the initial head
-    # (pretrained starts; the head starts where the loss is already low instead of being pulled
-    # towards random directions), "random" = Xavier. Means come from every cached crop
-    # (data.features) or from `class_init_batches` batches of the audio stream.
-    class_init: ClassInit = "mean"
-    class_init_batches: int = 64
-    # Margin warm-up for training from scratch: 0 until margin_warmup_start, then linear up to
-    # `margin` over margin_warmup_steps optimizer steps. 0 steps: the full margin from step 0.
-    margin_warmup_start: int = 0
-    margin_warmup_steps: int = 0
+    """The Matryoshka AAM-softmax over the speakers of `data.train`."""
+
+    margin: float = option(0.2, help="Additive angular margin of the AAM-softmax, in radians.")
+    scale: float = option(30.0, help="Scale of the AAM-softmax's cosine logits.")
+    subcenters: int = option(1, help="Sub-centres per speaker class (each class scores its best one); 1: plain AAM.")
+    dim_weights: list[float] | None = option(
+        None, help="Loss weight of each `model.mrl_dims` prefix; null: equal weights."
+    )
+    tied: bool = option(
+        True, help="One class matrix whose column prefixes serve every dim; `false`: one matrix per dim."
+    )
+    # "mean": the head starts where the loss is already low instead of being pulled towards random
+    # directions per speaker (train/class_init.py has the numbers).
+    class_init: ClassInit = option(
+        "mean",
+        help="AAM class weights at the start: `mean` (each speaker's mean embedding under the initial head; "
+        "pretrained starts in `mrl` and `distill` modes) or `random` (Xavier).",
+    )
+    class_init_batches: int = option(
+        64, help="Batches of the audio stream averaged for `class_init: mean` when there is no feature cache."
+    )
+    # Margin warm-up for training from scratch, where a full margin on random embeddings slows the start.
+    margin_warmup_start: int = option(
+        0, help="Optimizer step until which the margin is 0 (with `margin_warmup_steps` > 0)."
+    )
+    margin_warmup_steps: int = option(
+        0, help="Optimizer steps over which the margin then rises linearly to `margin`; 0: the full margin throughout."
+    )
 
 
 @dataclass
 class ValidationConfig:
-    every_steps: int = 2000
-    max_seconds: float | None = None  # crop validation utterances to this; null: full length
-    batch_size: int = 16
-    # Validate the initial model too (pretrained starts only): best.pt then never ends up
-    # worse than the pretrained / PCA-initialised embedding it started from.
-    at_start: bool = True
-    # How long the other ranks wait for rank 0 to validate (or to initialise the PCA head).
-    timeout_minutes: float = 180.0
+    """EER per dim on `data.val`'s trials, on rank 0; the best model so far is `best.pt`."""
+
+    every_steps: int = option(2000, help="Validate every N optimizer steps, and after the last.")
+    max_seconds: float | None = option(
+        None, help="Cut validation utterances to this many seconds (changes the protocol); null: full length."
+    )
+    batch_size: int = option(16, help="Validation utterances per batch, padded to the longest.")
+    at_start: bool = option(
+        True,
+        help="Validate the initial model too (pretrained starts), so that `best.pt` is never worse than the start.",
+    )
+    timeout_minutes: float = option(
+        180.0, help="Minutes the other ranks wait for rank 0 to validate (or to fit the PCA head)."
+    )
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 2000
-    keep_last: int = 3
-    best_metric: str = "mean_eer"  # mean_eer | eer@<dim>, lower is better
+    """Resumable training checkpoints (`RUN/checkpoints/step-N`) and the exported `best.pt`, `last.pt`."""
+
+    every_steps: int = option(
+        2000, help="Save a resumable checkpoint and `last.pt` every N optimizer steps, and after the last."
+    )
+    keep_last: int = option(3, help="Newest `checkpoints/step-N` folders kept; older ones are deleted.")
+    best_metric: str = option(
+        "mean_eer",
+        help="Validation metric that picks `best.pt`, lower is better: `mean_eer` (over the dims) or `eer@<dim>`.",
+    )
 
 
 @dataclass
 class LoggingConfig:
-    every_steps: int = 50
-    tensorboard: bool = True
-    wandb: bool = False
-    wandb_project: str = "mrl-dist"
+    """Rank 0's progress reports: `RUN/train.log`, `RUN/metrics.jsonl`, TensorBoard, wandb."""
+
+    every_steps: int = option(
+        50, help="Optimizer steps between progress lines (their averages) to `train.log`, TensorBoard and wandb."
+    )
+    tensorboard: bool = option(True, help="Write TensorBoard scalars to `RUN/tensorboard` (extra `tensorboard`).")
+    wandb: bool = option(
+        False, help="Log to Weights & Biases (extra `wandb`); a resumed run continues the same wandb run."
+    )
+    wandb_project: str = option("mrl-dist", help="The wandb project the run is logged to.")
 
 
 @dataclass
 class TeacherConfig:
-    source: str  # preset name or checkpoint path
-    dims: list[int]  # student dims (from model.mrl_dims) this teacher supervises
-    train_type: str | None = None  # null: the family's default (ReDimNet ft_lm, ReDimNet2 lm)
-    dataset: str | None = None  # null: vox2
-    weight: float = 1.0
+    """One frozen teacher of distillation and the student prefixes it supervises."""
+
+    source: str = option(help="The teacher: a preset name with official weights, or a checkpoint path.")
+    dims: list[int] = option(help="The student's prefix sizes (from `model.mrl_dims`) this teacher supervises.")
+    train_type: str | None = option(
+        None,
+        help="Training type of its official weights; null: the family's default (ReDimNet `ft_lm`, ReDimNet2 `lm`).",
+    )
+    dataset: str | None = option(None, help="Dataset its official weights were trained on; null: `vox2`.")
+    weight: float = option(1.0, help="Weight of this teacher's terms in the embedding and similarity losses.")
 
 
 @dataclass
 class DistillLossesConfig:
-    embedding: float = 1.0
-    similarity: float = 1.0
-    aam: float = 0.5
+    """Weights of the distillation terms (train/distill.py); a term weighted 0 is not computed."""
+
+    embedding: float = option(
+        1.0, help="Weight of `1 - cos(adapter(student prefix), teacher embedding)`; 0: off (no adapters)."
+    )
+    similarity: float = option(
+        1.0, help="Weight of the MSE between the batch's cosine matrices of student prefix and teacher; 0: off."
+    )
+    aam: float = option(0.5, help="Weight of the Matryoshka AAM loss on speaker labels; 0: off (no labels needed).")
 
 
 @dataclass
 class DistillConfig:
-    teachers: list[TeacherConfig] = field(default_factory=list)
-    losses: DistillLossesConfig = field(default_factory=DistillLossesConfig)
-    cache_teacher_embeddings: bool = False
+    """Distillation from frozen teachers into the MRL student (`training.mode: distill`)."""
+
+    teachers: list[TeacherConfig] = option(
+        factory=list, help="The teachers, each supervising some of the student's prefixes."
+    )
+    losses: DistillLossesConfig = option(factory=DistillLossesConfig, help="Weights of the distillation terms.")
+    cache_teacher_embeddings: bool = option(
+        False,
+        help="Cut each utterance at a fixed place and cache the teachers' embeddings in `teacher-cache/` beside "
+        "`data.train`'s manifest (augmentation off).",
+    )
 
 
 @dataclass
 class Config:
-    run_dir: str = "runs/a100-b2-mrl"
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    """A whole run: the YAML file's top level."""
+
+    run_dir: str = option(
+        "runs/a100-b2-mrl",
+        help="The run folder: `config.yaml`, `train.log`, `metrics.jsonl`, `checkpoints/`, `best.pt`, `last.pt`.",
+    )
+    seed: int = option(0, help="Seed of the initial weights and of every data stream (with epoch, rank and worker).")
+    model: ModelConfig = option(factory=ModelConfig, help="The trunk and its Matryoshka head.")
+    data: DataConfig = option(factory=DataConfig, help="Training and validation data.")
+    training: TrainingConfig = option(factory=TrainingConfig, help="The training loop and its optimisation.")
+    loss: LossConfig = option(factory=LossConfig, help="The Matryoshka AAM-softmax.")
+    validation: ValidationConfig = option(factory=ValidationConfig, help="Validation during training.")
+    checkpoint: CheckpointConfig = option(factory=CheckpointConfig, help="Checkpoints and `best.pt`.")
+    logging: LoggingConfig = option(factory=LoggingConfig, help="Progress logging.")
+    distill: DistillConfig = option(factory=DistillConfig, help="Distillation (`training.mode: distill`).")
