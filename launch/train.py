@@ -2,7 +2,7 @@
 
 python launch/train.py --config configs/cpu-demo.yaml
 accelerate launch --config_file configs/accelerate/1gpu.yaml launch/train.py --config configs/a100.yaml
-accelerate launch --cpu --num_processes 2 launch/train.py --config configs/cpu-demo.yaml --resume latest
+accelerate launch --multi_gpu --num_processes 2 launch/train.py --config configs/cpu-demo.yaml --resume latest
 """
 
 from mrl_dist.train.cli import train_main

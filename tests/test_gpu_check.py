@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrl_dist.tools import gpu_check as gc
+from mrl_dist.tools.gpu_check import runner
+from mrl_dist.tools.gpu_check.bench import BENCH_CASES
+from mrl_dist.tools.gpu_check.check import SectionError
+from mrl_dist.tools.gpu_check.flops import count_flops, device_peak_flops, model_flops_utilisation
+from mrl_dist.tools.gpu_check.plan import SECTIONS, bench_sizes_from_configs, make_plan, parse_args, shipped_gpu_configs
+from mrl_dist.tools.gpu_check.report import JSON_NAME, MARKDOWN_NAME, render_markdown
+from mrl_dist.tools.gpu_check.runner import main, run_all
+from mrl_dist.tools.gpu_check.trainlog import expected_unfreeze_lines, parse_train_log, steps_per_second
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,30 +26,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_full_gpu_pass():
-    args = gc.parse_args([])
+    args = parse_args([])
     assert args.output == "gpu-check" and args.device == "cuda" and not args.quick
     assert args.time_budget_s == 480 and args.precision == "bf16"
-    assert args.sections == list(gc.SECTIONS) and args.loader_workers == [0, 2, 4, 8]
+    assert args.sections == list(SECTIONS) and args.loader_workers == [0, 2, 4, 8]
     assert not args.install_deepspeed and args.peak_tflops is None
 
 
 def test_cpu_quick_uses_fp32_small_sizes_and_the_given_budget():
-    args = gc.parse_args(["--device", "cpu", "--quick", "--time-budget-s", "120"])
+    args = parse_args(["--device", "cpu", "--quick", "--time-budget-s", "120"])
     assert args.device == "cpu" and args.quick and args.time_budget_s == 120
     assert args.precision == "no" and args.loader_workers == [0, 2]
-    plan = gc.make_plan(args)
+    plan = make_plan(args)
     assert plan.preset == "tiny" and [s.batch_size for s in plan.bench_sizes] == [4]
     assert plan.unfreeze_after < plan.sigterm_after < plan.mrl_steps
 
 
 def test_a_non_positive_time_budget_is_refused():
     with pytest.raises(SystemExit):
-        gc.parse_args(["--time-budget-s", "0"])
+        parse_args(["--time-budget-s", "0"])
 
 
 def test_the_full_pass_benches_each_shipped_gpu_batch_size_once():
-    assert gc.make_plan(gc.parse_args([])).bench_sizes is None  # read by the bench section
-    sizes = gc.bench_sizes_from_configs(gc.shipped_gpu_configs())
+    assert make_plan(parse_args([])).bench_sizes is None  # read by the bench section
+    sizes = bench_sizes_from_configs(shipped_gpu_configs())
     shapes = [(s.batch_size, s.crop_seconds) for s in sizes]  # (batch, crop): SSRFNet's crops are 3 s
     assert len(shapes) == len(set(shapes))
     by_shape = {(s.batch_size, s.crop_seconds): s.configs for s in sizes}
@@ -54,33 +61,33 @@ def test_the_full_pass_benches_each_shipped_gpu_batch_size_once():
 
 
 def test_mfu_is_counted_flops_times_rate_over_the_peak():
-    assert gc.model_flops_utilisation(2e9, 1000.0, 1e13) == pytest.approx(0.2)
-    assert gc.model_flops_utilisation(8.2e9, 3000.0, 989e12) == pytest.approx(8.2e9 * 3000 / 989e12)
+    assert model_flops_utilisation(2e9, 1000.0, 1e13) == pytest.approx(0.2)
+    assert model_flops_utilisation(8.2e9, 3000.0, 989e12) == pytest.approx(8.2e9 * 3000 / 989e12)
 
 
 def test_mfu_is_none_without_a_known_peak():
-    assert gc.model_flops_utilisation(2e9, 1000.0, None) is None
-    assert gc.model_flops_utilisation(None, 1000.0, 1e13) is None
-    peak, source = gc.device_peak_flops("NVIDIA GeForce RTX 5060 Ti")
+    assert model_flops_utilisation(2e9, 1000.0, None) is None
+    assert model_flops_utilisation(None, 1000.0, 1e13) is None
+    peak, source = device_peak_flops("NVIDIA GeForce RTX 5060 Ti")
     assert peak is None and "--peak-tflops" in source
-    assert gc.device_peak_flops(None) == (None, "no CUDA device: peak unknown")
+    assert device_peak_flops(None) == (None, "no CUDA device: peak unknown")
 
 
 def test_peak_table_matches_the_specific_names_first_and_can_be_overridden():
-    assert gc.device_peak_flops("NVIDIA H100 PCIe")[0] == 756e12
-    assert gc.device_peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
-    assert gc.device_peak_flops("NVIDIA H200")[0] == 989e12
-    assert gc.device_peak_flops("NVIDIA A100-SXM4-40GB")[0] == 312e12
-    assert "approximate" in gc.device_peak_flops("NVIDIA GeForce RTX 3060")[1]
-    assert gc.device_peak_flops("NVIDIA GeForce RTX 5060 Ti", override_tflops=100)[0] == 100e12
+    assert device_peak_flops("NVIDIA H100 PCIe")[0] == 756e12
+    assert device_peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert device_peak_flops("NVIDIA H200")[0] == 989e12
+    assert device_peak_flops("NVIDIA A100-SXM4-40GB")[0] == 312e12
+    assert "approximate" in device_peak_flops("NVIDIA GeForce RTX 3060")[1]
+    assert device_peak_flops("NVIDIA GeForce RTX 5060 Ti", override_tflops=100)[0] == 100e12
 
 
 @pytest.mark.parametrize("groups", [1, 8, 64])
 def test_a_conv_backward_costs_its_forward_once_per_gradient(groups):
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=groups)
     x = torch.randn(2, 64, 16, 16, requires_grad=True)
-    forward = gc.count_flops(lambda: conv(x))
-    total = gc.count_flops(lambda: conv(x).sum().backward())
+    forward = count_flops(lambda: conv(x))
+    total = count_flops(lambda: conv(x).sum().backward())
     assert total == 3 * forward  # forward + input gradient + weight gradient
 
 
@@ -102,19 +109,19 @@ TRAIN_LOG = """\
 
 
 def test_train_log_splits_into_process_lifetimes():
-    first, second = gc.parse_train_log(TRAIN_LOG)
+    first, second = parse_train_log(TRAIN_LOG)
     assert (first["start_step"], first["end_step"], first["unfreeze_lines"]) == (0, 3, 1)
     assert first["stopped_by_signal"] and not second["stopped_by_signal"]
     assert (second["start_step"], second["end_step"], second["unfreeze_lines"]) == (3, 4, 0)
     assert second["rates"] == [16.0]
-    assert gc.steps_per_second(first, crops_per_step=8) == pytest.approx(48 / 8)  # start-up interval left out
+    assert steps_per_second(first, crops_per_step=8) == pytest.approx(48 / 8)  # start-up interval left out
 
 
 def test_only_a_lifetime_that_crosses_the_step_should_log_the_unfreeze():
-    first, second = gc.parse_train_log(TRAIN_LOG)
-    assert gc.expected_unfreeze_lines(first, unfreeze_after=2) == 1
-    assert gc.expected_unfreeze_lines(second, unfreeze_after=2) == 0  # resumed past it
-    assert gc.expected_unfreeze_lines(first, unfreeze_after=3) == 0  # stopped right at it
+    first, second = parse_train_log(TRAIN_LOG)
+    assert expected_unfreeze_lines(first, unfreeze_after=2) == 1
+    assert expected_unfreeze_lines(second, unfreeze_after=2) == 0  # resumed past it
+    assert expected_unfreeze_lines(first, unfreeze_after=3) == 0  # stopped right at it
 
 
 # ---------------------------------------------------------------------------- Markdown
@@ -233,7 +240,7 @@ def hand_made_report() -> dict:
 
 
 def test_markdown_names_the_machine_date_and_command():
-    text = gc.render_markdown(hand_made_report())
+    text = render_markdown(hand_made_report())
     assert "### GPU check: NVIDIA H100 80GB HBM3" in text
     assert "NVIDIA H100 80GB HBM3 (79.1 GiB), driver 550.54, CUDA 12.4 (torch build)" in text
     assert "32 CPUs" in text and "torch 2.13.0" in text
@@ -243,7 +250,7 @@ def test_markdown_names_the_machine_date_and_command():
 
 
 def test_markdown_has_a_row_per_section_with_failures_and_skips():
-    lines = gc.render_markdown(hand_made_report()).splitlines()
+    lines = render_markdown(hand_made_report()).splitlines()
     assert "| bench | ok | 2 cases; fastest 3,000 crops/s | 61 s |" in lines
     assert (
         "| train-run | failed | checks failed: unfreeze_logged_once_per_crossing: 41 'unfrozen' lines | 95 s |"
@@ -253,7 +260,7 @@ def test_markdown_has_a_row_per_section_with_failures_and_skips():
 
 
 def test_markdown_bench_loader_and_run_tables():
-    lines = gc.render_markdown(hand_made_report()).splitlines()
+    lines = render_markdown(hand_made_report()).splitlines()
     assert (
         "| mrl-frozen | b2 | 256 | 2 s | bf16 | 3,000.0 | 2,950.0 | 85 | 6.00 GiB | 2.76 | 8.28 | 0.8 % | a100, h100 |"
     ) in lines
@@ -271,7 +278,7 @@ def test_markdown_says_na_for_an_unknown_peak():
     report = hand_made_report()
     report["settings"].update(peak_flops=None, peak_source="NVIDIA GeForce RTX 5060 Ti: peak unknown")
     report["sections"]["bench"]["cases"][0]["mfu"] = None
-    text = gc.render_markdown(report)
+    text = render_markdown(report)
     assert "no known peak" in text and "| 8.28 | n/a | a100, h100 |" in text
 
 
@@ -288,29 +295,29 @@ def stub_sections(monkeypatch, **functions):
 
         return run
 
-    monkeypatch.setattr(gc, "SECTION_FUNCTIONS", {name: make(name) for name in gc.SECTIONS})
+    monkeypatch.setattr(runner, "SECTION_FUNCTIONS", {name: make(name) for name in SECTIONS})
     return calls
 
 
 def test_a_failing_section_is_recorded_and_the_others_still_run(monkeypatch, tmp_path):
     def broken(check):
-        raise gc.SectionError("classifier launch exited 1", output_tail="Traceback ...\nValueError: boom")
+        raise SectionError("classifier launch exited 1", output_tail="Traceback ...\nValueError: boom")
 
     calls = stub_sections(monkeypatch, **{"train-run": broken})
-    code = gc.main(["--device", "cpu", "--quick", "--output", str(tmp_path), "--work-dir", str(tmp_path / "w")])
-    assert code == 1 and calls == list(gc.SECTIONS)
-    report = json.loads((tmp_path / gc.JSON_NAME).read_text())
+    code = main(["--device", "cpu", "--quick", "--output", str(tmp_path), "--work-dir", str(tmp_path / "w")])
+    assert code == 1 and calls == list(SECTIONS)
+    report = json.loads((tmp_path / JSON_NAME).read_text())
     failed = report["sections"]["train-run"]
     assert failed["status"] == "failed" and failed["error"] == "classifier launch exited 1"
     assert "ValueError: boom" in failed["output_tail"]
     assert [s["status"] for n, s in report["sections"].items() if n != "train-run"] == ["ok"] * 3
-    assert "| train-run | failed | classifier launch exited 1 |" in (tmp_path / gc.MARKDOWN_NAME).read_text()
+    assert "| train-run | failed | classifier launch exited 1 |" in (tmp_path / MARKDOWN_NAME).read_text()
 
 
 def test_an_unexpected_exception_fails_only_its_section(monkeypatch, tmp_path):
     stub_sections(monkeypatch, bench=lambda check: {}["missing"])
-    report = gc.run_all(
-        gc.parse_args(["--device", "cpu", "--quick", "--output", str(tmp_path), "--work-dir", str(tmp_path / "w")])
+    report = run_all(
+        parse_args(["--device", "cpu", "--quick", "--output", str(tmp_path), "--work-dir", str(tmp_path / "w")])
     )
     assert report["sections"]["bench"]["status"] == "failed"
     assert report["sections"]["bench"]["error"] == "KeyError: 'missing'"
@@ -324,8 +331,8 @@ def test_sections_past_the_deadline_are_skipped_not_run(monkeypatch, tmp_path):
         return {"status": "ok", "summary": "slow stub"}
 
     calls = stub_sections(monkeypatch, bench=slow)
-    monkeypatch.setattr(gc, "SECTION_MINIMUM_S", {name: (0, 0) if name == "bench" else (1, 1) for name in gc.SECTIONS})
-    code = gc.main(
+    monkeypatch.setattr(runner, "SECTION_MINIMUM_S", {name: (0, 0) if name == "bench" else (1, 1) for name in SECTIONS})
+    code = main(
         [
             "--device",
             "cpu",
@@ -338,7 +345,7 @@ def test_sections_past_the_deadline_are_skipped_not_run(monkeypatch, tmp_path):
             str(tmp_path / "w"),
         ]
     )
-    report = json.loads((tmp_path / gc.JSON_NAME).read_text())
+    report = json.loads((tmp_path / JSON_NAME).read_text())
     assert code == 0 and calls == ["bench"]
     assert {n: s["status"] for n, s in report["sections"].items()} == {
         "bench": "ok",
@@ -352,7 +359,7 @@ def test_sections_past_the_deadline_are_skipped_not_run(monkeypatch, tmp_path):
 def test_cuda_without_a_gpu_is_an_error_that_names_the_cpu_self_test(capsys, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert gc.main(["--output", str(tmp_path)]) == 2
+    assert main(["--output", str(tmp_path)]) == 2
     assert "--device cpu --quick" in capsys.readouterr().err
 
 
@@ -383,7 +390,7 @@ def test_cpu_quick_pass_writes_json_and_markdown_and_fails_nothing(tmp_path):
     elapsed = time.monotonic() - began
     report = json.loads((output / "gpu-check.json").read_text())
     sections = report["sections"]
-    assert set(sections) == set(gc.SECTIONS)
+    assert set(sections) == set(SECTIONS)
     statuses = {name: s["status"] for name, s in sections.items()}
     assert all(status in ("ok", "skipped") for status in statuses.values()), (statuses, result.stderr[-4000:])
     assert all(s.get("reason") for s in sections.values() if s["status"] == "skipped")
@@ -391,7 +398,7 @@ def test_cpu_quick_pass_writes_json_and_markdown_and_fails_nothing(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
     bench = sections["bench"]["cases"]
-    assert {c["case"] for c in bench} == set(gc.BENCH_CASES)
+    assert {c["case"] for c in bench} == set(BENCH_CASES)
     assert all(c["flops_per_crop"] > 0 and c["mfu"] is None and c["crops_per_s"] > 0 for c in bench)
     run = sections["train-run"]
     assert run["finished"] and run["validations"][-1] == run["max_steps"]

@@ -59,12 +59,12 @@ def launch(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def accelerate_two_cpu_processes(config: Path, port: int, precision: str = "no", extra: list[str] = ()) -> list[str]:
-    """`accelerate launch --cpu --num_processes 2` of launch/train.py: 2 gloo ranks."""
+    """`accelerate launch --multi_gpu --num_processes 2` of launch/train.py: 2 gloo ranks (torchrun, no CUDA)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     return [
         str(accelerate),
         "launch",
-        "--cpu",
+        "--multi_gpu",
         "--num_processes",
         "2",
         "--num_machines",

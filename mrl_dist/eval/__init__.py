@@ -2,29 +2,27 @@
 
 * `metrics`  - EER, minDCF, DET points, per-dim reports (numpy only)
 * `extract`  - embeddings for every MRL dim from one backbone pass, trial scoring
-* `det_plot` - DET curves to PNG (matplotlib, optional)
-* `cli`      - `launch/evaluate.py`
+* `det_plot` - DET curves to PNG (matplotlib, optional: imported when a plot is drawn)
+* `embed`, `score_norm` - embedding audio files, AS-norm; `cli` - `launch/evaluate.py`
 
-Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py),
-so `mrl_dist.eval.metrics` stays free of torch.
+Evaluating needs torch, so the names below are imported with the package.
 """
 
-from .._lazy import lazy_exports
+from .det_plot import plot_det
+from .extract import MissingEmbeddingError, evaluate_model, extract_embeddings, length_groups, score_trials
+from .metrics import compute_eer, compute_min_dcf, det_curve, format_table, select_metric, verification_report
 
-_EXPORTS = {
-    "MissingEmbeddingError": "extract",
-    "evaluate_model": "extract",
-    "extract_embeddings": "extract",
-    "length_groups": "extract",
-    "score_trials": "extract",
-    "compute_eer": "metrics",
-    "compute_min_dcf": "metrics",
-    "det_curve": "metrics",
-    "format_table": "metrics",
-    "select_metric": "metrics",
-    "verification_report": "metrics",
-    "plot_det": "det_plot",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "MissingEmbeddingError",
+    "compute_eer",
+    "compute_min_dcf",
+    "det_curve",
+    "evaluate_model",
+    "extract_embeddings",
+    "format_table",
+    "length_groups",
+    "plot_det",
+    "score_trials",
+    "select_metric",
+    "verification_report",
+]

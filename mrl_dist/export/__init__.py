@@ -4,28 +4,29 @@
 * `model`    - `EmbeddingExport` (wave [B, T] -> L2-normalised [B, dim]) and checkpoint loading
 * `convert`  - ONNX / TorchScript writers and `verify_export` (the file's runtime vs PyTorch)
 * `bench`    - export size and CPU latency, onnxruntime vs PyTorch; `cli` - launch/export.py
+* `hub`      - what hubconf.py's torch.hub entry points do
 
-Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py),
-so `--help` never imports onnx.
+Exporting needs torch, so the names below are imported with the package; onnx and onnxruntime
+(the `export` extra) are imported inside the functions that use them.
 """
 
-from .._lazy import lazy_exports
+from .bench import measure_export
+from .convert import export_model, export_onnx, export_torchscript, load_runner, verify_export
+from .frontend import ExportableMelFrontend, reflect_pad, with_exportable_frontend
+from .model import EmbeddingExport, ExportError, build_export, load_for_export
 
-_EXPORTS = {
-    "ExportableMelFrontend": "frontend",
-    "reflect_pad": "frontend",
-    "with_exportable_frontend": "frontend",
-    "EmbeddingExport": "model",
-    "ExportError": "model",
-    "build_export": "model",
-    "load_for_export": "model",
-    "export_model": "convert",
-    "export_onnx": "convert",
-    "export_torchscript": "convert",
-    "load_runner": "convert",
-    "verify_export": "convert",
-    "measure_export": "bench",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "EmbeddingExport",
+    "ExportError",
+    "ExportableMelFrontend",
+    "build_export",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "load_for_export",
+    "load_runner",
+    "measure_export",
+    "reflect_pad",
+    "verify_export",
+    "with_exportable_frontend",
+]

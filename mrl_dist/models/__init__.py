@@ -8,44 +8,65 @@
 * `ssrfnet`, `ptm`, `svmixer` - SSRFNet: a pretrained speech model fused into ReDimNet
 * `inference` - the faster inference form (equal outputs); `ensemble` - teacher routing
 
-Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py).
+Every module needs torch, so the names below are imported with the package. Optional extras
+(transformers for SSRFNet's speech model) are imported inside the functions that use them.
 """
 
-from .._lazy import lazy_exports
+from .families import build_model, model_family
+from .frontend import MelFrontend
+from .heads import MatryoshkaHead, NativeHead
+from .inference import inference_context, inference_form, is_inference_form, unfolded_batchnorms
+from .loading import (
+    CheckpointError,
+    LoadedCheckpoint,
+    load_any_checkpoint,
+    load_model_source,
+    load_official_checkpoint,
+    load_pretrained,
+    names_a_file,
+    official_payload,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_official_checkpoint,
+)
+from .mrl import ReDimNetMRL, collect_pooled, pca_rotation
+from .presets import OFFICIAL_PRESETS, PRESETS, build_preset, preset_config
+from .redimnet import ReDimNet, ReDimNetConfig
+from .redimnet2 import ReDimNet2, ReDimNet2Config
+from .ssrfnet import SSRFNet, SSRFNetConfig
 
-_EXPORTS = {
-    "MelFrontend": "frontend",
-    "inference_context": "inference",
-    "inference_form": "inference",
-    "is_inference_form": "inference",
-    "unfolded_batchnorms": "inference",
-    "CheckpointError": "loading",
-    "load_official_checkpoint": "loading",
-    "load_pretrained": "loading",
-    "load_model_source": "loading",
-    "names_a_file": "loading",
-    "official_payload": "loading",
-    "read_checkpoint": "loading",
-    "resolve_checkpoint": "loading",
-    "save_official_checkpoint": "loading",
-    "MatryoshkaHead": "heads",
-    "NativeHead": "heads",
-    "ReDimNetMRL": "mrl",
-    "collect_pooled": "mrl",
-    "pca_rotation": "mrl",
-    "OFFICIAL_PRESETS": "presets",
-    "PRESETS": "presets",
-    "build_preset": "presets",
-    "preset_config": "presets",
-    "ReDimNet": "redimnet",
-    "ReDimNet2": "redimnet2",
-    "ReDimNet2Config": "redimnet2",
-    "SSRFNet": "ssrfnet",
-    "SSRFNetConfig": "ssrfnet",
-    "build_model": "families",
-    "model_family": "families",
-    "ReDimNetConfig": "redimnet",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "OFFICIAL_PRESETS",
+    "PRESETS",
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "MatryoshkaHead",
+    "MelFrontend",
+    "NativeHead",
+    "ReDimNet",
+    "ReDimNet2",
+    "ReDimNet2Config",
+    "ReDimNetConfig",
+    "ReDimNetMRL",
+    "SSRFNet",
+    "SSRFNetConfig",
+    "build_model",
+    "build_preset",
+    "collect_pooled",
+    "inference_context",
+    "inference_form",
+    "is_inference_form",
+    "load_any_checkpoint",
+    "load_model_source",
+    "load_official_checkpoint",
+    "load_pretrained",
+    "model_family",
+    "names_a_file",
+    "official_payload",
+    "pca_rotation",
+    "preset_config",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "save_official_checkpoint",
+    "unfolded_batchnorms",
+]

@@ -6,20 +6,19 @@
 * `bench`  - identification accuracy and queries/s, brute force vs cascade
 * `cli`    - `launch/search.py`, `launch/bench_search.py`
 
-Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py).
+The index needs torch, so the names below are imported with the package; faiss (optional) is
+imported inside the functions that use it.
 """
 
-from .._lazy import lazy_exports
+from .enrol import enrol_embeddings, enrol_shards, read_embedding_file, speaker_of
+from .index import DEFAULT_DIMS, CascadeIndex, keys_path
 
-_EXPORTS = {
-    "CascadeIndex": "index",
-    "DEFAULT_DIMS": "index",
-    "keys_path": "index",
-    "enrol_embeddings": "enrol",
-    "enrol_shards": "enrol",
-    "read_embedding_file": "enrol",
-    "speaker_of": "enrol",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "DEFAULT_DIMS",
+    "CascadeIndex",
+    "enrol_embeddings",
+    "enrol_shards",
+    "keys_path",
+    "read_embedding_file",
+    "speaker_of",
+]

@@ -10,18 +10,23 @@ import datetime
 import os
 import platform
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+    """The CPU's model name as `lscpu` reports it, or what `platform` knows."""
+    lscpu = shutil.which("lscpu")
+    if lscpu is not None:
+        try:
+            listing = subprocess.run([lscpu], capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        for line in listing.splitlines():
+            if line.startswith("Model name:"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

@@ -6,21 +6,22 @@ launcher, distillation teachers and the pooled-feature cache builder.
 * `setup`, `collectives`, `ds_config`, `checkpointing`, `tracking`, `schedule`, `class_init`
 * `feature_cache` - caching the frozen trunk's pooled features; `launcher`, `cli` - commands
 
-Public names are imported on first use (the convention of every package: mrl_dist/_lazy.py).
+Training needs torch and accelerate, so the names below are imported with the package; optional
+extras (wandb, tensorboard) are imported inside the functions that use them.
 """
 
-from .._lazy import lazy_exports
+from .feature_cache import build_feature_cache
+from .loop import Trainer, train
+from .modes import Mode, TrainModule, make_mode
+from .step import SingleDevice, TrainingStep
 
-_EXPORTS = {
-    "Trainer": "loop",
-    "train": "loop",
-    "TrainingStep": "step",
-    "SingleDevice": "step",
-    "Mode": "modes",
-    "TrainModule": "modes",
-    "make_mode": "modes",
-    "build_feature_cache": "feature_cache",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "Mode",
+    "SingleDevice",
+    "Trainer",
+    "TrainModule",
+    "TrainingStep",
+    "build_feature_cache",
+    "make_mode",
+    "train",
+]

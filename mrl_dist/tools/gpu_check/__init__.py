@@ -40,93 +40,9 @@ What the figures mean:
 # The package's layout: plan (arguments, Plan, bench sizes from the configs), flops (FLOPs, MFU,
 # peaks, machine facts), check (the shared Check state, SectionError), bench, trainlog (train.log
 # parsing), launching (trainer subprocesses, SIGTERM), train_run, deepspeed_run, loader, report
-# (JSON + Markdown) and runner (sections, run_all, main). Every public name is re-exported here;
-# SECTION_FUNCTIONS and SECTION_MINIMUM_S are read from this namespace at each run, so replacing
-# them here (as the tests do) takes effect.
+# (JSON + Markdown) and runner (the section table, run_all, main). The command line needs only
+# `main`; everything else is imported from its module.
 
-from __future__ import annotations
+from .runner import main
 
-from .bench import BENCH_CASES, bench_case, distill_teacher_dims, measure_distill_throughput, section_bench
-from .check import Check, SectionError
-from .deepspeed_run import deepspeed_version, section_deepspeed
-from .flops import (
-    BF16_DENSE_PEAKS,
-    conv_backward_flop,
-    count_flops,
-    device_peak_flops,
-    machine_info,
-    model_flops_utilisation,
-)
-from .launching import (
-    accelerate_launch,
-    free_port,
-    launch_prefix,
-    output_tail,
-    run_and_sigterm,
-    run_config,
-    run_logged,
-    subprocess_env,
-    trainer_processes,
-    write_config,
-)
-from .loader import section_loader, time_loader
-from .plan import REPO, SECTIONS, BenchSize, Plan, bench_sizes_from_configs, make_plan, parse_args, shipped_gpu_configs
-from .report import JSON_NAME, MARKDOWN_NAME, REPORT_FORMAT, render_markdown, write_outputs
-from .runner import SECTION_FUNCTIONS, SECTION_MINIMUM_S, command_line, main, run_all, run_section
-from .train_run import section_train_run, train_run_checks
-from .trainlog import expected_unfreeze_lines, last_logged_step, parse_train_log, steps_per_second
-
-__all__ = [
-    "BENCH_CASES",
-    "BF16_DENSE_PEAKS",
-    "JSON_NAME",
-    "MARKDOWN_NAME",
-    "REPO",
-    "REPORT_FORMAT",
-    "SECTIONS",
-    "SECTION_FUNCTIONS",
-    "SECTION_MINIMUM_S",
-    "BenchSize",
-    "Check",
-    "Plan",
-    "SectionError",
-    "accelerate_launch",
-    "bench_case",
-    "bench_sizes_from_configs",
-    "command_line",
-    "conv_backward_flop",
-    "count_flops",
-    "deepspeed_version",
-    "device_peak_flops",
-    "distill_teacher_dims",
-    "expected_unfreeze_lines",
-    "free_port",
-    "last_logged_step",
-    "launch_prefix",
-    "machine_info",
-    "main",
-    "make_plan",
-    "measure_distill_throughput",
-    "model_flops_utilisation",
-    "output_tail",
-    "parse_args",
-    "parse_train_log",
-    "render_markdown",
-    "run_all",
-    "run_and_sigterm",
-    "run_config",
-    "run_logged",
-    "run_section",
-    "section_bench",
-    "section_deepspeed",
-    "section_loader",
-    "section_train_run",
-    "shipped_gpu_configs",
-    "steps_per_second",
-    "subprocess_env",
-    "time_loader",
-    "train_run_checks",
-    "trainer_processes",
-    "write_config",
-    "write_outputs",
-]
+__all__ = ["main"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,9 @@ SECTIONS = ("bench", "train-run", "loader", "deepspeed")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    summary = sys.modules[__package__].__doc__.split("\n\n")[0]  # the package docstring's first paragraph
+    from .. import gpu_check  # the package, complete by the time arguments are parsed
+
+    summary = gpu_check.__doc__.split("\n\n")[0]  # the package docstring's first paragraph
     parser = argparse.ArgumentParser(
         prog="launch/gpu_check.py", description=summary, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -26,6 +26,7 @@ from .plan import SECTIONS, Plan, make_plan, parse_args
 from .report import JSON_NAME, MARKDOWN_NAME, REPORT_FORMAT, render_markdown, write_outputs
 from .train_run import section_train_run
 
+# run_section reads these two tables at each call, so a test may replace them on this module.
 SECTION_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "bench": section_bench,
     "train-run": section_train_run,
@@ -36,24 +37,16 @@ SECTION_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
 SECTION_MINIMUM_S = {"bench": (30, 3), "train-run": (150, 30), "loader": (15, 3), "deepspeed": (60, 5)}
 
 
-def _section_tables() -> tuple[dict[str, Callable[[Check], dict[str, Any]]], dict[str, tuple[int, int]]]:
-    """(SECTION_FUNCTIONS, SECTION_MINIMUM_S) as the package exports them at this moment: callers and
-    tests replace them on `mrl_dist.tools.gpu_check`, so they are looked up there at each call."""
-    package = sys.modules[__package__]
-    return package.SECTION_FUNCTIONS, package.SECTION_MINIMUM_S
-
-
 def run_section(check: Check, name: str) -> dict[str, Any]:
     """Run one section, never raising: a failure becomes {"status": "failed", "error": ...}."""
-    functions, minimums = _section_tables()
-    minimum = minimums[name][1 if check.args.quick else 0]
+    minimum = SECTION_MINIMUM_S[name][1 if check.args.quick else 0]
     if check.remaining() < minimum:
         check.progress(f"{name}: skipped (time budget: {check.remaining():.0f} s left, needs ~{minimum} s)")
         return {"status": "skipped", "reason": "time budget", "elapsed_s": 0.0}
     check.progress(f"{name}: start")
     began = time.monotonic()
     try:
-        result = functions[name](check)
+        result = SECTION_FUNCTIONS[name](check)
     except SectionError as error:
         result = {**error.details, "status": "failed", "error": str(error)}
         if error.output_tail:
