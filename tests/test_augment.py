@@ -23,8 +23,9 @@ from mrl_dist.data.augment import (
     reverberate,
     speed_perturb,
 )
-from mrl_dist.data.manifest import SkipCounter, read_manifest
+from mrl_dist.data.manifest import read_manifest
 from mrl_dist.data.pipeline import make_train_loader
+from mrl_dist.data.shard_reader import SkipCounter
 from mrl_dist.data.stages import decode_crop
 
 

@@ -20,7 +20,8 @@ import soundfile as sf
 import webdataset as wds
 from conftest import REPO, build_corpus, tone, write_wav
 
-from mrl_dist.data.shard_writer import decode_to_cache, plan_shards
+from mrl_dist.data.corpus import decode_to_cache
+from mrl_dist.data.shard_writer import plan_shards
 
 
 def shard_paths(manifest_path: Path) -> list[Path]:

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from mrl_dist.data.audio import read_flac_crop
+from mrl_dist.data.audio import read_flac_crop, seconds_to_samples
+from mrl_dist.data.crops import crop_rng, fixed_crop_start, random_crop_start
 from mrl_dist.data.manifest import ManifestError, read_manifest
 from mrl_dist.data.pipeline import make_eval_loader, make_train_loader
 from mrl_dist.data.trials import read_trials, trial_keys
@@ -270,3 +271,15 @@ def test_random_crops_report_no_start(packed):
         packed, batch_size=4, crop_seconds=0.5, num_workers=0, seed=0, rank=0, world_size=1, steps_per_epoch=1
     )
     assert (next(iter(loader))["start"] == -1).all()
+
+
+def test_crop_starts_keep_the_numbers_that_caches_on_disk_hold():
+    # Cached teacher embeddings and feature caches store these starts: a changed rule breaks them.
+    key = "id10001/1zcIwhmdeo4/00001"
+    assert fixed_crop_start(key, 80000, 32000) == 3655
+    assert [random_crop_start(crop_rng(7, key, k), 80000, 32000) for k in range(3)] == [44805, 31601, 8946]
+
+
+def test_seconds_to_samples_rounds_to_the_nearest_sample():
+    assert seconds_to_samples(2.0) == 32000
+    assert seconds_to_samples(31999.6 / 16000) == 32000  # truncating would lose a sample

@@ -13,8 +13,9 @@ import pytest
 
 from mrl_dist.config import config_from_dict
 from mrl_dist.data import remote
-from mrl_dist.data.manifest import SkipCounter, iter_tar_samples, read_manifest
+from mrl_dist.data.manifest import read_manifest
 from mrl_dist.data.pipeline import make_eval_loader, make_train_loader
+from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples
 from mrl_dist.demo.run import prepare_demo_shards
 
 from train_configs import tiny_config

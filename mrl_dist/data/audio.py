@@ -17,11 +17,19 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .crops import random_crop_start
+
 SAMPLE_RATE = 16000
 # Extensions soundfile decodes natively; everything else goes through PyAV (FFmpeg).
 SOUNDFILE_EXTENSIONS = frozenset({"wav", "flac"})
 AUDIO_EXTENSIONS = frozenset({"wav", "flac", "m4a", "aac", "mp3", "ogg"})
 FLAC_COMPRESSION_LEVEL = 0.0  # soundfile's 0..1 scale; 0 is FLAC level 0 (see encode_flac)
+
+
+def seconds_to_samples(seconds: float) -> int:
+    """Samples in `seconds` of 16 kHz audio, rounded to the nearest sample (Python's `round`, ties
+    to even), never truncated: a float product of 31999.999... is 32000 samples."""
+    return round(seconds * SAMPLE_RATE)
 
 
 class AudioError(Exception):
@@ -192,7 +200,11 @@ def read_flac_crop(data: bytes, start: int | None, frames: int | None, *, rng=No
     """`frames` samples of FLAC bytes from `start` (None: uniformly random with numpy `rng`)."""
 
     def choose(total: int) -> int:
-        return start if start is not None else int(rng.integers(0, total - frames + 1))
+        if start is not None:
+            return start
+        if frames is None:  # read_flac_window reads the whole audio then and never asks for a start
+            raise ValueError("read_flac_crop: a random start needs a crop length (frames)")
+        return random_crop_start(rng, total, frames)
 
     return read_flac_window(data, frames, choose)[0]
 

@@ -35,7 +35,9 @@ import soundfile as sf
 
 from mrl_dist.config import AugmentConfig, config_from_dict
 from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, repeat_to_length, to_mono_16k
-from mrl_dist.data.manifest import SkipCounter, expand_urls, iter_tar_samples, read_manifest, resampled_shards
+from mrl_dist.data.crops import random_crop_start
+from mrl_dist.data.manifest import read_manifest
+from mrl_dist.data.shard_reader import SkipCounter, expand_urls, iter_tar_samples, resampled_shards
 
 SPEED_FACTORS = (1.0, 0.9, 1.1)  # index k: label offset k * num_speakers
 NOISE_FILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
@@ -164,7 +166,7 @@ class FolderNoise:
         total, rate = self._info[path]
         # Read only the segment needed (in the file's own rate), then convert.
         wanted = int(np.ceil(frames * rate / SAMPLE_RATE)) + 1
-        start = int(rng.integers(0, max(1, total - wanted + 1)))
+        start = random_crop_start(rng, total, wanted)
         wave, rate = sf.read(path, start=start, frames=wanted, dtype="float32", always_2d=True)
         wave = to_mono_16k(wave, rate)
         if len(wave) == 0:

@@ -1,4 +1,7 @@
-"""Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training.
+"""Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training: the job
+behind `launch/make_shards.py`, which runs both passes in parallel, resumes and writes the manifest.
+Its steps: corpus.py (pass 1: listing and decoding the sources), shard_writer.py (pass 2: planning
+and writing the tars).
 
     python launch/make_shards.py --input /data/voxceleb2/dev/aac --output shards --split train
     python launch/make_shards.py --input /data/voxceleb1/test/wav --output shards --split val \
@@ -54,21 +57,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import __version__
+from .corpus import SourceFile, cache_path, decode_in_processes, decode_to_cache, fingerprint, list_sources, skip_entry
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
 from .shard_writer import (
     ShardPlan,
-    SourceFile,
-    cache_path,
-    decode_in_processes,
-    decode_to_cache,
-    fingerprint,
-    list_sources,
     plan_digest,
     plan_shards,
     read_shard_record,
     release_cache,
     sha256_file,
-    skip_entry,
     write_shard,
 )
 from .trials import read_trials, trial_keys
@@ -107,7 +104,7 @@ def _load_records(records_path: Path) -> dict[str, dict]:
 
 
 def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[dict]:
-    """Pass 1: one decode record per source, in source order (see shard_writer.decode_to_cache)."""
+    """Pass 1: one decode record per source, in source order (see corpus.decode_to_cache)."""
     cache_dir = state_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     records_path = state_dir / "decoded.jsonl"

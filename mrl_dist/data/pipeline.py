@@ -27,7 +27,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, IterableDataset
 
 from mrl_dist.config import AugmentConfig
-from mrl_dist.data.audio import SAMPLE_RATE
+from mrl_dist.data.audio import seconds_to_samples
 from mrl_dist.data.augment import (
     augment_from_dict,
     augment_stages,
@@ -35,14 +35,8 @@ from mrl_dist.data.augment import (
     num_classes,
     speed_perturb,
 )
-from mrl_dist.data.manifest import (
-    MANIFEST_SUFFIX,
-    SkipCounter,
-    expand_urls,
-    iter_tar_samples,
-    read_manifest,
-    resampled_shards,
-)
+from mrl_dist.data.manifest import MANIFEST_SUFFIX, read_manifest
+from mrl_dist.data.shard_reader import SkipCounter, expand_urls, iter_tar_samples, resampled_shards
 from mrl_dist.data.stages import (
     batch_crops,
     decode_crop,
@@ -181,7 +175,7 @@ def make_train_loader(
     fixed_crops: bool = False,
 ) -> TrainLoader:
     """Training batches {"wave": [B, T] float32 16 kHz, "label": [B] int64 (-1: unlabelled),
-    "key": B str, "start": [B] int64, "skipped": int} with T = crop_seconds * 16000.
+    "key": B str, "start": [B] int64, "skipped": int} with T = seconds_to_samples(crop_seconds).
 
     fixed_crops: every key is always cut at the same place (its "start"), so teacher embeddings
     of a crop can be cached; otherwise crops are random and "start" is -1.
@@ -208,7 +202,7 @@ def make_train_loader(
     stream = TrainStream(
         shards.urls,
         batch_size=batch_size,
-        crop_frames=round(crop_seconds * SAMPLE_RATE),
+        crop_frames=seconds_to_samples(crop_seconds),
         seed=seed,
         rank=rank,
         epoch=epoch,
@@ -310,7 +304,7 @@ def make_eval_loader(
         keys = frozenset(trial_keys(read_trials(trials_path_or_keys)))
     else:
         keys = frozenset(trials_path_or_keys)
-    max_frames = None if max_seconds is None else round(max_seconds * SAMPLE_RATE)
+    max_frames = None if max_seconds is None else seconds_to_samples(max_seconds)
     stream = EvalStream(
         shards.urls,
         keys,

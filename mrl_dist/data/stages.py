@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -21,7 +20,8 @@ import torch
 from torch.utils.data import get_worker_info
 
 from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, read_flac_window, repeat_to_length
-from mrl_dist.data.manifest import SkipCounter
+from mrl_dist.data.crops import fixed_crop_start, random_crop_start
+from mrl_dist.data.shard_reader import SkipCounter
 
 # An endless stream of undecodable samples would otherwise spin forever without a batch.
 MAX_FAILURES_IN_ROW = 1000
@@ -68,11 +68,6 @@ def parse_meta(samples: Iterable[dict], skips: SkipCounter):
         yield {"key": sample["key"], "url": sample["url"], "flac": sample["flac"], "label": label}
 
 
-def fixed_crop_start(key: str, total_frames: int, crop_frames: int) -> int:
-    """The same start for a key in every epoch and on every rank (cached teacher embeddings)."""
-    return zlib.crc32(key.encode()) % max(1, total_frames - crop_frames + 1)
-
-
 def decode_crop(
     samples: Iterable[dict], crop_frames: int, rng: np.random.Generator, skips: SkipCounter, fixed: bool = False
 ):
@@ -81,7 +76,7 @@ def decode_crop(
     Before: {"key", "url", "flac", "label"[, "speed"]}. After: {"key", "label", "wave":
     [crop_frames] float32 16 kHz, "start": int (-1 for random crops)}. Utterances shorter than
     the crop are repeated to length. With "speed" s, `crop_frames * s` source frames are read
-    and resampled to `crop_frames`. `fixed`: the crop start depends on the key alone.
+    and resampled to `crop_frames`. `fixed`: the crop start depends on the key alone (crops.py).
     """
     failures_in_row = 0
     for sample in samples:
@@ -99,7 +94,7 @@ def decode_crop(
         else:
 
             def choose(total: int, wanted: int = wanted) -> int:
-                return int(rng.integers(0, total - wanted + 1))
+                return random_crop_start(rng, total, wanted)
 
         try:
             wave, start = read_flac_window(sample["flac"], wanted, choose)

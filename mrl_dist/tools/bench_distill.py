@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import DistillLossesConfig
+from ..data.audio import seconds_to_samples
 from ..models import ReDimNetMRL, build_preset
 from ..train.distill import (
     Teacher,
@@ -61,7 +62,7 @@ def measure_teacher_cache(
     student = ReDimNetMRL(build_preset(student_preset).model_config, list(dims), keep_native=False).train()
     loss_fn = build_distillation_loss(student.dims, teachers, DistillLossesConfig(aam=0.0))
     optimizer = torch.optim.AdamW([*student.parameters(), *loss_fn.parameters()], lr=1e-4)
-    wave = torch.randn(batch_size, round(crop_seconds * 16000))
+    wave = torch.randn(batch_size, seconds_to_samples(crop_seconds))
     keys = [f"spk/vid/{i:05d}" for i in range(batch_size)]
     starts, lengths = [0] * batch_size, [wave.shape[1]] * batch_size
 

@@ -23,10 +23,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.audio import SAMPLE_RATE, decode_file, encode_flac, read_flac_crop
-from ..data.manifest import SkipCounter, iter_tar_samples, read_manifest
+from ..data.audio import SAMPLE_RATE, decode_file, encode_flac, read_flac_crop, seconds_to_samples
+from ..data.manifest import read_manifest
 from ..data.packing import pack_split
 from ..data.pipeline import make_train_loader
+from ..data.shard_reader import SkipCounter, iter_tar_samples
 
 
 def synthetic_utterance(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -113,7 +114,7 @@ def bench_pipeline(manifest: Path, crop_seconds: float, crops: int, batch_size: 
 
 
 def bench_naive(files: list[Path], crop_seconds: float, crops: int, batch_size: int):
-    dataset = NaiveCrops(files, round(crop_seconds * SAMPLE_RATE))
+    dataset = NaiveCrops(files, seconds_to_samples(crop_seconds))
 
     def endless():
         while True:
@@ -125,7 +126,7 @@ def bench_naive(files: list[Path], crop_seconds: float, crops: int, batch_size: 
 def bench_raw(manifest: Path, crop_seconds: float, crops: int, batch_size: int):
     blobs = [s["flac"] for s in iter_tar_samples(read_manifest(manifest).urls, SkipCounter())]
     rng = np.random.default_rng(0)
-    frames = round(crop_seconds * SAMPLE_RATE)
+    frames = seconds_to_samples(crop_seconds)
 
     def bare_loop():
         index = 0

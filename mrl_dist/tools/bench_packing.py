@@ -33,18 +33,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..data.audio import SAMPLE_RATE, _read_with_pyav, encode_flac, read_flac_crop, to_mono_16k
+from ..data.audio import SAMPLE_RATE, _read_with_pyav, encode_flac, read_flac_crop, seconds_to_samples, to_mono_16k
+from ..data.corpus import SourceFile, cache_path, decode_to_cache, list_sources
 from ..data.manifest import MANIFEST_SUFFIX, read_manifest, write_json_atomic
 from ..data.packing import MAX_SHARD_WRITERS, decode_all, pack_split, plan_split, run_identity
-from ..data.shard_writer import (
-    SourceFile,
-    cache_path,
-    decode_to_cache,
-    list_sources,
-    plan_digest,
-    shard_record_path,
-    write_shard,
-)
+from ..data.shard_writer import plan_digest, shard_record_path, write_shard
 
 VOXCELEB2_UTTERANCES = 1_092_009  # VoxCeleb2 dev
 VOXCELEB2_HOURS = 2_290
@@ -150,7 +143,7 @@ def measure_flac_levels(cache: Path, levels: list[int], crops: int, crop_seconds
     """
     pcm = [sf.read(path, dtype="int16")[0] for path in sorted(cache.rglob("*.flac"))]
     hours = sum(len(wave) for wave in pcm) / SAMPLE_RATE / 3600
-    frames = round(crop_seconds * SAMPLE_RATE)
+    frames = seconds_to_samples(crop_seconds)
     results = []
     for level in levels:
         blobs = []
