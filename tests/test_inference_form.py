@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mrl_dist.eval.extract import available_heads, embed_batch, model_family
+from mrl_dist.eval.extract import available_heads, embed_batch, extraction_style
 from mrl_dist.models import ReDimNetMRL, build_preset, load_pretrained
 from mrl_dist.models.inference import (
     inference_context,
@@ -202,7 +202,7 @@ def test_inference_form_keeps_the_interface_the_evaluation_code_uses(kind):
     model = make_model("tiny", kind).eval()
     form = inference_form(model)
     assert type(form) is type(model)
-    assert model_family(form) == model_family(model)
+    assert extraction_style(form) == extraction_style(model)
     assert available_heads(form) == available_heads(model)
     if kind == "mrl":
         assert form.dims == model.dims and form.trunk_frozen == model.trunk_frozen

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mrl_dist.models import CheckpointError, load_pretrained, read_checkpoint, resolve_checkpoint
-from mrl_dist.models.loading import save_official_checkpoint
+from mrl_dist.models.loading import load_any_checkpoint, save_official_checkpoint
 
 
 class NotAWeight:
@@ -97,3 +97,112 @@ def test_saved_official_file_reloads_to_the_same_model(official_file, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(wave), again(wave))
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temporary file
+
+
+# ---------------------------------------------------------------------------- one loader, one read
+
+
+def _saved_model(kind: str, folder):
+    """(a model of `kind` in eval mode, the checkpoint file it was saved to)."""
+    from mrl_dist.models import ReDimNetMRL, build_preset
+
+    torch.manual_seed(0)
+    path = folder / f"{kind}.pt"
+    if kind == "mrl":
+        model = ReDimNetMRL.from_redimnet(build_preset("tiny").eval(), dims=[32, 64, 192], head_init="pretrained")
+        model.eval().save_checkpoint(path)
+        return model, path
+    if kind == "ssrfnet":
+        pytest.importorskip("transformers", reason="SSRFNet's PTM needs the [ptm] extra")
+        from mrl_dist.models import SSRFNet, preset_config
+
+        model = SSRFNet(**preset_config("ssrfnet-tiny"))
+    else:
+        model = build_preset("tiny" if kind == "redimnet" else "redimnet2-tiny")
+    save_official_checkpoint(model.eval(), path)
+    return model, path
+
+
+def _count_reads(monkeypatch) -> list:
+    """Every file torch.load opens from now on (the loaders' only way to read a checkpoint)."""
+    reads = []
+    original = torch.load
+
+    def counting_load(file, *args, **kwargs):
+        reads.append(file)
+        return original(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return reads
+
+
+@pytest.mark.parametrize(
+    "kind, model_type, family",
+    [
+        ("mrl", "ReDimNetMRL", "redimnet"),
+        ("redimnet", "ReDimNet", "redimnet"),
+        ("redimnet2", "ReDimNet2", "redimnet2"),
+        ("ssrfnet", "SSRFNet", "ssrfnet"),
+    ],
+)
+def test_any_checkpoint_is_read_once_and_built_as_the_model_it_holds(kind, model_type, family, tmp_path, monkeypatch):
+    model, path = _saved_model(kind, tmp_path)
+    reads = _count_reads(monkeypatch)
+    loaded = load_any_checkpoint(path)
+    assert len(reads) == 1
+    assert type(loaded.model).__name__ == model_type and not loaded.model.training
+    assert (loaded.kind, loaded.family) == ("mrl" if kind == "mrl" else "official", family)
+    assert model_type in loaded.description
+    wave = torch.randn(2, 16000)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(wave), model(wave))
+
+
+def _load_for_eval(path):
+    from mrl_dist.eval.cli import load_eval_model
+
+    return load_eval_model(path)[0]
+
+
+def _load_for_export(path):
+    from mrl_dist.export.model import load_for_export
+
+    return load_for_export(path)[0]
+
+
+def _load_for_hub(path):
+    from mrl_dist.export.hub import load_mrl
+
+    return load_mrl(path).model
+
+
+def _load_for_enrolment(path):
+    from mrl_dist.search.enrol import load_mrl_model
+
+    return load_mrl_model(path)
+
+
+@pytest.mark.parametrize("load", [_load_for_eval, _load_for_export, _load_for_hub, _load_for_enrolment])
+def test_every_command_reads_an_mrl_checkpoint_once(load, tmp_path, monkeypatch):
+    model, path = _saved_model("mrl", tmp_path)
+    reads = _count_reads(monkeypatch)
+    loaded = load(path)
+    assert len(reads) == 1
+    wave = torch.randn(2, 16000)
+    with torch.no_grad():
+        assert torch.allclose(loaded(wave), model(wave), atol=1e-5)  # enrolment's inference form: equal up to fp
+
+
+@pytest.mark.parametrize("load", [_load_for_eval, _load_for_export])
+def test_the_commands_that_take_any_checkpoint_read_an_official_one_once(load, tmp_path, monkeypatch):
+    model, path = _saved_model("redimnet2", tmp_path)
+    reads = _count_reads(monkeypatch)
+    assert type(load(path)).__name__ == "ReDimNet2" and len(reads) == 1
+
+
+@pytest.mark.parametrize("load", [_load_for_hub, _load_for_enrolment])
+def test_mrl_only_commands_refuse_an_official_checkpoint_before_building_it(load, tmp_path, monkeypatch):
+    _, path = _saved_model("redimnet", tmp_path)
+    monkeypatch.setattr("mrl_dist.models.loading.build_model", lambda config: pytest.fail("built the model"))
+    with pytest.raises(CheckpointError, match=r"redimnet\.pt: not an MRL checkpoint \(no mrl_config\)"):
+        load(path)

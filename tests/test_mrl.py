@@ -1,5 +1,7 @@
 """ReDimNetMRL keeps the pretrained accuracy at initialisation and trains only what it should."""
 
+import copy
+
 import pytest
 import torch
 
@@ -11,13 +13,20 @@ WAVES = [torch.randn(8, 12000) for _ in range(6)]  # 48 utterances of 0.75 s
 
 
 @pytest.fixture(scope="module")
-def pretrained(official_file):
+def loaded(official_file):
     return load_pretrained(official_file("b0"))
 
 
+@pytest.fixture()
+def pretrained(loaded):
+    """A test's own copy: `from_redimnet` takes over the trunk's modules, so freezing or training
+    one test's model would otherwise change the next test's trunk."""
+    return copy.deepcopy(loaded)
+
+
 @pytest.fixture(scope="module")
-def pooled(pretrained):
-    return collect_pooled(pretrained, WAVES, max_batches=6)
+def pooled(loaded):
+    return collect_pooled(loaded, WAVES, max_batches=6)
 
 
 def test_pretrained_head_192_prefix_equals_native_embedding(pretrained):
@@ -180,3 +189,30 @@ def test_centred_pca_is_available_and_folds_the_mean_into_the_bias(pretrained, p
     with torch.no_grad():
         centred = model.head(pooled)
     assert centred.mean(dim=0).abs().max() < 1e-3
+
+
+def test_from_redimnet_takes_over_the_trunk_instead_of_building_a_second_one(pretrained, monkeypatch):
+    architecture = ReDimNetMRL(pretrained.model_config, dims=[64, 192])  # the keys and flags to match
+    expected = {k: v.clone() for k, v in pretrained.state_dict().items()}
+
+    def no_second_trunk(config):
+        raise AssertionError("from_redimnet built a second trunk")
+
+    monkeypatch.setattr("mrl_dist.models.mrl.build_model", no_second_trunk)
+    model = ReDimNetMRL.from_redimnet(pretrained, dims=[64, 192], head_init="pretrained")
+    assert model.backbone is pretrained.backbone and model.spec is pretrained.spec and model.pool is pretrained.pool
+    assert model.native.linear is pretrained.linear and model.native.bn is pretrained.bn
+    state = model.state_dict()
+    assert list(state) == list(architecture.state_dict())
+    for key, value in expected.items():
+        mrl_key = f"native.{key}" if key.split(".")[0] in ("bn", "linear", "bn2") else key
+        assert torch.equal(state[mrl_key], value), key
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in architecture.named_parameters() if p.requires_grad}
+    assert not model.training  # the trunk's mode, as load_pretrained returns it
+
+
+def test_from_redimnet_without_native_leaves_the_embedding_layer_out(pretrained):
+    model = ReDimNetMRL.from_redimnet(pretrained, dims=[64, 192], head_init="pretrained", keep_native=False)
+    assert model.native is None
+    assert not any(k.startswith(("native.", "bn.", "linear.", "cls_head.")) for k in model.state_dict())

@@ -1,6 +1,8 @@
 """The rotation head: the native embedding under a trained rotation, plus trained extra dims;
 checkpoints hold the linear head it equals. And the AAM class weights that start at speaker means."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +18,15 @@ WAVE = torch.randn(3, 16000)
 
 
 @pytest.fixture(scope="module")
-def pretrained(official_file):
+def loaded(official_file):
     return load_pretrained(official_file("b0"))
+
+
+@pytest.fixture()
+def pretrained(loaded):
+    """A test's own copy: `from_redimnet` takes over the trunk's modules, so freezing or training
+    one test's model would otherwise change the next test's trunk."""
+    return copy.deepcopy(loaded)
 
 
 @pytest.fixture()

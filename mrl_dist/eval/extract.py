@@ -92,7 +92,7 @@ def _batch_lengths(batch: Mapping[str, Any]) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------- models
-def model_family(model: Any) -> str:
+def extraction_style(model: Any) -> str:
     """How `model` is embedded, by what it offers (duck-typed, so wrappers such as a compiled
     module work too):
 
@@ -115,12 +115,12 @@ def model_family(model: Any) -> str:
 
 
 def available_heads(model: Any) -> list[str]:
-    """Embedding kinds `extract_embeddings` can produce for `model` (see `model_family`);
+    """Embedding kinds `extract_embeddings` can produce for `model` (see `extraction_style`);
     empty for a ``forward_all`` model without ``dims`` (its kinds show on the first batch)."""
-    family = model_family(model)
-    if family == "mrl":
+    style = extraction_style(model)
+    if style == "mrl":
         return [MRL] + ([NATIVE] if getattr(model, "native", None) is not None else [])
-    if family == "redimnet":
+    if style == "redimnet":
         return [NATIVE]
     return [str(d) for d in getattr(model, "dims", [])]
 
@@ -128,10 +128,10 @@ def available_heads(model: Any) -> list[str]:
 def embed_batch(model: Any, wave: torch.Tensor, heads: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """`wave [B, T]` (no padding) -> ``{kind: [B, D]}``, one backbone pass for all kinds.
 
-    ``heads`` keeps only those kinds (None: all the model has); see `model_family`.
+    ``heads`` keeps only those kinds (None: all the model has); see `extraction_style`.
     """
-    family = model_family(model)
-    if family in ("mrl", "redimnet"):
+    style = extraction_style(model)
+    if style in ("mrl", "redimnet"):
         pooled = model.pooled(wave)
         return pooled_to_heads(model, pooled, available_heads(model) if heads is None else heads)
     outputs = {str(dim): embedding for dim, embedding in model.forward_all(wave).items()}
@@ -140,7 +140,7 @@ def embed_batch(model: Any, wave: torch.Tensor, heads: Collection[str] | None = 
 
 def pooled_to_heads(model: Any, pooled: torch.Tensor, heads: Collection[str]) -> dict[str, torch.Tensor]:
     """`pooled [B, P]` of a ReDimNetMRL or ReDimNet -> ``{kind: [B, D]}`` for `heads`."""
-    if model_family(model) == "redimnet":
+    if extraction_style(model) == "redimnet":
         outputs = {NATIVE: lambda: model.embed_pooled(pooled)}
     else:
         outputs = {MRL: lambda: model.head(pooled), NATIVE: lambda: model.native_embedding(pooled)}
@@ -150,9 +150,9 @@ def pooled_to_heads(model: Any, pooled: torch.Tensor, heads: Collection[str]) ->
 
 def _check_heads(model: Any, heads: Collection[str] | None) -> None:
     available = available_heads(model)
-    if model_family(model) in ("mrl", "redimnet"):
+    if extraction_style(model) in ("mrl", "redimnet"):
         available = [*available, POOLED]
-    if heads is None or (not available and model_family(model) == "per_dim"):
+    if heads is None or (not available and extraction_style(model) == "per_dim"):
         return
     unknown = [name for name in heads if name not in available]
     if unknown:
@@ -206,7 +206,7 @@ def extract_embeddings(
     """Embeddings of every utterance in `batches`.
 
     Args:
-        model: ReDimNetMRL, ReDimNet or a ``forward_all`` model (see `model_family`), already
+        model: ReDimNetMRL, ReDimNet or a ``forward_all`` model (see `extraction_style`), already
             on ``device``; put in eval mode and without autograd here, each submodule's mode
             restored after.
         batches: ``{"wave": [B, T] float32 16 kHz zero-padded, "lengths": [B] int64 (optional:
@@ -414,7 +414,7 @@ __all__ = [
     "evaluate_embeddings",
     "evaluate_model",
     "extract_embeddings",
+    "extraction_style",
     "length_groups",
-    "model_family",
     "score_trials",
 ]

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..models.loading import CheckpointError, load_pretrained, read_checkpoint
+from ..models.loading import CheckpointError, load_pretrained, model_from_payload, read_checkpoint
 from ..models.mrl import ReDimNetMRL
 from ..models.presets import REDIMNET2_PRETRAINED
 
@@ -72,12 +72,13 @@ def cached_checkpoint(source: str | os.PathLike, progress: bool = True) -> Path:
 def load_mrl(checkpoint: str | os.PathLike, dim: int | None = None) -> MatryoshkaPrefix:
     """The eval ReDimNetMRL of an MRL file (path or URL), giving its `dim`-D embedding."""
     path = cached_checkpoint(checkpoint)
-    if "mrl_config" not in read_checkpoint(path):
+    payload = read_checkpoint(path)
+    if "mrl_config" not in payload:  # refused before building anything
         raise CheckpointError(
             f"{checkpoint}: not an MRL checkpoint (no mrl_config); an official ReDimNet or "
             "ReDimNet2 file loads with the 'redimnet' entry point"
         )
-    return MatryoshkaPrefix(ReDimNetMRL.from_checkpoint(path), dim).eval()
+    return MatryoshkaPrefix(model_from_payload(payload, path).model, dim).eval()
 
 
 def load_official(name: str, train_type: str | None = None, dataset: str | None = None) -> nn.Module:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..models.frontend import MelFrontend
 from ..models.heads import NativeHead
-from ..models.loading import CheckpointError, load_official_checkpoint, model_family, read_checkpoint
+from ..models.loading import CheckpointError, model_family, model_from_payload, read_checkpoint
 from ..models.mrl import ReDimNetMRL
 from .frontend import ExportableMelFrontend
 
@@ -92,16 +92,13 @@ def load_for_export(checkpoint: str | os.PathLike) -> tuple[nn.Module, str]:
     """The eval model of a checkpoint file and a one-line description of it.
 
     An MRL file (one with `mrl_config`) gives a ReDimNetMRL; any other official-format file the
-    model of its `model_config`'s family."""
+    model of its `model_config`'s family (`model_from_payload`; the file is read once)."""
     payload = read_checkpoint(checkpoint)
     family = model_family(payload["model_config"])
     if family in UNSUPPORTED_FAMILIES:  # before building it (an SSRFNet may build a large speech model)
         raise ExportError(f"{family} models cannot be exported: {UNSUPPORTED_FAMILIES[family]}")
-    if "mrl_config" in payload:
-        model = ReDimNetMRL.from_checkpoint(checkpoint)
-        return model, f"ReDimNetMRL on {family} (dims {model.dims})"
-    model = load_official_checkpoint(checkpoint)
-    return model, f"{type(model).__name__} (official file, native embedding of {model.embed_dim})"
+    loaded = model_from_payload(payload, checkpoint)
+    return loaded.model, loaded.description
 
 
 def build_export(checkpoint: str | os.PathLike, dim: int | None = None) -> tuple[EmbeddingExport, nn.Module, str]:

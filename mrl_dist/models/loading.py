@@ -1,4 +1,5 @@
-"""Official-format ReDimNet and ReDimNet2 checkpoints: safe reading, key mapping, lookup, download.
+"""Official-format ReDimNet and ReDimNet2 checkpoints: safe reading, key mapping, lookup, download;
+and the one loader of a checkpoint file of any kind (`load_any_checkpoint`: MRL or official).
 
 An official file is a dict `{"model_config": {...ReDimNetWrap or ReDimNet2Wrap kwargs...},
 "state_dict": {...}}`, named `{model}-{dataset}-{train_type}.pt` (e.g. `b2-vox2-ft_lm.pt`,
@@ -16,10 +17,12 @@ import os
 import pickle
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .families import build_model, model_family
 from .presets import OFFICIAL_PRESETS, PRESETS, REDIMNET2_PRETRAINED, preset_config
@@ -36,6 +39,7 @@ REDIMNET2_PREFIX = "redimnet2-"
 # ReDimNet2 releases "lm" (large margin) and "ptn" (pre-training).
 DEFAULT_WEIGHTS = {"redimnet": ("ft_lm", "vox2"), "redimnet2": ("lm", "vox2")}
 OFFLINE_ENV = "MRL_DIST_OFFLINE"  # "1": never try a download
+OFFICIAL_KEYS = ("model_config", "state_dict")  # what every checkpoint holds; an MRL file adds mrl_config
 
 OFFICIAL_TO_LOCAL = {
     "spec.torchfbank.1.flipped_filter": "spec.preemphasis_filter",
@@ -80,7 +84,7 @@ def official_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return local_to_official({k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
 
 
-def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model_config", "state_dict")) -> dict:
+def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = OFFICIAL_KEYS) -> dict:
     """Load a checkpoint dict with `weights_only=True`; refuse pickles that need code to load."""
     path = Path(path)
     if not path.is_file():
@@ -93,29 +97,81 @@ def read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
             f"failed, the pickle would need to run code). Re-save it as a dict of tensors and plain "
             f"values. Detail: {str(err).splitlines()[0]}"
         ) from err
+    return check_payload(payload, path, required)
+
+
+def check_payload(payload: Any, source: str | os.PathLike, required: tuple[str, ...] = OFFICIAL_KEYS) -> dict:
+    """`payload` if it is a checkpoint dict holding every `required` key, else a CheckpointError
+    naming `source` (the file it was read from) and the keys it holds."""
     if not isinstance(payload, dict) or any(key not in payload for key in required):
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
-            f"{path}: not an official-format checkpoint: expected keys {list(required)}, found {found}"
+            f"{os.fspath(source)}: not an official-format checkpoint: expected keys {list(required)}, found {found}"
         )
     return payload
 
 
-def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet | ReDimNet2:
-    """Build the model of an official-format file (ReDimNet or ReDimNet2, from its `model_config`)
-    and load its weights exactly, in eval mode."""
-    payload = read_checkpoint(path)
+def official_model_from_payload(payload: Mapping[str, Any], source: str | os.PathLike) -> ReDimNet | ReDimNet2:
+    """The model of an official-format checkpoint dict already read (`read_checkpoint`): built
+    from its `model_config` (any family), its weights loaded exactly, in eval mode. `source`
+    names the file in errors."""
+    source = os.fspath(source)
+    payload = check_payload(payload, source)
     try:
         model = build_model(payload["model_config"])
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: {err}") from err
+        raise CheckpointError(f"{source}: {err}") from err
     result = model.load_state_dict(official_to_local(payload["state_dict"]), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{path}: state_dict does not match its model_config: missing {result.missing_keys[:5]}"
+            f"{source}: state_dict does not match its model_config: missing {result.missing_keys[:5]}"
             f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
         )
     return model.eval()
+
+
+def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet | ReDimNet2:
+    """Build the model of an official-format file (ReDimNet, ReDimNet2 or SSRFNet, from its
+    `model_config`) and load its weights exactly, in eval mode."""
+    return official_model_from_payload(read_checkpoint(path), path)
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint file's model, in eval mode, and what the file was.
+
+    `kind`: "mrl" (a file with `mrl_config`: a ReDimNetMRL) or "official" (the plain model of
+    its `model_config`); `family`: the trunk's family ("redimnet", "redimnet2", "ssrfnet", see
+    `model_family`); `description`: one line for logs and reports."""
+
+    model: nn.Module
+    kind: str
+    family: str
+    description: str
+
+
+def model_from_payload(payload: Mapping[str, Any], source: str | os.PathLike) -> LoadedCheckpoint:
+    """The model of a checkpoint dict already read (`read_checkpoint`), whatever the kind: an
+    MRL file (it has `mrl_config`) gives a ReDimNetMRL, an official ReDimNet, ReDimNet2 or
+    SSRFNet file that model. `source` names the file in errors."""
+    payload = check_payload(payload, source)
+    family = model_family(payload["model_config"])
+    if "mrl_config" in payload:
+        from .mrl import ReDimNetMRL  # mrl.py imports this module
+
+        model = ReDimNetMRL.from_payload(payload, source)
+        native = ", native" if model.native is not None else ""
+        return LoadedCheckpoint(model, "mrl", family, f"ReDimNetMRL on {family} (dims {model.dims}{native})")
+    model = official_model_from_payload(payload, source)
+    description = f"{type(model).__name__} (official file, native embedding of {model.embed_dim})"
+    return LoadedCheckpoint(model, "official", family, description)
+
+
+def load_any_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    """The eval model of any checkpoint file, MRL or official (see `model_from_payload`); the
+    file is read once. A caller that refuses some kinds before building reads the payload with
+    `read_checkpoint`, checks it, and passes it to `model_from_payload`."""
+    return model_from_payload(read_checkpoint(path), path)
 
 
 def official_payload(model: ReDimNet) -> dict[str, Any]:
@@ -164,6 +220,11 @@ def default_weights(name: str, train_type: str | None = None, dataset: str | Non
     return train_type or default_type, dataset or default_dataset
 
 
+def downloads_allowed() -> bool:
+    """Whether a missing official checkpoint may be downloaded: not when $MRL_DIST_OFFLINE is 1."""
+    return os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
+
+
 def resolve_checkpoint(
     name: str, *, dataset: str | None = None, train_type: str | None = None, download: bool | None = None
 ) -> Path:
@@ -177,7 +238,7 @@ def resolve_checkpoint(
         if (folder / filename).is_file():
             return folder / filename
     if download is None:
-        download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
+        download = downloads_allowed()
     template = (
         os.environ.get(REDIMNET2_CHECKPOINT_URL_ENV, REDIMNET2_CHECKPOINT_URL)
         if family == "redimnet2"

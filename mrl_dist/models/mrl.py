@@ -22,7 +22,7 @@ The pretrained embedding layer also stays as `native` (frozen) so validation can
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,9 +31,19 @@ from torch import nn
 
 from ..config import HEAD_INITS, HEAD_TYPES
 from .heads import MatryoshkaHead, NativeHead
-from .loading import atomic_save, build_model, official_state_dict, official_to_local, read_checkpoint
+from .loading import (
+    OFFICIAL_KEYS,
+    atomic_save,
+    build_model,
+    check_payload,
+    official_state_dict,
+    official_to_local,
+    read_checkpoint,
+)
 from .redimnet import ReDimNet
 from .rotation_head import RotationHead
+
+MRL_CHECKPOINT_KEYS = (*OFFICIAL_KEYS, "mrl_config")  # what `save_checkpoint` writes
 
 
 class ReDimNetMRL(nn.Module):
@@ -43,10 +53,16 @@ class ReDimNetMRL(nn.Module):
         dims: Sequence[int] = (64, 128, 192, 256),
         keep_native: bool = True,
         head_init: str = "random",
+        *,
+        trunk: nn.Module | None = None,
     ):
-        """Architecture only (random weights); use `from_redimnet` / `from_checkpoint` to fill it."""
+        """Architecture only (random weights); use `from_redimnet` / `from_checkpoint` to fill it.
+
+        `trunk`: a built model of `model_config` (ReDimNet, ReDimNet2 or SSRFNet) whose front-end,
+        backbone, pooling and embedding layer this model takes over (shared, not copied) instead
+        of building random ones; its parameters' requires_grad flags are taken as the design's."""
         super().__init__()
-        redimnet = build_model(model_config)  # ReDimNet or ReDimNet2, from the config
+        redimnet = build_model(model_config) if trunk is None else trunk
         self.model_config = redimnet.model_config
         self.embed_dim = redimnet.embed_dim
         self.spec, self.backbone, self.pool = redimnet.spec, redimnet.backbone, redimnet.pool
@@ -85,14 +101,20 @@ class ReDimNetMRL(nn.Module):
         train_extra_dims: bool = False,
         weights_arrive_later: bool = False,
     ) -> ReDimNetMRL:
-        """Wrap a (pretrained) ReDimNet; `pooled_features [N, P]` are needed for `head_init="pca"`.
+        """Wrap a (pretrained) ReDimNet, ReDimNet2 or SSRFNet; `pooled_features [N, P]` are needed
+        for `head_init="pca"`.
+
+        The model takes over `redimnet`'s own modules (front-end, backbone, pooling and, with
+        `keep_native`, its embedding layer), where they are, without copying them: training or
+        freezing the one changes the other, so pass `copy.deepcopy(redimnet)` to keep the
+        original apart. Only the Matryoshka head is new; a `cls_head` of `redimnet` is left out.
 
         `head_type`: "linear" (BatchNorm + Linear, every weight trained) or "rotation" (the native
         embedding rotated by a trained orthogonal matrix, plus trained extra dims; needs a
         pretrained start, head_init "pca" or "pretrained").
         `weights_arrive_later`: the head's weights are about to be overwritten (a checkpoint, or
         rank 0's PCA head broadcast): build its structure without fitting it; `head_init` is
-        still what the model records."""
+        still what the model records. Training decides it (and the rest) in train.modes.HeadPlan."""
         if head_init not in HEAD_INITS:
             raise ValueError(f"head_init: unknown value {head_init!r}; expected one of {HEAD_INITS}")
         if head_type not in HEAD_TYPES:
@@ -102,13 +124,10 @@ class ReDimNetMRL(nn.Module):
                 "head_type 'rotation' rotates the pretrained embedding: use head_init 'pca' or "
                 "'pretrained', or head_type 'linear' for a random head"
             )
-        model = cls(redimnet.model_config, dims, keep_native=keep_native, head_init=head_init)
-        trunk = {k: v for k, v in redimnet.state_dict().items() if not k.startswith("cls_head.")}
-        model.load_state_dict(_trunk_to_mrl_keys(trunk, keep_native), strict=False)
+        model = cls(redimnet.model_config, dims, keep_native=keep_native, head_init=head_init, trunk=redimnet)
         generator = torch.Generator().manual_seed(seed)
-        fit = head_init
-        if weights_arrive_later:  # the rotation head's structure needs the native layer, no data
-            fit = "pretrained" if head_type == "rotation" else "random"
+        # Weights arriving later: the structure alone (a rotation head's comes from the native layer below).
+        fit = "random" if weights_arrive_later else head_init
         if fit == "pretrained":
             model._init_head_from_native(redimnet, rotation=None, generator=generator)
         elif fit == "pca":
@@ -166,7 +185,13 @@ class ReDimNetMRL(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> ReDimNetMRL:
         """Load an MRL inference checkpoint written by `save_checkpoint` (eval mode)."""
-        payload = read_checkpoint(path, required=("model_config", "mrl_config", "state_dict"))
+        return cls.from_payload(read_checkpoint(path, required=MRL_CHECKPOINT_KEYS), path)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], source: str | os.PathLike = "checkpoint") -> ReDimNetMRL:
+        """The eval model of an MRL checkpoint dict already read (`read_checkpoint`): what
+        `checkpoint_payload` wrote. `source` names the file in errors."""
+        payload = check_payload(payload, source, required=MRL_CHECKPOINT_KEYS)
         mrl = payload["mrl_config"]
         model = cls(
             payload["model_config"],
@@ -279,18 +304,6 @@ class ReDimNetMRL(nn.Module):
         if not 0 < dim <= self.max_dim:
             raise ValueError(f"dim must be in 1..{self.max_dim}, got {dim}")
         return dim
-
-
-def _trunk_to_mrl_keys(state: dict[str, torch.Tensor], keep_native: bool) -> dict[str, torch.Tensor]:
-    """ReDimNet keys -> ReDimNetMRL keys: the embedding layer moves under `native.`."""
-    mapped = {}
-    for key, value in state.items():
-        if key.split(".")[0] in ("bn", "linear", "bn2"):
-            if keep_native:
-                mapped[f"native.{key}"] = value
-        else:
-            mapped[key] = value
-    return mapped
 
 
 @torch.no_grad()

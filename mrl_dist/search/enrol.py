@@ -102,9 +102,16 @@ def stack_embeddings(embeddings: Mapping[str, np.ndarray]) -> tuple[np.ndarray, 
 def load_mrl_model(checkpoint: str | Path, device: str = "cpu"):
     """The ReDimNetMRL of an MRL inference checkpoint, in its (faster, equal) inference form on `device`."""
     from mrl_dist.models.inference import inference_form
-    from mrl_dist.models.mrl import ReDimNetMRL
+    from mrl_dist.models.loading import CheckpointError, model_from_payload, read_checkpoint
 
-    return inference_form(ReDimNetMRL.from_checkpoint(checkpoint)).to(device)
+    payload = read_checkpoint(checkpoint)
+    if "mrl_config" not in payload:  # refused before building anything
+        raise CheckpointError(
+            f"{checkpoint}: not an MRL checkpoint (no mrl_config): enrolling shards needs a Matryoshka "
+            "model; pass an MRL run's best.pt, or enrol an embedding file (--embeddings) that "
+            "launch/embed.py wrote"
+        )
+    return inference_form(model_from_payload(payload, checkpoint).model).to(device)
 
 
 def enrol_shards(
