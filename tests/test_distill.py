@@ -320,6 +320,30 @@ def test_cache_for_another_embedding_size_is_an_error_naming_the_file(tmp_path):
         TeacherEmbeddingCache(tmp_path, "small", 64)
 
 
+def test_a_cache_file_written_before_the_shared_frozen_outputs_form_still_loads(tmp_path):
+    embeddings = torch.randn(2, 32)
+    torch.save(  # the columns as TeacherEmbeddingCache has always written them
+        {
+            "format": "mrl-dist-teacher-cache/1",
+            "teacher": "small",
+            "embed_dim": 32,
+            "keys": ["a", "b"],
+            "starts": torch.tensor([0, 8000]),
+            "lengths": torch.tensor([16000, 16000]),
+            "embeddings": embeddings,
+        },
+        tmp_path / "small.rank1.pt",
+    )
+    cache = TeacherEmbeddingCache(tmp_path, "small", 32)
+    assert torch.equal(cache.get(["b", "a"], [8000, 0], [16000, 16000]), embeddings[[1, 0]])
+
+
+def test_a_cache_file_of_another_format_is_an_error_naming_it(tmp_path):
+    torch.save({"format": "mrl-dist-teacher-cache/0", "keys": []}, tmp_path / "small.rank0.pt")
+    with pytest.raises(CheckpointError, match=r"small.rank0.pt: not a mrl-dist-teacher-cache/1 file.*delete it"):
+        TeacherEmbeddingCache(tmp_path, "small", 32)
+
+
 def test_cached_teacher_embeddings_run_a_teacher_only_on_a_miss(teachers, tmp_path):
     caches = open_teacher_caches(teachers, tmp_path)
     calls = []

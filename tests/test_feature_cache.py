@@ -13,8 +13,8 @@ import torch
 from mrl_dist.config import ConfigError, config_from_dict
 from mrl_dist.data.audio import read_flac_crop
 from mrl_dist.data.features import FEATURES_MANIFEST, FeatureCacheError, open_feature_cache, read_feature_file
-from mrl_dist.data.manifest import SkipCounter, iter_tar_samples
 from mrl_dist.data.pipeline import resolve_source
+from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples
 from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.models import build_preset, load_pretrained, save_official_checkpoint
 from mrl_dist.train.feature_cache import build_feature_cache
@@ -95,6 +95,12 @@ def test_a_resumed_build_keeps_the_files_already_written(setup, cache, tmp_path)
     rebuilt = read_feature_file(copy / files[0].name)
     assert torch.equal(rebuilt["pooled"], read_feature_file(files[0])["pooled"])
     assert json.loads((copy / FEATURES_MANIFEST).read_text()) == json.loads((cache / FEATURES_MANIFEST).read_text())
+
+
+def test_a_torn_feature_file_is_an_error_naming_it_and_the_rebuild(tmp_path):
+    (tmp_path / "train-000000.features.pt").write_bytes(b"not a torch file")
+    with pytest.raises(FeatureCacheError, match=r"train-000000.features.pt: unreadable.*cache_features.py"):
+        read_feature_file(tmp_path / "train-000000.features.pt")
 
 
 def test_a_folder_built_for_other_settings_is_refused(setup, cache):

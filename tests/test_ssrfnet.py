@@ -131,10 +131,10 @@ def test_a_named_ptm_offline_fails_naming_the_model_and_the_folders(tmp_path, mo
     with pytest.raises(PTMError, match=r"'microsoft/wavlm-large' could not be loaded; looked in .*hf/hub.*offline"):
         load_wavlm("microsoft/wavlm-large")
     cfg = config_from_dict({"model": {"backbone": "ssrfnet", "pretrained": None}, "training": {"mode": "classifier"}})
-    from mrl_dist.train.modes import make_mode
+    from mrl_dist.train.modes import load_backbone, make_mode
 
     with pytest.raises(PTMError, match="microsoft/wavlm-large"):  # at build time, before any step
-        make_mode(cfg).build(10, None, resuming=False)
+        make_mode(cfg).build(load_backbone(cfg), 10)
 
 
 # ---------------------------------------------------------------------------- in the trainer

@@ -1,4 +1,5 @@
-"""The training loop's contract: run folder, metrics.jsonl, checkpoints, resume, signals, 2 ranks.
+"""The training loop's contract: run folder, metrics.jsonl, checkpoints, resume, signals, 2 ranks,
+and the one plan of how the Matryoshka head starts.
 
 Runs are tiny (tiny preset, batch 8, 1 s crops, a handful of steps) on a small demo corpus.
 """
@@ -17,7 +18,7 @@ from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.models import ReDimNetMRL, load_pretrained
 from mrl_dist.train import checkpointing as ckpt
 from mrl_dist.train.loop import BadStepError, Trainer, train
-from mrl_dist.train.modes import TrainModule
+from mrl_dist.train.modes import HeadPlan, TrainModule, plan_head
 from mrl_dist.train.schedule import lr_multiplier
 
 from train_configs import launch, read_metrics, tiny_config, write_config
@@ -107,6 +108,24 @@ def test_repeated_non_finite_losses_stop_the_run(demo_shards, tmp_path, monkeypa
         train(config_from_dict(config))
 
 
+def _plan(resuming=False, is_main=True, **model) -> HeadPlan:
+    return plan_head(config_from_dict({"model": model, "training": {"mode": "mrl"}}), resuming, is_main)
+
+
+def test_the_head_plan_fits_pca_on_rank_0_alone_and_not_when_resuming():
+    backbone = {"backbone": "b0", "head_init": "pca", "head_type": "rotation"}  # pretrained weights (not loaded)
+    main, other, resumed = _plan(**backbone), _plan(is_main=False, **backbone), _plan(resuming=True, **backbone)
+    assert (main.head_init, main.head_type, main.keep_native) == ("pca", "rotation", True)
+    assert main.fitted_on_main and main.needs_pooled_features and not main.weights_arrive_later
+    assert other.fitted_on_main and not other.needs_pooled_features and other.weights_arrive_later
+    assert not resumed.fitted_on_main and not resumed.needs_pooled_features and resumed.weights_arrive_later
+
+
+def test_the_head_plan_of_a_random_backbone_is_a_random_linear_head_without_native():
+    plan = _plan(backbone="tiny", pretrained=None, head_init="pca", head_type="rotation")
+    assert plan == HeadPlan("random", "linear", keep_native=False, fitted_on_main=False, weights_arrive_later=False)
+
+
 def test_lr_warms_up_then_decays_to_the_floor():
     schedule = config_from_dict(
         {"training": {"schedule": {"warmup_steps": 10, "decay": "cosine", "min_lr_ratio": 0.1}}}
@@ -171,7 +190,7 @@ def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, 
         [
             str(accelerate),
             "launch",
-            "--cpu",
+            "--multi_gpu",
             "--num_processes",
             "2",
             "--num_machines",

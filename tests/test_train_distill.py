@@ -173,7 +173,7 @@ def test_two_cpu_processes_distil_into_an_unfrozen_pretrained_student(setup, tmp
         [
             str(accelerate),
             "launch",
-            "--cpu",
+            "--multi_gpu",
             "--num_processes",
             "2",
             "--num_machines",

@@ -10,7 +10,7 @@ On disk, `DIR/`:
 
     features.manifest.json   written last: format, trunk fingerprint, crop length, K, seed,
                              augmentation, pooled dim, speakers, and the feature files
-    <shard>.features.pt      one per audio shard, `torch.save` of
+    <shard>.features.pt      one per audio shard, a frozen-outputs file (data/frozen_outputs.py):
                              {"format", "shard", "keys": N str, "labels": [N] int64,
                               "starts": [N] int64 crop start (samples), "augment_ids": [N] int64
                               (the crop's index k: its seeded augmentation draw),
@@ -43,7 +43,10 @@ import torch
 from mrl_dist.config import AugmentConfig
 from mrl_dist.data.audio import AudioError, read_flac_window, repeat_to_length
 from mrl_dist.data.augment import augment_stages
-from mrl_dist.data.manifest import SkipCounter, iter_tar_samples, write_json_atomic
+from mrl_dist.data.crops import crop_rng, random_crop_start
+from mrl_dist.data.frozen_outputs import read_outputs_file, write_outputs_file
+from mrl_dist.data.manifest import write_json_atomic
+from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples
 from mrl_dist.data.stages import parse_meta
 
 FEATURES_FORMAT = "mrl-dist-features/1"
@@ -76,11 +79,6 @@ def feature_file_name(shard_url: str) -> str:
 # ---------------------------------------------------------------------------- crops of every utterance
 
 
-def crop_rng(seed: int, key: str, index: int) -> np.random.Generator:
-    """The generator of crop `index` of utterance `key`: its start and augmentation draws."""
-    return np.random.default_rng([seed, zlib.crc32(key.encode()), index])
-
-
 def seeded_crops(
     samples: Iterable[dict], crops_per_utterance: int, crop_frames: int, seed: int, skips: SkipCounter
 ) -> Iterator[dict]:
@@ -94,7 +92,7 @@ def seeded_crops(
             rng = crop_rng(seed, sample["key"], index)
             try:
                 wave, start = read_flac_window(
-                    sample["flac"], crop_frames, lambda total, rng=rng: int(rng.integers(0, total - crop_frames + 1))
+                    sample["flac"], crop_frames, lambda total, rng=rng: random_crop_start(rng, total, crop_frames)
                 )
             except AudioError as error:
                 skips.skip(error.reason, sample["url"], sample["key"], error.detail)
@@ -175,22 +173,19 @@ def write_feature_file(
         "augment_ids": augment_ids,
         "pooled": pooled.to(torch.float16),
     }
-    temporary = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    write_outputs_file(path, payload)
 
 
 def read_feature_file(path: Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise FeatureCacheError(
-            f"{path}: unreadable feature file ({type(error).__name__}: {error}); "
-            "delete it and run launch/cache_features.py again to rebuild it"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != FEATURES_FORMAT:
-        raise FeatureCacheError(f"{path}: not a {FEATURES_FORMAT} feature file")
-    return payload
+    """One shard's features (memory-mapped), as `write_feature_file` wrote them."""
+    return read_outputs_file(
+        path,
+        FEATURES_FORMAT,
+        ("shard", "labels", "augment_ids", "pooled"),
+        remedy="delete it and run launch/cache_features.py again to rebuild it",
+        error=FeatureCacheError,
+        mmap=True,
+    )
 
 
 @dataclass(frozen=True)

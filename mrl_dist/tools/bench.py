@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config, config_from_dict
-from ..data.audio import SAMPLE_RATE
+from ..data.audio import seconds_to_samples
 from ..precision import autocast_dtype
-from ..train.modes import Mode, TrainModule, describe_parameters, make_mode
+from ..train.modes import Mode, TrainModule, describe_parameters, load_backbone, make_mode
 from ..train.setup import make_optimizer, make_scheduler
 from ..train.step import SingleDevice, TrainingStep
 
@@ -97,14 +97,15 @@ class BenchStep:
 
 
 def build_training_step(
-    cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, device: str | torch.device = "cpu"
+    cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, device: str | torch.device = "cpu", from_features: bool = False
 ) -> BenchStep:
     """What the trainer builds for `cfg` (mode, module, optimizer, schedule, the train/eval policy)
-    on `device`, stepped by `SingleDevice` instead of an Accelerator."""
+    on `device`, stepped by `SingleDevice` instead of an Accelerator; `from_features`: the module
+    takes pooled features, as the trainer's does with data.features."""
     device = torch.device(device)
     tcfg = cfg.training
     mode = make_mode(cfg)
-    module = mode.build(num_classes, None, resuming=False).to(device)
+    module = mode.build(load_backbone(cfg), num_classes, from_features=from_features).to(device)
     module.train()
     optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
     engine = SingleDevice(device, tcfg.mixed_precision, tcfg.grad_accum)
@@ -123,7 +124,7 @@ def synthetic_batch(
 ) -> dict[str, torch.Tensor]:
     """`{"wave": [B, T] float32 16 kHz (quiet noise), "label": [B] int64}`."""
     generator = torch.Generator().manual_seed(seed)
-    wave = 0.1 * torch.randn(batch_size, round(crop_seconds * SAMPLE_RATE), generator=generator)
+    wave = 0.1 * torch.randn(batch_size, seconds_to_samples(crop_seconds), generator=generator)
     label = torch.randint(0, num_classes, (batch_size,), generator=generator)
     return {"wave": wave.to(device), "label": label.to(device)}
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ..data.audio import SAMPLE_RATE
+from ..data.audio import seconds_to_samples
 from ..models import build_preset, inference_form
 from .bench import VOXCELEB2_SPEAKERS, bench_config, build_training_step
 
@@ -24,8 +24,7 @@ from .bench import VOXCELEB2_SPEAKERS, bench_config, build_training_step
 def cached_step_rate(preset: str, batch_size: int, steps: int) -> tuple[float, int]:
     """Crops/s of the frozen-trunk MRL step on pooled features [B, P]; returns (rate, P)."""
     cfg = bench_config(preset, "mrl-frozen", batch_size)
-    step = build_training_step(cfg)
-    step.module.from_features = True  # as the trainer sets it for data.features
+    step = build_training_step(cfg, from_features=True)
     pooled_dim = build_preset(preset).pool_out_dim
     batch = {
         "pooled": torch.randn(batch_size, pooled_dim),
@@ -42,7 +41,7 @@ def cached_step_rate(preset: str, batch_size: int, steps: int) -> tuple[float, i
 def build_rate(preset: str, batch_size: int, crop_seconds: float, repeats: int) -> float:
     """Crops/s of the trunk's inference form over `crop_seconds` crops (the cache's build step)."""
     trunk = inference_form(build_preset(preset).eval())
-    wave = 0.1 * torch.randn(batch_size, round(crop_seconds * SAMPLE_RATE))
+    wave = 0.1 * torch.randn(batch_size, seconds_to_samples(crop_seconds))
     with torch.inference_mode():
         trunk.pooled(wave)
         start = time.perf_counter()

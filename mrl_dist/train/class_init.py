@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
 from ..losses import MatryoshkaAAMLoss
+from .modes import backbone_is_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +59,34 @@ def set_class_weights(loss: MatryoshkaAAMLoss, means: torch.Tensor, counts: torc
         view = matrix.view(classes, loss.subcenters, dim)
         view[present] = means[present, None, :dim].to(matrix.dtype).to(matrix.device)
     return int(present.sum())
+
+
+def class_means_wanted(cfg: Config, aam: MatryoshkaAAMLoss | None, model: torch.nn.Module, resuming: bool) -> bool:
+    """`loss.class_init: mean` applies: a fresh start of a pretrained model with a head and an AAM loss."""
+    return (
+        cfg.loss.class_init == "mean"
+        and not resuming
+        and backbone_is_pretrained(cfg)
+        and aam is not None
+        and hasattr(model, "head")
+    )
+
+
+def start_at_class_means(
+    aam: MatryoshkaAAMLoss,
+    model: torch.nn.Module,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+) -> str:
+    """Set `aam`'s class weights to the speakers' mean embeddings `embed(inputs)` over `batches`,
+    with `model` (which `embed` runs) in eval mode meanwhile; returns a line for train.log."""
+    was_training = model.training
+    model.eval()
+    means, counts = class_mean_embeddings(embed, batches, aam.num_classes, device)
+    model.train(was_training)
+    found = set_class_weights(aam, means, counts)
+    return (
+        f"class weights: speaker means of {int(counts.sum())} crops for {found} of "
+        f"{aam.num_classes} classes (the rest random)"
+    )

@@ -33,10 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrl_dist.config import DistillLossesConfig, TeacherConfig
+from mrl_dist.data.frozen_outputs import read_outputs_file, write_outputs_file
 from mrl_dist.dims import require, teacher_dims_problem, weight_problem
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import CheckpointError, inference_form, load_pretrained
-from mrl_dist.models.loading import atomic_save, default_weights, names_a_file
+from mrl_dist.models.inference import stay_in_eval
+from mrl_dist.models.loading import default_weights, names_a_file
 
 UNLABELLED = -1  # label of a sample from an unlabelled shard
 
@@ -58,10 +60,6 @@ class Teacher:
         return int(self.model.embed_dim)
 
 
-def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    return nn.Module.train(self, False)
-
-
 def freeze_teacher(model: nn.Module) -> nn.Module:
     """No gradients, eval mode, and `train()` pinned to eval.
 
@@ -70,7 +68,7 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
     """
     model.requires_grad_(False)
     model.eval()
-    model.train = types.MethodType(_stay_in_eval, model)
+    model.train = types.MethodType(stay_in_eval, model)
     return model
 
 
@@ -299,9 +297,9 @@ class TeacherEmbeddingCache:
     the teacher the clean crop (or run without augmentation), or the first augmented version
     seen is what is cached.
 
-    On disk: `{folder}/{teacher}.{part}.pt`, columnar `{format, teacher, embed_dim, keys,
-    starts, lengths, embeddings [N, E]}`, written atomically with `torch.save` and read with
-    `weights_only=True`. Every rank writes its own `part` (e.g. `rank0`) so ranks never
+    On disk: `{folder}/{teacher}.{part}.pt`, a frozen-outputs file (data/frozen_outputs.py, as
+    the pooled-feature cache's): `{format, teacher, embed_dim, keys, starts, lengths,
+    embeddings [N, E] float32}`. Every rank writes its own `part` (e.g. `rank0`) so ranks never
     overwrite each other, and reads all parts at start.
     """
 
@@ -321,27 +319,14 @@ class TeacherEmbeddingCache:
         return len(self._entries)
 
     def _load(self, path: Path, own: bool) -> None:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a torn or foreign file: say which, and how to recover
+        fields = ("teacher", "embed_dim", "lengths", "embeddings")
+        payload = read_outputs_file(
+            path, CACHE_FORMAT, fields, remedy="delete it to rebuild the teacher embedding cache", error=CheckpointError
+        )
+        if payload["teacher"] != self.teacher or payload["embed_dim"] != self.embed_dim:
             raise CheckpointError(
-                f"{path}: unreadable teacher embedding cache ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); delete it to rebuild"
-            ) from err
-        fields = ("format", "teacher", "embed_dim", "keys", "starts", "lengths", "embeddings")
-        if not isinstance(payload, dict) or any(name not in payload for name in fields):
-            raise CheckpointError(
-                f"{path}: not a teacher embedding cache (expected keys {list(fields)}); delete it to rebuild"
-            )
-        if (
-            payload["format"] != CACHE_FORMAT
-            or payload["teacher"] != self.teacher
-            or payload["embed_dim"] != self.embed_dim
-        ):
-            raise CheckpointError(
-                f"{path}: teacher embedding cache for {payload['teacher']!r} ({payload['embed_dim']}-D, "
-                f"{payload['format']}) does not match teacher {self.teacher!r} ({self.embed_dim}-D, {CACHE_FORMAT}); "
-                f"delete {self.folder} to rebuild it"
+                f"{path}: teacher embedding cache for {payload['teacher']!r} ({payload['embed_dim']}-D) does not "
+                f"match teacher {self.teacher!r} ({self.embed_dim}-D); delete {self.folder} to rebuild it"
             )
         rows = payload["embeddings"].float().unbind(0)
         keys = zip(payload["keys"], payload["starts"].tolist(), payload["lengths"].tolist())
@@ -412,7 +397,7 @@ class TeacherEmbeddingCache:
             "embeddings": (torch.stack([self._entries[key] for key in own]) if own else torch.zeros(0, self.embed_dim)),
         }
         self._dirty = False
-        return atomic_save(payload, self.path)
+        return write_outputs_file(self.path, payload)
 
 
 def teacher_cache_dir(train_manifest: str | os.PathLike) -> Path:

@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from ..config import AugmentConfig, Config, ConfigError
-from ..data.audio import SAMPLE_RATE
+from ..data.audio import seconds_to_samples
 from ..data.augment import check_augment_sources
 from ..data.features import (
     FEATURES_FORMAT,
@@ -38,8 +38,9 @@ from ..data.features import (
     write_feature_file,
     write_manifest,
 )
-from ..data.manifest import SkipCounter, write_json_atomic
+from ..data.manifest import write_json_atomic
 from ..data.pipeline import resolve_source
+from ..data.shard_reader import SkipCounter
 from ..models import ReDimNet, inference_form
 from ..precision import autocast_dtype
 from .modes import backbone_is_pretrained, load_backbone
@@ -47,6 +48,23 @@ from .modes import backbone_is_pretrained, load_backbone
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "features.plan.json"  # what the cache is being built for; a resume must match it
+
+
+def run_features_folder(cfg: Config) -> Path | None:
+    """The cache a run trains from: data.features, `RUN/features` for "auto", None without one."""
+    if cfg.data.features is None:
+        return None
+    return Path(cfg.run_dir) / "features" if cfg.data.features == "auto" else Path(cfg.data.features)
+
+
+def build_run_feature_cache(cfg: Config, accelerator: Accelerator) -> None:
+    """data.features: auto: the run's own cache, built into `RUN/features` by the run's ranks
+    (`data.feature_crops_per_utterance` crops each); nothing once an earlier start finished it."""
+    folder = run_features_folder(cfg)
+    if cfg.data.features != "auto" or (folder / FEATURES_MANIFEST).is_file():
+        return
+    crops = cfg.data.feature_crops_per_utterance
+    build_feature_cache(cfg, folder, crops, progress=accelerator.is_main_process, accelerator=accelerator)
 
 
 def check_trunk_is_frozen(cfg: Config, what: str) -> None:
@@ -112,7 +130,7 @@ def _shard_features(
     for batch in crop_batches(
         url,
         crops_per_utterance=crops_per_utterance,
-        crop_frames=round(cfg.data.crop_seconds * SAMPLE_RATE),
+        crop_frames=seconds_to_samples(cfg.data.crop_seconds),
         seed=cfg.seed,
         batch_size=batch_size,
         augment=augment,

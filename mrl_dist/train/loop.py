@@ -20,39 +20,43 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import DistributedType, set_seed
+from torch import nn
 
 from ..config import Config, save_config
 from ..data.features import (
-    FEATURES_MANIFEST,
-    FeatureCache,
     FeatureLoader,
     check_cache_fits,
     open_feature_cache,
     read_feature_file,
     trunk_fingerprint,
 )
-from ..data.manifest import read_manifest
-from ..data.pipeline import make_eval_loader, make_train_loader
-from ..eval.extract import POOLED, embed_pooled_features, evaluate_embeddings, extract_embeddings
+from ..data.pipeline import make_train_loader
 from ..eval.metrics import select_metric
-from ..models import ReDimNet, collect_pooled, inference_form
+from ..models import collect_pooled, inference_form
 from ..precision import autocast_dtype
 from . import checkpointing as ckpt
 from . import ds_config
-from .class_init import class_mean_embeddings, set_class_weights
-from .collectives import Collectives
-from .feature_cache import build_feature_cache
-from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, make_mode
+from .class_init import class_means_wanted, start_at_class_means
+from .feature_cache import build_run_feature_cache, run_features_folder
+from .modes import Mode, TrainModule, backbone_is_pretrained, describe_parameters, load_backbone, make_mode
 from .schedule import margin_at
-from .setup import BadStepError, StopRequest, make_accelerator, make_optimizer, make_scheduler, rewrap_ddp
+from .setup import (
+    BadStepError,
+    StopRequest,
+    make_accelerator,
+    make_collectives,
+    make_optimizer,
+    make_scheduler,
+    rewrap_ddp,
+)
 from .step import TrainingStep
 from .tracking import Tracker
+from .validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +68,49 @@ RANK_SEED_FACTOR = 1009  # per-rank dropout / spec-augment randomness after the 
 
 
 class Trainer:
+    """One run: set up in the phases below, in this order, then `fit`.
+
+    _start_accelerator    the Accelerator (DDP, DeepSpeed, precision) and this rank's collectives
+    _prepare_run_dir      RUN/ and RUN/config.yaml (rank 0)
+    _restore_state        step, data position, best metric, counts of the checkpoint resumed from
+    _build_feature_cache  data.features: auto: the frozen trunk once over the shards, into RUN/features
+    _build_data           the mode, the pooled-feature cache or the audio stream, the training loader
+    _build_module         backbone -> pooled features for a PCA head (rank 0) -> the mode's TrainModule,
+                          the same on every rank (rank 0's fitted parts broadcast)
+    _prepare_distributed  optimizer, schedule, accelerate.prepare, the checkpoint's weights
+    _start_reporting      the stop flag, validation, train.log / TensorBoard / wandb
+    """
+
     def __init__(self, cfg: Config, resume: str | None = None):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
-        self.accelerator = make_accelerator(cfg)
-        acc = self.accelerator
+        self.tracker_lines: list[str] = []  # said during set-up, written once the tracker exists
+        self._start_accelerator()
+        self._prepare_run_dir()
+        self._restore_state(resume)
+        self._build_feature_cache()
+        self._build_data()
+        module = self._build_module()
+        self._prepare_distributed(module)
+        self._start_reporting()
+
+    # ------------------------------------------------------------------ set-up phases
+    def _start_accelerator(self) -> None:
+        self.accelerator = acc = make_accelerator(self.cfg)
         self.rank, self.world_size = acc.process_index, acc.num_processes
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
-        self.collectives = Collectives(
-            self.rank,
-            self.world_size,
-            acc.device,
-            step_timeout=timedelta(minutes=cfg.training.collective_timeout_minutes),
-            main_wait_timeout=timedelta(minutes=cfg.validation.timeout_minutes),
-        )
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-        acc.wait_for_everyone()
+        self.collectives = make_collectives(self.cfg, acc)
 
-        self.tracker_lines: list[str] = []  # said during set-up, written once the tracker exists
+    def _prepare_run_dir(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        self.accelerator.wait_for_everyone()
+
+    def _restore_state(self, resume: str | None) -> None:
+        """`resume`: "latest", a checkpoint folder, or None (a fresh start). The weights, optimizer
+        and RNG states load later, once prepared (`_prepare_distributed`)."""
         self.resume_dir = ckpt.resolve_resume(resume, self.checkpoints)
         self.state: dict[str, Any] = {
             "step": 0,
@@ -97,10 +123,18 @@ class Trainer:
         if self.resume_dir is not None:
             self.state.update(ckpt.read_trainer_state(self.resume_dir))
 
-        tcfg = cfg.training
+    def _build_feature_cache(self) -> None:
+        """data.features: auto: launch/cache_features.py's work on this run's ranks, before anything
+        reads the data; a later start of the run (a resume) finds it finished and skips it."""
+        build_run_feature_cache(self.cfg, self.accelerator)
+
+    def _build_data(self) -> None:
+        cfg, tcfg = self.cfg, self.cfg.training
+        # The mode says what it needs of the data (labels, fixed crops) before the loader is built.
+        self.mode: Mode = make_mode(cfg, self.resume_dir is not None, self.accelerator.is_main_process)
+        folder = run_features_folder(cfg)
+        self.features = open_feature_cache(folder) if folder is not None else None
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
-        self.mode: Mode = make_mode(cfg)  # what it needs from the data, before building the loader
-        self.features = self._open_features()
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
         self.partial_epoch_loader = None  # the rest of a resumed epoch, see _batches
         self.skipped_before_start = self.state["skipped_samples"]  # corrupt samples of earlier runs
@@ -112,22 +146,26 @@ class Trainer:
                 + (" (set distill.losses.aam: 0 to distil without labels)" if tcfg.mode == "distill" else "")
             )
 
+    def _build_module(self) -> TrainModule:
+        """The TrainModule, the same on every rank, in the train/eval policy's state."""
+        cfg, plan = self.cfg, self.mode.head_plan
         set_seed(cfg.seed)  # identical initial weights on every rank
-        module = self.mode.build(self.num_classes, self._pca_features, resuming=self.resume_dir is not None)
-        if self.features is not None:
-            check_cache_fits(
-                self.features, trunk_fingerprint(module.model, module.model.model_config), cfg.data.crop_seconds
-            )
-            module.from_features = True
-        fitted = self.mode.head_fitted_on_main(module, resuming=self.resume_dir is not None)
-        if fitted is not None:  # rank 0 fitted it alone; every rank starts from rank 0's
-            self.collectives.broadcast_from_main(
-                [*fitted.parameters(), *fitted.buffers()], "receiving the PCA head from rank 0"
-            )
-        if self._class_means_wanted(module):
+        backbone = load_backbone(cfg)
+        if self.features is not None:  # refused before any of its features is used
+            check_cache_fits(self.features, trunk_fingerprint(backbone, backbone.model_config), cfg.data.crop_seconds)
+        pooled = self._pca_features(backbone) if plan is not None and plan.needs_pooled_features else None
+        module = self.mode.build(backbone, self.num_classes, pooled, from_features=self.features is not None)
+        if plan is not None and plan.fitted_on_main:  # every rank starts from the head rank 0 fitted
+            fitted = [*module.model.head.parameters(), *module.model.head.buffers()]
+            self.collectives.broadcast_from_main(fitted, "receiving the PCA head from rank 0")
+        if class_means_wanted(cfg, module.aam_loss, module.model, resuming=self.resume_dir is not None):
             self._init_class_weights(module)
         self.mode.unfreeze_if_due(module, self.state["step"])  # a resume past the unfreeze step
         module.train()  # the train/eval policy (TrainModule); a pretrained start arrives in eval mode
+        return module
+
+    def _prepare_distributed(self, module: TrainModule) -> None:
+        cfg, acc, tcfg = self.cfg, self.accelerator, self.cfg.training
         self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
         self.raw_scheduler = make_scheduler(cfg, self.raw_optimizer)
         self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
@@ -138,79 +176,49 @@ class Trainer:
             acc.load_state(str(self.resume_dir))
         # Per-rank randomness for spec augment and dropout, after the shared initialisation.
         torch.manual_seed(cfg.seed * RANK_SEED_FACTOR + self.rank + RESUME_STREAM_SEED_PER_STEP * self.state["step"])
-        self.val_pooled: dict | None = None  # pooled features of the val utterances while the trunk is frozen
+
+    def _start_reporting(self) -> None:
         self.stop = StopRequest()
-        self.tracker = Tracker(cfg, self.run_dir, acc.is_main_process, self.state["step"])
+        self.validator = Validator(self.cfg, self.accelerator.device, self.autocast_dtype)
+        self.tracker = Tracker(self.cfg, self.run_dir, self.accelerator.is_main_process, self.state["step"])
         for line in self.tracker_lines:
             self.tracker.write_line(line)
 
     # ------------------------------------------------------------------ data
     def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
+        """This rank's loader of `batches` per epoch (default: an epoch's), from the feature cache
+        or the audio; `seed_offset` keeps a stream (PCA, class means, a resumed epoch) apart."""
         cfg = self.cfg
-        if self.features is not None:
-            return FeatureLoader(
-                self.features,
-                batch_size=cfg.training.batch_size,
-                steps_per_epoch=batches or self.batches_per_epoch,
-                seed=cfg.seed + seed_offset,
-                rank=self.rank,
-                world_size=self.world_size,
-                epoch=epoch,
-                crops_per_speaker=cfg.data.crops_per_speaker,
-            )
-        augment = cfg.data.augment if cfg.data.augment.active else None
-        return make_train_loader(
-            cfg.data.train,
+        stream = dict(
             batch_size=cfg.training.batch_size,
-            crop_seconds=cfg.data.crop_seconds,
-            num_workers=cfg.data.num_workers,
+            steps_per_epoch=batches or self.batches_per_epoch,
             seed=cfg.seed + seed_offset,
             rank=self.rank,
             world_size=self.world_size,
             epoch=epoch,
+        )
+        if self.features is not None:
+            return FeatureLoader(self.features, crops_per_speaker=cfg.data.crops_per_speaker, **stream)
+        return make_train_loader(
+            cfg.data.train,
+            crop_seconds=cfg.data.crop_seconds,
+            num_workers=cfg.data.num_workers,
             shuffle_buffer=cfg.data.shuffle_buffer,
-            augment=augment,
-            steps_per_epoch=batches or self.batches_per_epoch,
+            augment=cfg.data.augment if cfg.data.augment.active else None,
             pin_memory=torch.cuda.is_available(),
             fixed_crops=self.mode.fixed_crops,
+            **stream,
         )
 
-    def _open_features(self) -> FeatureCache | None:
-        """data.features: a cache folder, or "auto": this run's own, built first in RUN/features."""
-        cfg = self.cfg
-        if cfg.data.features is None:
-            return None
-        folder = Path(cfg.data.features) if cfg.data.features != "auto" else self.run_dir / "features"
-        if cfg.data.features == "auto" and not (folder / FEATURES_MANIFEST).is_file():
-            build_feature_cache(
-                cfg,
-                folder,
-                cfg.data.feature_crops_per_utterance,
-                progress=self.accelerator.is_main_process,
-                accelerator=self.accelerator,
-            )
-        return open_feature_cache(folder)
-
-    def _pca_features(self, redimnet: ReDimNet) -> torch.Tensor | None:
-        """Pooled features for the PCA head: rank 0 only, on the accelerator (the others receive
-        the fitted head). The batches are rank 0's, from a stream apart from training's."""
-        if not self.accelerator.is_main_process:
-            return None
+    def _pca_features(self, backbone: nn.Module) -> torch.Tensor:
+        """Pooled features [N, P] a PCA head is fitted on (rank 0; the others receive the head):
+        `model.pca_batches` batches of a stream apart from training's, read from the feature cache
+        or computed by `backbone` on the accelerator."""
         loader = self._train_loader(epoch=0, seed_offset=PCA_STREAM_SEED_OFFSET, batches=self.cfg.model.pca_batches)
         if self.features is not None:  # the cache holds them already
             return torch.cat([batch["pooled"] for batch in loader])
-        redimnet.to(self.accelerator.device)
-        return collect_pooled(redimnet, (batch["wave"] for batch in loader), self.cfg.model.pca_batches)
-
-    def _class_means_wanted(self, module: TrainModule) -> bool:
-        cfg = self.cfg
-        return (
-            cfg.loss.class_init == "mean"
-            and self.resume_dir is None
-            and backbone_is_pretrained(cfg)
-            and module.aam_loss is not None
-            and hasattr(module.model, "head")
-        )
+        backbone.to(self.accelerator.device)
+        return collect_pooled(backbone, (batch["wave"] for batch in loader), self.cfg.model.pca_batches)
 
     def _init_class_weights(self, module: TrainModule) -> None:
         """loss.class_init: mean. Rank 0 averages the initial head's embeddings per speaker (every
@@ -222,21 +230,11 @@ class Trainer:
                 batches = ((p["pooled"].float(), p["labels"]) for p in map(read_feature_file, self.features.files))
                 embed = model.to(device).head
             else:
-                loader = self._train_loader(
-                    epoch=0, seed_offset=CLASS_INIT_SEED_OFFSET, batches=self.cfg.loss.class_init_batches
-                )
+                loader = self._train_loader(0, CLASS_INIT_SEED_OFFSET, batches=self.cfg.loss.class_init_batches)
                 batches = ((batch["wave"], batch["label"]) for batch in loader)
                 fast = inference_form(model).to(device)
                 embed = lambda wave: fast.head(fast.pooled(wave))  # noqa: E731
-            was_training = model.training
-            model.eval()
-            means, counts = class_mean_embeddings(embed, batches, aam.num_classes, device)
-            model.train(was_training)
-            found = set_class_weights(aam, means, counts)
-            self.tracker_lines.append(
-                f"class weights: speaker means of {int(counts.sum())} crops for {found} of "
-                f"{aam.num_classes} classes (the rest random)"
-            )
+            self.tracker_lines.append(start_at_class_means(aam, model, embed, batches, device))
         self.collectives.broadcast_from_main(list(aam.parameters()), "receiving the class weights from rank 0")
 
     def _batches(self) -> Iterator[dict]:
@@ -364,52 +362,22 @@ class Trainer:
         }
 
     def _rewrap_after_unfreeze(self) -> None:
-        self.val_pooled = None  # the trunk changes from now on
+        self.validator.forget_pooled()  # the trunk changes from now on
         self.module = rewrap_ddp(self.accelerator, self.module)
 
     # ------------------------------------------------------------------ validation, checkpoints
     def validate(self) -> dict[str, Any] | None:
         """EER per dim on the val trials, on rank 0; the other ranks wait (long timeout)."""
-        acc, cfg = self.accelerator, self.cfg
+        acc = self.accelerator
         record = None
         if acc.is_main_process:
-            model = self.mode.eval_model(acc.unwrap_model(self.module))
-            trials = read_manifest(cfg.data.val).trials_path
-            if trials is None:
-                raise FileNotFoundError(f"data.val: {cfg.data.val} has no trials file; pack it with --trials")
-            report, _, _ = evaluate_embeddings(model, self._val_embeddings(model), trials)
-            record = {
-                "step": self.state["step"],
-                "epoch": self.state["epoch"],
-                "eer": report["eer"],
-                "min_dcf": report["min_dcf"],
-                "threshold": report["threshold"],
-            }
+            report = self.validator.report(self.mode.eval_model(acc.unwrap_model(self.module)))
+            measures = {name: report[name] for name in ("eer", "min_dcf", "threshold")}
+            record = {"step": self.state["step"], "epoch": self.state["epoch"], **measures}
             self.tracker.validation(record)
             self._update_best(report)
         self.collectives.wait_for_main(f"step {self.state['step']}: waiting for rank 0 to validate")
         return record
-
-    def _val_embeddings(self, model) -> dict:
-        """Embeddings of the val utterances. With a frozen trunk its pooled features are computed
-        once and every later validation runs only the head (seconds instead of a full pass)."""
-        cfg, acc = self.cfg, self.accelerator
-        frozen_trunk = getattr(model, "trunk_frozen", False) and hasattr(model, "head")
-        if frozen_trunk and self.val_pooled is not None:
-            return embed_pooled_features(model, self.val_pooled, device=acc.device)
-        loader = make_eval_loader(
-            cfg.data.val,
-            None,
-            max_seconds=cfg.validation.max_seconds,
-            batch_size=cfg.validation.batch_size,
-            num_workers=min(2, cfg.data.num_workers),
-        )
-        if not frozen_trunk:
-            return extract_embeddings(model, loader, device=acc.device, autocast_dtype=self.autocast_dtype)
-        self.val_pooled = extract_embeddings(
-            inference_form(model), loader, device=acc.device, heads=[POOLED], autocast_dtype=self.autocast_dtype
-        )
-        return embed_pooled_features(model, self.val_pooled, device=acc.device)
 
     def _update_best(self, report: dict[str, Any]) -> None:
         metric_name = self.cfg.checkpoint.best_metric

@@ -1,8 +1,11 @@
 """Training modes: what is trained, with which loss, and what is exported.
 
-Each mode builds a `TrainModule`, the one `nn.Module` that DDP wraps: the model *and* the
-loss's class weights (they must be gradient-synchronised like any other parameter). Frozen
-parts have `requires_grad=False`, so DDP never synchronises them.
+Each mode builds a `TrainModule` on the backbone the trainer loaded (`build`: `build_model`, then
+`build_loss`), the one `nn.Module` that DDP wraps: the model *and* the loss's class weights (they
+must be gradient-synchronised like any other parameter). Frozen parts have `requires_grad=False`,
+so DDP never synchronises them. How a Matryoshka head starts (pretrained, PCA or random; linear or
+rotation; fitted on rank 0 and broadcast, or filled by a checkpoint) is decided once, by
+`plan_head`, into the `HeadPlan` that the mode and the trainer both follow.
 
     mrl         ReDimNetMRL (pretrained trunk, Matryoshka head) + Matryoshka AAM on its prefixes
     classifier  a plain ReDimNet + AAM on its native embedding; exports official-format files
@@ -13,7 +16,7 @@ parts have `requires_grad=False`, so DDP never synchronises them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +67,14 @@ class TrainModule(nn.Module):
         eval mode while the trunk trains: fixed running statistics, affine parameters trained.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, freeze_bn_stats: bool = False):
+    def __init__(self, model: nn.Module, loss: nn.Module, freeze_bn_stats: bool = False, from_features: bool = False):
+        """`from_features` (data.features): inputs are the frozen trunk's cached pooled features
+        [B, P], not waves, and only the model's head runs."""
         super().__init__()
         self.model = model
         self.loss = loss
         self.freeze_bn_stats = freeze_bn_stats
-        # data.features: inputs are the frozen trunk's cached pooled features [B, P], not waves.
-        self.from_features = False
+        self.from_features = from_features
 
     def forward(self, inputs: torch.Tensor, label: torch.Tensor, **loss_inputs):
         """`inputs`: wave [B, T] float32 16 kHz, or pooled features [B, P] with `from_features`;
@@ -137,54 +141,64 @@ def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLo
     )
 
 
-def resolved_head_type(cfg: Config) -> str:
-    """model.head_type, except that a head without a pretrained embedding to rotate is linear."""
-    if cfg.model.head_type == "rotation" and (cfg.model.head_init == "random" or not backbone_is_pretrained(cfg)):
+@dataclass(frozen=True)
+class HeadPlan:
+    """How the Matryoshka head starts, decided once from the config by `plan_head`; the mode
+    builds it so and the trainer provides what it needs (pooled features, rank 0's broadcast)."""
+
+    head_init: str  # "pretrained", "pca" or "random": model.head_init, random on a random backbone
+    head_type: str  # "linear" or "rotation": model.head_type, linear without a pretrained embedding
+    keep_native: bool  # the pretrained embedding layer stays as `native` (a random one means nothing)
+    fitted_on_main: bool  # rank 0 fits the PCA head on pooled features; every rank receives it
+    weights_arrive_later: bool  # this rank builds the structure only: a checkpoint or rank 0 fills it
+
+    @property
+    def needs_pooled_features(self) -> bool:
+        """Whether this rank fits the head on pooled features [N, P] of training batches."""
+        return self.head_init == "pca" and not self.weights_arrive_later
+
+
+def plan_head(cfg: Config, resuming: bool = False, is_main: bool = True) -> HeadPlan:
+    """The one decision of how the head starts (`resuming`: its weights come from the checkpoint)."""
+    pretrained = backbone_is_pretrained(cfg)
+    head_init = cfg.model.head_init
+    if head_init != "random" and not pretrained:
+        log.warning("model.head_init=%s on a randomly initialised backbone: using 'random'", head_init)
+        head_init = "random"
+    head_type = cfg.model.head_type
+    if head_type == "rotation" and head_init == "random":
         log.warning(
             "model.head_type=rotation needs a pretrained embedding (head_init pca or pretrained, a "
             "pretrained backbone): using a linear head"
         )
-        return "linear"
-    return cfg.model.head_type
+        head_type = "linear"
+    fitted_on_main = head_init == "pca" and not resuming
+    return HeadPlan(
+        head_init,
+        head_type,
+        keep_native=pretrained,
+        fitted_on_main=fitted_on_main,
+        weights_arrive_later=resuming or (fitted_on_main and not is_main),
+    )
 
 
-PooledFeatures = Callable[[ReDimNet], "torch.Tensor | None"]
-
-
-def build_mrl_model(cfg: Config, pca_features: PooledFeatures | None, resuming: bool) -> ReDimNetMRL:
-    """ReDimNetMRL on the configured backbone.
-
-    `pca_features(redimnet)` gives the pooled features `[N, P]` the PCA head is fitted on, or
-    None on a rank that does not fit it (the trainer fits it on rank 0, on the accelerator, and
-    broadcasts the head; such a rank starts from the pretrained head as a placeholder). Skipped
-    when resuming, since the head's weights then come from the checkpoint.
-    """
-    redimnet = load_backbone(cfg)
-    head_init = cfg.model.head_init
-    if head_init != "random" and not backbone_is_pretrained(cfg):
-        log.warning("model.head_init=%s on a randomly initialised backbone: using 'random'", head_init)
-        head_init = "random"
-    # The head's weights come later when resuming (the checkpoint) or, for PCA, on every rank
-    # but rank 0 (its broadcast): build the structure and record the configured init.
-    pooled, weights_arrive_later = None, resuming
-    if head_init == "pca" and not resuming:
-        if pca_features is None:
-            raise ValueError("model.head_init: pca needs training batches for its pooled features")
-        pooled = pca_features(redimnet)
-        weights_arrive_later = pooled is None
-        if pooled is not None:
-            log.info("PCA head from %d pooled vectors", len(pooled))
-    # A random backbone's "native" embedding means nothing: keep it only when pretrained.
+def build_mrl_model(
+    cfg: Config, plan: HeadPlan, backbone: ReDimNet, pooled_features: torch.Tensor | None = None
+) -> ReDimNetMRL:
+    """ReDimNetMRL on `backbone`, its head started as `plan` says (`pooled_features [N, P]`: what a
+    PCA head is fitted on, where `plan.needs_pooled_features`), frozen as the config says."""
+    if pooled_features is not None:
+        log.info("PCA head from %d pooled vectors", len(pooled_features))
     model = ReDimNetMRL.from_redimnet(
-        redimnet,
+        backbone,
         dims=cfg.model.mrl_dims,
-        head_init=head_init,
-        pooled_features=pooled,
+        head_init=plan.head_init,
+        pooled_features=pooled_features,
         seed=cfg.seed,
-        keep_native=backbone_is_pretrained(cfg),
-        head_type=resolved_head_type(cfg),
+        keep_native=plan.keep_native,
+        head_type=plan.head_type,
         train_extra_dims=cfg.model.train_extra_dims,
-        weights_arrive_later=weights_arrive_later,
+        weights_arrive_later=plan.weights_arrive_later,
     )
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
@@ -202,16 +216,32 @@ class Mode:
     needs_labels = True
     fixed_crops = False
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, resuming: bool = False, is_main: bool = True):
+        """`resuming`: the weights will come from a checkpoint; `is_main`: this is rank 0."""
         self.cfg = cfg
+        self.head_plan: HeadPlan | None = None  # how a Matryoshka head starts (modes with one)
 
-    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
-        """The TrainModule for `num_classes` training speakers (from the train manifest)."""
+    def build(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pooled_features: torch.Tensor | None = None,
+        from_features: bool = False,
+    ) -> TrainModule:
+        """The TrainModule on `backbone` (`load_backbone`) for `num_classes` training speakers (from
+        the train manifest). `pooled_features [N, P]`: where `head_plan.needs_pooled_features`;
+        `from_features`: the module's inputs are cached pooled features (data.features)."""
+        model = self.build_model(backbone, pooled_features)
+        loss = self.build_loss(model, num_classes)
+        return TrainModule(model, loss, self.cfg.training.freeze_bn_stats, from_features)
+
+    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+        """The model that trains, made from `backbone` (taken over, not copied)."""
         raise NotImplementedError
 
-    def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
-        """The part `build` fitted from data on rank 0 only (the PCA head), to broadcast; None if none."""
-        return None
+    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
+        """`(embedding, labels, **loss_inputs) -> (loss, stats)` for `model`'s embeddings."""
+        raise NotImplementedError
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         """ids of pretrained-trunk parameters (trained at `backbone_lr_ratio` x lr)."""
@@ -242,16 +272,15 @@ class Mode:
 class MRLMode(Mode):
     name = "mrl"
 
-    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
-        model = build_mrl_model(self.cfg, pca_features, resuming)
-        return TrainModule(
-            model, make_loss(self.cfg, model.dims, num_classes), freeze_bn_stats=self.cfg.training.freeze_bn_stats
-        )
+    def __init__(self, cfg: Config, resuming: bool = False, is_main: bool = True):
+        super().__init__(cfg, resuming, is_main)
+        self.head_plan = plan_head(cfg, resuming, is_main)
 
-    def head_fitted_on_main(self, module: TrainModule, resuming: bool) -> nn.Module | None:
-        # build_mrl_model fits the PCA head on rank 0 exactly then.
-        fitted = self.cfg.model.head_init == "pca" and not resuming and backbone_is_pretrained(self.cfg)
-        return module.model.head if fitted else None
+    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+        return build_mrl_model(self.cfg, self.head_plan, backbone, pooled_features)
+
+    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return make_loss(self.cfg, model.dims, num_classes)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
@@ -275,15 +304,13 @@ class MRLMode(Mode):
 class ClassifierMode(Mode):
     name = "classifier"
 
-    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
-        model = load_backbone(self.cfg)
-        if hasattr(model, "attach_ptm_teacher"):  # SSRFNet: its PTM teacher, found or refused before step 1
-            model.attach_ptm_teacher()
-        return TrainModule(
-            model,
-            make_loss(self.cfg, [model.embed_dim], num_classes),
-            freeze_bn_stats=self.cfg.training.freeze_bn_stats,
-        )
+    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+        if hasattr(backbone, "attach_ptm_teacher"):  # SSRFNet: its PTM teacher, found or refused before step 1
+            backbone.attach_ptm_teacher()
+        return backbone
+
+    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return make_loss(self.cfg, [model.embed_dim], num_classes)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for p in module.model.parameters()} if backbone_is_pretrained(self.cfg) else set()
@@ -297,8 +324,8 @@ class DistillMode(MRLMode):
 
     name = "distill"
 
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, resuming: bool = False, is_main: bool = True):
+        super().__init__(cfg, resuming, is_main)
         self.needs_labels = cfg.distill.losses.aam > 0
         self.fixed_crops = cfg.distill.cache_teacher_embeddings
         self.teachers: list[Teacher] = []
@@ -311,17 +338,16 @@ class DistillMode(MRLMode):
                 "the cache off"
             )
 
-    def build(self, num_classes: int, pca_features: PooledFeatures | None, resuming: bool) -> TrainModule:
-        student = build_mrl_model(self.cfg, pca_features, resuming)
+    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+        student = super().build_model(backbone, pooled_features)
         self.teachers = load_teachers(self.cfg.distill.teachers)
-        weights = self.cfg.distill.losses
-        aam = make_loss(self.cfg, student.dims, num_classes) if weights.aam > 0 else None
+        return student
+
+    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
         # The TrainModule holds student, adapters and AAM weights; the teachers stay outside.
-        return TrainModule(
-            student,
-            build_distillation_loss(student.dims, self.teachers, weights, aam),
-            freeze_bn_stats=self.cfg.training.freeze_bn_stats,
-        )
+        weights = self.cfg.distill.losses
+        aam = super().build_loss(model, num_classes) if weights.aam > 0 else None
+        return build_distillation_loss(model.dims, self.teachers, weights, aam)
 
     def place_on_device(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         for teacher in self.teachers:
@@ -348,10 +374,11 @@ class DistillMode(MRLMode):
 MODES: dict[str, type[Mode]] = {"mrl": MRLMode, "classifier": ClassifierMode, "distill": DistillMode}
 
 
-def make_mode(cfg: Config) -> Mode:
+def make_mode(cfg: Config, resuming: bool = False, is_main: bool = True) -> Mode:
+    """The mode of `training.mode`; `resuming`: weights come from a checkpoint; `is_main`: rank 0."""
     if cfg.training.mode not in MODES:
         raise ValueError(f"training.mode: {cfg.training.mode!r} is not available here; modes: {sorted(MODES)}")
-    return MODES[cfg.training.mode](cfg)
+    return MODES[cfg.training.mode](cfg, resuming, is_main)
 
 
 def describe_parameters(module: nn.Module) -> dict[str, Any]:

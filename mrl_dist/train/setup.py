@@ -1,5 +1,5 @@
-"""What the trainer is built from: the Accelerator, the optimizer and its schedule, the stop flag,
-and the DDP wrapper rebuilt after unfreezing. Kept apart from the loop (loop.py) so that file reads as the loop."""
+"""What the trainer is built from: the Accelerator and the collectives, the optimizer and its
+schedule, the stop flag, and the DDP wrapper rebuilt after unfreezing. Kept apart from the loop (loop.py) so that file reads as the loop."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, Ini
 
 from ..config import Config
 from . import ds_config
+from .collectives import Collectives
 from .modes import TrainModule
 from .schedule import lr_multiplier
 
@@ -58,6 +59,17 @@ def make_accelerator(cfg: Config) -> Accelerator:
         ds_config.check_deepspeed_supported(cfg)
         ds_config.apply_to_accelerator(accelerator, cfg)
     return accelerator
+
+
+def make_collectives(cfg: Config, accelerator: Accelerator) -> Collectives:
+    """This rank's collectives, with the per-step and the waiting-for-rank-0 timeouts of the config."""
+    return Collectives(
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+        step_timeout=timedelta(minutes=cfg.training.collective_timeout_minutes),
+        main_wait_timeout=timedelta(minutes=cfg.validation.timeout_minutes),
+    )
 
 
 def make_optimizer(cfg: Config, module: TrainModule, trunk_ids: set[int]) -> torch.optim.Optimizer:
