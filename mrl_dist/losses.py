@@ -85,6 +85,8 @@ class MatryoshkaAAMLoss(nn.Module):
     per dim.
     """
 
+    dim_weights: torch.Tensor  # buffer [num_dims]
+
     def __init__(
         self,
         dims: Sequence[int],

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .pooling import PoolingLayer
+
 
 def embedding_layer(bn: nn.Module, linear: nn.Linear, bn2: nn.Module | None, pooled: torch.Tensor) -> torch.Tensor:
     """The pretrained embedding layer, `pooled [B, P]` -> `[B, E]`: BatchNorm -> Linear (->
@@ -23,18 +25,41 @@ def embedding_layer(bn: nn.Module, linear: nn.Linear, bn2: nn.Module | None, poo
     return bn2(out) if bn2 is not None else out
 
 
+class Trunk(nn.Module):
+    """Base of every family's `backbone`: what `SpeakerEncoder` and `ReDimNetMRL` call on it."""
+
+    def features(self, spec: nn.Module, wave: torch.Tensor) -> torch.Tensor:
+        """The trunk contract: `wave [B, T]` -> the pooling's input `[B, D, T']` (`spec`: the front-end)."""
+        raise NotImplementedError
+
+    def part_names(self) -> list[str]:
+        """Every part with weights, in order: what can be frozen or unfrozen by name."""
+        raise NotImplementedError
+
+    # Only for backbones run on the mel alone (ReDimNet, ReDimNet2): the steps around them (`extract`).
+    def pad_wave(self, wave: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool_input(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class SpeakerEncoder(nn.Module):
     """Base of the official-compatible wrappers: `forward(wave)` -> the embedding."""
 
     config: Any
     spec: nn.Module
-    backbone: nn.Module
+    backbone: Trunk
     pool: nn.Module
+    pool_out_dim: int
+    bn: nn.BatchNorm1d
+    linear: nn.Linear
+    bn2: nn.Module | None  # a BatchNorm1d; the inference form folds it into `linear` (nn.Identity)
     cls_head: nn.Module | None
     #: Why `classify` has nothing to run when `cls_head` is None (the family's own reason).
     no_head_reason = "model_config.num_classes is null"
 
-    def build_embedding_layer(self, pool: nn.Module, embed_dim: int, emb_bn: bool) -> None:
+    def build_embedding_layer(self, pool: PoolingLayer, embed_dim: int, emb_bn: bool) -> None:
         """Set `pool`, `pool_out_dim`, `bn`, `linear` and `bn2` (None without `emb_bn`), in the
         official order (the state-dict keys are `bn.*`, `linear.*`, `bn2.*`)."""
         self.pool = pool

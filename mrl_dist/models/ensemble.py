@@ -18,13 +18,14 @@ from torch import nn
 
 from mrl_dist.config import TeacherConfig
 
+from .encoder import SpeakerEncoder
 from .loading import load_pretrained
 
 
 class EnsembleRouter(nn.Module):
     """Routes each dim to one teacher and prefix-truncates that teacher's embedding."""
 
-    def __init__(self, assignments: Sequence[tuple[nn.Module, Sequence[int]]]):
+    def __init__(self, assignments: Sequence[tuple[SpeakerEncoder, Sequence[int]]]):
         """`assignments`: `(teacher, dims)` pairs; `teacher(wave [B, T]) -> [B, teacher.embed_dim]`.
 
         Every dim has exactly one teacher and must not exceed that teacher's `embed_dim`.

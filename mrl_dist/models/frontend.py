@@ -76,7 +76,7 @@ class SpecAugment(nn.Module):
         self.time_mask_width = tuple(int(w) for w in time_mask_width)
         self.freq_start_bin = int(freq_start_bin)
 
-    def _mask(self, mel: torch.Tensor, axis: int, width_range: tuple[int, int]) -> torch.Tensor:
+    def _mask(self, mel: torch.Tensor, axis: int, width_range: tuple[int, ...]) -> torch.Tensor:
         batch, size = mel.shape[0], mel.shape[axis]
         low, high = width_range
         if high <= low:
@@ -96,6 +96,11 @@ class SpecAugment(nn.Module):
 
 class MelFrontend(nn.Module):
     """`wave [B, T] float 16 kHz` -> `mel [B, n_mels, T // hop + 1]` float32 log-mel features."""
+
+    # Buffers (`preemphasis_filter` only with `do_preemph`).
+    preemphasis_filter: torch.Tensor
+    window: torch.Tensor
+    mel_filterbank: torch.Tensor
 
     def __init__(self, n_mels: int = 72, hop_length: int = 160, **spec_params):
         super().__init__()

@@ -68,6 +68,12 @@ def windowed_dft_basis(win_length: int, n_fft: int) -> tuple[torch.Tensor, torch
 class TFMelFrontend(nn.Module):
     """`wave [B, T] float 16 kHz` -> `mel [B, n_mels, (T + 2*(hop//2) - win) // hop + 1]` float32."""
 
+    # Buffers (`preemphasis_filter` only with `do_preemph`).
+    preemphasis_filter: torch.Tensor
+    dft_real: torch.Tensor
+    dft_imag: torch.Tensor
+    mel_weights: torch.Tensor
+
     def __init__(self, n_mels: int = 72, hop_length: int = 160, **spec_params):
         super().__init__()
         unknown = sorted(set(spec_params) - set(TF_SPEC_PARAM_DEFAULTS))

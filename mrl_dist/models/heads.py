@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from ..dims import dims_problem, require
-from .encoder import embedding_layer
-from .redimnet import ReDimNet
+from .encoder import SpeakerEncoder, embedding_layer
 
 
 def validate_dims(dims: Sequence[int]) -> list[int]:
@@ -23,7 +22,7 @@ def validate_dims(dims: Sequence[int]) -> list[int]:
 class NativeHead(nn.Module):
     """The pretrained embedding layer: BatchNorm -> Linear (-> BatchNorm when `emb_bn`)."""
 
-    def __init__(self, redimnet: ReDimNet):
+    def __init__(self, redimnet: SpeakerEncoder):
         super().__init__()
         self.bn, self.linear, self.bn2 = redimnet.bn, redimnet.linear, redimnet.bn2
 
@@ -34,10 +33,13 @@ class NativeHead(nn.Module):
         """(W [E, P], b [E]) of the Linear with the eval-mode `bn2` folded in (float64)."""
         weight = self.linear.weight.detach().double()
         bias = self.linear.bias.detach().double()
-        if self.bn2 is not None:
-            scale = self.bn2.weight.detach().double() / torch.sqrt(self.bn2.running_var.double() + self.bn2.eps)
+        bn2 = self.bn2
+        if bn2 is not None:
+            if not isinstance(bn2, nn.BatchNorm1d) or bn2.running_mean is None or bn2.running_var is None:
+                raise ValueError(f"cannot fold bn2 ({bn2}): expected a BatchNorm1d with running statistics")
+            scale = bn2.weight.detach().double() / torch.sqrt(bn2.running_var.double() + bn2.eps)
             weight = weight * scale[:, None]
-            bias = (bias - self.bn2.running_mean.double()) * scale + self.bn2.bias.detach().double()
+            bias = (bias - bn2.running_mean.double()) * scale + bn2.bias.detach().double()
         return weight, bias
 
 

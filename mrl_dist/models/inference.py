@@ -39,9 +39,9 @@ plain form by rounding only, well inside 1e-5, checked by tests/test_inference_f
 3. Attentive pooling with global context: `linear1(cat([x, mean, std]))` is split into
    `W_x x + (W_m mean + W_s std)`; the context half is computed once per utterance on [B, 2D]
    instead of on the T-times repeated [B, 2D, T] copy (2/3 of the layer's work and its 3x input);
-   the utterance std uses the two-pass variance (torch.var's one-pass kernel is 4-14x slower).
-4. Front-end: the 2-tap pre-emphasis `conv1d` over a 1-channel signal (60 % of the front-end's
-   time at batch 16) becomes one multiply-add of shifted slices, with the filter's own taps
+   the utterance std uses the two-pass variance (torch.var's one-pass kernel is several times slower).
+4. Front-end: the 2-tap pre-emphasis `conv1d` over a 1-channel signal (most of the front-end's
+   time) becomes one multiply-add of shifted slices, with the filter's own taps
    (the log-mels came out bit-identical on the CPU measured).
 5. Layouts (`channels_last=True`): the 2D part runs in channels-last memory (its grouped 3x3 and
    1x1 convolutions are several times faster in oneDNN that way), and inside each 1D
@@ -50,14 +50,11 @@ plain form by rounding only, well inside 1e-5, checked by tests/test_inference_f
    the LayerNorms are `F.layer_norm` (same formula); the 1x1 convolutions of the 1D part and of
    the pooling are matrix products. Only memory layouts and kernels change, not the formulas.
 6. `compile=True` additionally wraps the backbone and the pooling in `torch.compile` (the first
-   call per input length compiles, ~40 s for b2); it was no faster on the CPU measured, so it is
-   off by default.
+   call per input length compiles); it was no faster on the CPU measured, so it is off by
+   default.
 
-Measured (docs/benchmarks.md, "Trunk inference form (CPU)"; 2-core x86_64 container shared with
-another job, torch 2.13, one intra-op thread, 4 s utterances, `launch/bench_inference.py`):
-b2 1.90x at batch 16 (3.60 s -> 1.90 s; 1.64-1.90x over three runs) and 1.50x at batch 1
-(149 -> 99 ms); tiny 1.97x at batch 16 and 1.57x at batch 1. `--no-channels-last` alone: 1.29x
-(b2, batch 16).
+Speed-ups, the machine and the command that measured them: docs/benchmarks.md, "Trunk inference
+form (CPU)".
 """
 
 from __future__ import annotations
@@ -66,6 +63,7 @@ import contextlib
 import copy
 import types
 from collections.abc import Callable, Iterator
+from typing import TypeGuard, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -128,16 +126,18 @@ def inference_form(model: nn.Module, *, channels_last: bool = True, compile: boo
     form.requires_grad_(False)
     form.eval()
     # Eval for good: `Module.train` of a parent calls `child.train(mode)`, which lands here.
-    form.train = types.MethodType(_stay_in_eval, form)
-    form._inference_form = True
+    # A per-instance override on purpose (the copy keeps its class), which mypy forbids for methods.
+    form.train = types.MethodType(stay_in_eval, form)  # type: ignore[method-assign]
+    # nn.Module.__setattr__ takes any value; torch's annotation says Tensor | Module.
+    form._inference_form = True  # type: ignore[assignment]
     if compile:
         if not hasattr(nn.Module, "compile"):
             raise RuntimeError(
                 f"inference_form(compile=True) needs torch >= 2.2 (nn.Module.compile); "
                 f"this is torch {torch.__version__}"
             )
-        form.backbone.compile()
-        form.pool.compile()
+        form.get_submodule("backbone").compile()
+        form.get_submodule("pool").compile()
     return form
 
 
@@ -150,12 +150,13 @@ def unfolded_batchnorms(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, _BATCHNORMS)]
 
 
-def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+def stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """`train()` of a module pinned to eval mode (bound with `types.MethodType`): whatever `mode`."""
     return nn.Module.train(self, False)
 
 
 # ---------------------------------------------------------------------------- BatchNorm folding
-def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) float64 of an eval-mode BatchNorm: bn(x) = x * scale + shift per channel."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"cannot fold {bn}: it tracks no running statistics")
@@ -168,7 +169,7 @@ def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _fold_into(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+def _fold_into(layer: nn.Conv1d | nn.Conv2d | nn.Linear, scale: torch.Tensor, shift: torch.Tensor) -> None:
     """layer(x) * scale + shift (per output channel) -> one layer (Conv*d or Linear)."""
     weight = layer.weight
     shape = (-1,) + (1,) * (weight.ndim - 1)
@@ -185,6 +186,7 @@ def _fold_batchnorms(model: nn.Module) -> None:
             scale, shift = _bn_affine(module.norm)
             start = 0
             for conv in module.dwconvs:
+                conv = cast(nn.Conv1d | nn.Conv2d, conv)  # ConvNeXtLikeBlock builds dwconvs of ConvNd only
                 stop = start + conv.out_channels
                 _fold_into(conv, scale[start:stop], shift[start:stop])
                 start = stop
@@ -207,7 +209,7 @@ def _fold_batchnorms(model: nn.Module) -> None:
 # ---------------------------------------------------------------------------- module rewrites
 class _FastMelFrontend(MelFrontend):
     """`MelFrontend` with the pre-emphasis as one multiply-add of shifted slices instead of a
-    2-tap `conv1d` over a 1-channel signal (oneDNN's slowest case: 60 % of the front-end's time)."""
+    2-tap `conv1d` over a 1-channel signal (oneDNN's slowest case: most of the front-end's time)."""
 
     def preemphasise(self, wave: torch.Tensor) -> torch.Tensor:
         # conv1d(reflect_pad(x, (1, 0)), [w0, w1])[t] = w0 * x[t - 1] + w1 * x[t], x[-1] = x[1]
@@ -216,7 +218,10 @@ class _FastMelFrontend(MelFrontend):
         return torch.addcmul(previous * w0, wave, w1)
 
 
-def _replace(model: nn.Module, kind: type, factory: Callable[[nn.Module], nn.Module | None]) -> None:
+_Kind = TypeVar("_Kind", bound=nn.Module)
+
+
+def _replace(model: nn.Module, kind: type[_Kind], factory: Callable[[_Kind], nn.Module | None]) -> None:
     """Replace every submodule of type `kind` by `factory(submodule)` (None: keep it)."""
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
@@ -228,6 +233,8 @@ def _replace(model: nn.Module, kind: type, factory: Callable[[nn.Module], nn.Mod
 
 class _FixedWeightedSum(nn.Module):
     """`WeightedLayerSum` with its softmax precomputed and no stacked copy of the inputs."""
+
+    weights: torch.Tensor  # buffer [N, C or 1, 1]
 
     def __init__(self, source: WeightedLayerSum):
         super().__init__()
@@ -247,6 +254,8 @@ class _FixedWeightedSum(nn.Module):
 class _SplitContextAttentiveStatsPooling(nn.Module):
     """`AttentiveStatsPooling` whose global-context half of `linear1` runs on [B, 2D], not [B, 2D, T]."""
 
+    context_weight: torch.Tensor  # buffer [H, 2D], with global_context_att only
+
     def __init__(self, source: AttentiveStatsPooling):
         super().__init__()
         self.in_dim = source.in_dim
@@ -254,6 +263,8 @@ class _SplitContextAttentiveStatsPooling(nn.Module):
         self.linear1 = source.linear1
         self.linear2 = source.linear2
         if self.global_context_att:
+            if source.linear1.bias is None:  # AttentiveStatsPooling builds linear1 with a bias
+                raise ValueError("cannot split the attentive pooling: its linear1 has no bias")
             weight = source.linear1.weight.detach()[:, :, 0]  # [H, 3D]
             self.register_buffer("context_weight", weight[:, self.in_dim :].clone())  # [H, 2D]
             self.linear1 = nn.Conv1d(self.in_dim, weight.shape[0], 1).to(weight)
@@ -271,7 +282,7 @@ class _SplitContextAttentiveStatsPooling(nn.Module):
             x = x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
         hidden = self.linear1(x)
         if self.global_context_att:
-            # torch.var's one-pass (Welford) kernel is 4-14x slower than the two-pass formula.
+            # torch.var's one-pass (Welford) kernel is several times slower than the two-pass formula.
             frame_mean = x.mean(dim=-1, keepdim=True)
             frame_var = (x - frame_mean).square_().sum(dim=-1) / (x.shape[-1] - 1)
             context = torch.cat([frame_mean.squeeze(-1), torch.sqrt(frame_var + 1e-7)], dim=1)  # [B, 2D]
@@ -365,7 +376,7 @@ class _FastConvNeXtLikeBlock(nn.Module):
         return x + self.pwconv1(self.act(self.norm(y)))
 
 
-def _pointwise(conv: nn.Module) -> bool:
+def _pointwise(conv: nn.Module | None) -> TypeGuard[nn.Conv1d]:
     return (
         isinstance(conv, nn.Conv1d)
         and conv.kernel_size == (1,)
@@ -375,7 +386,7 @@ def _pointwise(conv: nn.Module) -> bool:
     )
 
 
-def _zero_padded(conv: nn.Module) -> bool:
+def _zero_padded(conv: nn.Module | None) -> TypeGuard[nn.Conv1d]:
     return isinstance(conv, nn.Conv1d) and conv.padding_mode == "zeros"
 
 
@@ -387,7 +398,7 @@ def _to_fast_layouts(form: nn.Module) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
     _replace(form, ConvNeXtLikeBlock, _FastConvNeXtLikeBlock)
     # Stem LayerNorm [B, C, F, T]: its output goes to ToSequence, which copies anyway.
-    _replace(form.backbone.stem, ChannelsFirstLayerNorm, _TimeMajorLayerNorm)
+    _replace(form.get_submodule("backbone.stem"), ChannelsFirstLayerNorm, _TimeMajorLayerNorm)
     # 1D blocks: time-major inside; the block's output (x + exp_dim_conv(...)) is contiguous.
     for block in form.modules():
         if not isinstance(block, TimeContextBlock):

@@ -92,7 +92,7 @@ class ConvNeXtLikeBlock(nn.Module):
         self.dwconvs = nn.ModuleList(
             conv(channels, channels, kernel_size=ks, padding="same", groups=groups) for ks in kernel_sizes
         )
-        self.norm = norm(channels * len(kernel_sizes))
+        self.norm: nn.Module = norm(channels * len(kernel_sizes))  # the inference form folds it: nn.Identity
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.pwconv1 = conv(channels * len(kernel_sizes), channels, 1)
 
@@ -127,13 +127,13 @@ class ResidualBasicBlock(nn.Module):
     ):
         super().__init__()
         grouped = group_divisor is not None
-        groups = channels // group_divisor if grouped else 1
+        groups = channels // group_divisor if group_divisor is not None else 1
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, groups=groups)
         self.conv1pw = nn.Conv2d(channels, channels, 1) if grouped else nn.Identity()
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, groups=groups)
         self.conv2pw = nn.Conv2d(channels, channels, 1) if grouped else nn.Identity()
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2: nn.Module = nn.BatchNorm2d(channels)  # the inference form folds it: nn.Identity
         self.se = FrequencySqueezeExcitation(num_freqs, se_channels) if frequency_se else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

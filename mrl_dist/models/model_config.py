@@ -5,8 +5,8 @@ for a value a family does not support."""
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, fields
-from typing import Any
+from dataclasses import Field, asdict, fields
+from typing import Any, ClassVar, TypeVar
 
 
 def as_list(value: Any) -> Any:
@@ -18,13 +18,21 @@ def as_list(value: Any) -> Any:
     return value
 
 
+_ConfigT = TypeVar("_ConfigT", bound="ModelConfigMixin")
+
+
 class ModelConfigMixin:
     """Mixed into a family's `model_config` dataclass; `family` names it in errors."""
 
     family = "model"
+    # Set by @dataclass on every family's class; declared so `fields` and `asdict` type-check here.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+    # Fields every family's dataclass has.
+    stages_setup: list
+    spec_params: dict
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]):
+    def from_dict(cls: type[_ConfigT], config: dict[str, Any]) -> _ConfigT:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:

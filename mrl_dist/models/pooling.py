@@ -77,9 +77,10 @@ class AveragePooling(nn.Module):
 
 # Official `pooling_func` names.
 POOLING_LAYERS = {"ASTP": AttentiveStatsPooling, "TSTP": StatsPooling, "TAP": AveragePooling}
+PoolingLayer = AttentiveStatsPooling | StatsPooling | AveragePooling
 
 
-def make_pooling(name: str, in_dim: int, global_context_att: bool) -> nn.Module:
+def make_pooling(name: str, in_dim: int, global_context_att: bool) -> PoolingLayer:
     if name not in POOLING_LAYERS:
         raise ValueError(f"pooling_func: unsupported value {name!r}; supported: {sorted(POOLING_LAYERS)}")
     if name == "ASTP":

@@ -102,8 +102,8 @@ _FAMILY = {
         group_divisor=4,
         stages_setup=_stages((1, 2, 1, 12), (2, 2, 1, 12), (1, 3, 1, 12), (2, 4, 1, 8), (1, 4, 1, 8), (2, 4, 1, 4)),
     ),
-    # CPU demos and tests: 32 mel bins, 8 channels, three stages, 0.38 M parameters, the official 192-D embedding; over
-    # 50 training crops/s (2 s crops, batch 32) on 2 CPU cores, see docs/benchmarks.md.
+    # CPU demos and tests: 32 mel bins, 8 channels, three stages, the official 192-D embedding (its
+    # size and training speed: docs/benchmarks.md).
     "tiny": dict(
         F=32,
         C=8,
@@ -182,7 +182,7 @@ _TINY_WAVLM = {
     "num_buckets": 32,
     "max_bucket_distance": 100,
 }
-_SSRFNET_FAMILY = {
+_SSRFNET_FAMILY: dict[str, dict[str, Any]] = {
     "ssrfnet": {"family": "ssrfnet"},
     "ssrfnet-tiny": {
         "family": "ssrfnet",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -82,6 +82,13 @@ def load_wavlm(source: str | None = None, config: Mapping[str, Any] | None = Non
     return model.eval()
 
 
+class _WavLMConfig(Protocol):
+    """What is read of a `transformers.WavLMConfig` (transformers is optional: not imported for typing)."""
+
+    num_hidden_layers: int
+    hidden_size: int
+
+
 class FrozenPTM(nn.Module):
     """`wave [B, T]` -> `[B, L + 1, frames, D]` from a WavLM whose weights never train: eval mode
     for good, no gradients, run in float32 under no_grad."""
@@ -90,13 +97,17 @@ class FrozenPTM(nn.Module):
         super().__init__()
         self.wavlm = wavlm.eval().requires_grad_(False)
 
+    def _wavlm_config(self) -> _WavLMConfig:
+        # `config` is a plain attribute of `transformers.WavLMModel`, unknown to nn.Module's typing.
+        return cast(_WavLMConfig, self.wavlm.config)
+
     @property
     def num_layers(self) -> int:
-        return int(self.wavlm.config.num_hidden_layers)
+        return int(self._wavlm_config().num_hidden_layers)
 
     @property
     def hidden_size(self) -> int:
-        return int(self.wavlm.config.hidden_size)
+        return int(self._wavlm_config().hidden_size)
 
     def train(self, mode: bool = True) -> FrozenPTM:
         return super().train(False)

@@ -13,14 +13,15 @@ the same state-dict keys. Data flow for `wave [B, T]` float32 16 kHz:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import SpeakerEncoder
+from .encoder import SpeakerEncoder, Trunk
 from .frontend import MelFrontend
 from .layers import (
     ChannelsFirstLayerNorm,
@@ -134,7 +135,8 @@ class TimeContextBlock(nn.Module):
                 *[ConvNeXtLikeBlock(hidden, dim=1, kernel_sizes=[k], group_divisor=1) for k in (7, 19, 31, 59)],
                 TransformerEncoderLayer(hidden, hidden, num_heads=4),
             )
-        self.exp_dim_conv = nn.Conv1d(hidden, width, 1)
+        # nn.Module: the inference form runs it as a matrix product (`_PointwiseConv1d`).
+        self.exp_dim_conv: nn.Module = nn.Conv1d(hidden, width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.exp_dim_conv(self.tcm(self.red_dim_conv(x)))
@@ -145,6 +147,7 @@ class ConvBlock2d(nn.Module):
 
     def __init__(self, block_type: str, channels: int, freqs: int, group_divisor: int | None):
         super().__init__()
+        self.conv_block: nn.Module
         if block_type.startswith("convnext_like"):
             activation = "relu" if block_type == "convnext_like_relu" else "gelu"
             self.conv_block = ConvNeXtLikeBlock(
@@ -163,8 +166,18 @@ class ConvBlock2d(nn.Module):
         return self.conv_block(x)
 
 
+class StageConfig(Protocol):
+    """What `redimnet_stage` reads of a family's config (`ReDimNetConfig`, `SSRFNetConfig`)."""
+
+    C: int
+    F: int
+    block_1d_type: str
+    block_2d_type: str
+    group_divisor: int | None
+
+
 def redimnet_stage(
-    cfg: ReDimNetConfig, row: list, num_inputs: int, channels: int, freqs: int
+    cfg: StageConfig, row: list, num_inputs: int, channels: int, freqs: int
 ) -> tuple[nn.Sequential, int, int]:
     """One ReDimNet stage on the mix of `num_inputs` earlier 1D outputs `[B, C*F, T]`, and the
     (channels, freqs) after it. `row` is a `stages_setup` row. SSRFNet's fused backbone builds
@@ -197,7 +210,7 @@ def redimnet_stage(
     return nn.Sequential(*layers), channels, freqs
 
 
-class ReDimNetBackbone(nn.Module):
+class ReDimNetBackbone(Trunk):
     """`mel [B, 1, F, T]` -> `features [B, C*F, T]` (or `[B, out_channels, T]`).
 
     Every stage starts from a learned softmax mix of all earlier outputs (each `[B, C*F, T]`):
@@ -219,6 +232,7 @@ class ReDimNetBackbone(nn.Module):
             stage, channels, freqs = redimnet_stage(cfg, row, index + 1, channels, freqs)
             setattr(self, f"stage{index}", stage)
         self.fin_wght1d = WeightedLayerSum(self.num_stages + 1, width, requires_grad=self.num_stages > 0)
+        self.mfa: nn.Module
         if cfg.out_channels is not None:
             self.mfa = nn.Sequential(nn.Conv1d(width, cfg.out_channels, 1), nn.BatchNorm1d(cfg.out_channels))
         else:
@@ -253,7 +267,7 @@ class ReDimNetBackbone(nn.Module):
         return (features, outputs) if return_all_outputs else features
 
 
-_HEAD_ACTIVATIONS = {
+_HEAD_ACTIVATIONS: dict[str | None, Callable[[], nn.Module]] = {
     None: nn.Identity,
     "nn.Identity()": nn.Identity,
     "nn.Sigmoid()": nn.Sigmoid,

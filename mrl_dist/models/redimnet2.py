@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import SpeakerEncoder
+from .encoder import SpeakerEncoder, Trunk
 from .frontend import MelFrontend
 from .frontend_tf import TFMelFrontend
 from .layers import ChannelsFirstLayerNorm, ToImage, ToSequence, WeightedLayerSum
@@ -155,7 +155,7 @@ class FrequencyEncoding(nn.Module):
         return x + self.freq_embedder(bins).T[None, :, :, None]
 
 
-class ReDimNet2Backbone(nn.Module):
+class ReDimNet2Backbone(Trunk):
     """`mel [B, 1, F, T]` -> `[B, out_channels or c, f, T']` (return_2d_output) or `[B, D, T']`,
     T' = T cut to a multiple of `time_stride` (see the module docstring)."""
 
@@ -224,6 +224,7 @@ class ReDimNet2Backbone(nn.Module):
         self.freq_stride = cfg.F // freqs
         self.fin_wght1d = mix(inputs)
         self.fin_to2d = ToImage(freqs, channels) if cfg.return_2d_output else nn.Identity()
+        self.head: nn.Module
         if cfg.out_channels is None:
             self.head = nn.Identity()
         elif cfg.return_2d_output:

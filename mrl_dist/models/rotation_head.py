@@ -36,6 +36,15 @@ from .heads import MatryoshkaHead
 class RotationHead(nn.Module):
     """`pooled [B, P]` -> `[B, max_dim]`; prefixes up to the native dim E are rotations of native."""
 
+    # Buffers: the fixed native BatchNorm's statistics and affine, the native Linear, Q0.
+    bn_running_mean: torch.Tensor
+    bn_running_var: torch.Tensor
+    bn_weight: torch.Tensor
+    bn_bias: torch.Tensor
+    base_weight: torch.Tensor
+    base_bias: torch.Tensor
+    rotation0: torch.Tensor
+
     def __init__(
         self,
         bn: nn.BatchNorm1d,
@@ -101,12 +110,15 @@ class RotationHead(nn.Module):
         return torch.cat([rotated, self.extra(normalised).to(rotated.dtype)], dim=1)
 
     @torch.no_grad()
-    def materialise(self):
+    def materialise(self) -> MatryoshkaHead:
         """The equal `MatryoshkaHead` (BatchNorm1d + Linear) with this head's current weights."""
 
         head = MatryoshkaHead(self.base_weight.shape[1], self.dims)
-        head.bn.running_mean.copy_(self.bn_running_mean)
-        head.bn.running_var.copy_(self.bn_running_var)
+        running_mean, running_var = head.bn.running_mean, head.bn.running_var
+        if running_mean is None or running_var is None:  # a BatchNorm1d tracks them unless told not to
+            raise RuntimeError("MatryoshkaHead's BatchNorm keeps no running statistics to copy into")
+        running_mean.copy_(self.bn_running_mean)
+        running_var.copy_(self.bn_running_var)
         head.bn.weight.copy_(self.bn_weight)
         head.bn.bias.copy_(self.bn_bias)
         head.bn.eps = self.bn_eps

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import SpeakerEncoder
+from .encoder import SpeakerEncoder, Trunk
 from .frontend import MelFrontend
 from .layers import ChannelsFirstLayerNorm, ToSequence, WeightedLayerSum
 from .model_config import ModelConfigMixin
@@ -200,9 +200,13 @@ class FusedReDimNetBackbone(nn.Module):
         return self.fin_wght1d(outputs)
 
 
-class SSRFNetTrunk(nn.Module):
+class SSRFNetTrunk(Trunk):
     """Everything from the wave to the pooling's input: hidden-state source, merge, PFMs, backend.
     `features(spec, wave)` is the trunk contract ReDimNetMRL relies on for every family."""
+
+    # The source of the hidden states: one of the two (`fusion.student`).
+    student: SVMixer | None
+    ptm: FrozenPTM | None
 
     def __init__(self, cfg: SSRFNetConfig):
         super().__init__()
@@ -252,7 +256,11 @@ class SSRFNetTrunk(nn.Module):
         return [f"backend.{name}" for name in self.backend.stage_names()]
 
     def states(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.student(wave) if self.student is not None else self.ptm(wave)
+        if self.student is not None:
+            return self.student(wave)
+        if self.ptm is None:  # __init__ builds one of the two
+            raise RuntimeError("SSRFNetTrunk has neither a student nor a PTM to compute hidden states")
+        return self.ptm(wave)
 
     def features(self, spec: nn.Module, wave: torch.Tensor) -> torch.Tensor:
         return self.features_and_states(spec, wave)[0]
@@ -275,6 +283,8 @@ class SSRFNet(SpeakerEncoder):
     wrapper is `SpeakerEncoder`'s)."""
 
     no_head_reason = "SSRFNet builds none"
+    backbone: SSRFNetTrunk
+    layer_prediction: LayerPredictionLoss | None
 
     def __init__(self, **model_config: Any):
         super().__init__()
@@ -287,12 +297,12 @@ class SSRFNet(SpeakerEncoder):
         )
         self.cls_head = None
         fusion = cfg.fusion
-        distilling = fusion["student"] == "svmixer" and fusion["distill_weight"] > 0
+        student = self.backbone.student  # the SV-Mixer when fusion.student is "svmixer", else None
         self.layer_prediction = None
-        if distilling:
+        if student is not None and fusion["distill_weight"] > 0:
             teacher_dim = SSRFNetTrunk._ptm_dim(fusion["ptm"])
             self.layer_prediction = LayerPredictionLoss(
-                self.backbone.student.projection.out_features,
+                student.projection.out_features,
                 teacher_dim,
                 fusion["distill_layers"],
                 fusion["cos_lambda"],

@@ -80,7 +80,8 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, dims: Sequence[int], kernels: Sequence[int], strides: Sequence[int]):
         super().__init__()
-        layers, channels = [], 1
+        layers: list[nn.Module] = []
+        channels = 1
         for index, (dim, kernel, stride) in enumerate(zip(dims, kernels, strides)):
             layers.append(nn.Conv1d(channels, dim, kernel, stride=stride, bias=False))
             if index == 0:

@@ -71,6 +71,12 @@ class Tracker:
             except ImportError:
                 self.write_line("wandb is not installed: wandb logging is off (pip install 'mrl-dist[wandb]')")
 
+    def _main_bar(self) -> tqdm:
+        """The progress bar, which only the main process has."""
+        if self.bar is None:
+            raise RuntimeError("Tracker: the progress bar exists on the main process only")
+        return self.bar
+
     def write_line(self, text: str) -> None:
         if not self.is_main:
             return
@@ -83,14 +89,15 @@ class Tracker:
         """Advance the bar; every `every_steps`, `values` (plain floats) go to every sink."""
         if not self.is_main:
             return
-        self.bar.update(1)
+        bar = self._main_bar()
+        bar.update(1)
         if values is None:
             return
         now = time.perf_counter()
         crops_per_second = (step - self._last_step) * crops_per_step / max(1e-9, now - self._last_time)
         self._last_time, self._last_step = now, step
         values = {**values, "crops_per_s": crops_per_second}
-        self.bar.set_postfix(
+        bar.set_postfix(
             loss=f"{values['loss']:.3f}",
             lr=f"{values['lr']:.2e}",
             crops_s=f"{crops_per_second:.0f}",
@@ -120,7 +127,7 @@ class Tracker:
     def close(self) -> None:
         if not self.is_main:
             return
-        self.bar.close()
+        self._main_bar().close()
         logging.getLogger("mrl_dist").removeHandler(self.log_handler)
         self.log_file.close()
         if self.tensorboard is not None:
