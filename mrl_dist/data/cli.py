@@ -9,12 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .packing import PackError, pack_split, summary
+from ..cli_errors import add_error_options, command, program_name
+from ..preflight import raise_problems, readable_file_problem, readable_folder_problem, writable_output_problem
+from .packing import pack_split, summary
 
 
 def parse_make_shards_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training."
+        prog=program_name("make_shards.py"),
+        description="Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training.",
     )
     parser.add_argument(
         "--input",
@@ -30,6 +33,7 @@ def parse_make_shards_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard MiB")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="skip utterances shorter than this")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_error_options(parser)
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1")
@@ -40,22 +44,25 @@ def parse_make_shards_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_shards_main(argv: list[str] | None = None) -> int:
-    """`launch/make_shards.py`: pack one split; the summary goes to stderr, 2 on a packing error."""
+@command("make_shards.py")
+def make_shards_main(argv: list[str]) -> int:
+    """`launch/make_shards.py`: pack one split; the summary goes to stderr; 2 (one line on stderr)
+    on a packing error (PackError) or unusable paths, which are checked before anything is read."""
     args = parse_make_shards_args(argv)
-    try:
-        manifest = pack_split(
-            args.input,
-            args.output,
-            args.split,
-            trials=args.trials,
-            workers=args.workers,
-            shard_size_mb=args.shard_size_mb,
-            min_seconds=args.min_seconds,
-            progress=not args.no_progress,
-        )
-    except (PackError, FileNotFoundError) as error:
-        print(f"make_shards: error: {error}", file=sys.stderr)
-        return 2
+    problems = [readable_folder_problem(folder, "--input") for folder in args.input]
+    if args.trials is not None:
+        problems.append(readable_file_problem(args.trials, "--trials"))
+    problems.append(writable_output_problem(args.output, "--output", folder=True))
+    raise_problems(problems)
+    manifest = pack_split(
+        args.input,
+        args.output,
+        args.split,
+        trials=args.trials,
+        workers=args.workers,
+        shard_size_mb=args.shard_size_mb,
+        min_seconds=args.min_seconds,
+        progress=not args.no_progress,
+    )
     print(summary(manifest, args.output.absolute()), file=sys.stderr)
     return 0

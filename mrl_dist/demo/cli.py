@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
+from ..cli_errors import InputError, add_error_options, command, program_name
+from ..preflight import raise_problems, writable_output_problem
 from .corpus import describe, make_demo_corpus
 
 DEMO_DESCRIPTION = """\
@@ -30,7 +31,11 @@ the corpus written there before. The voice model lives in mrl_dist/demo/voices.p
 
 
 def parse_demo_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=DEMO_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name("demo.py"),
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output", default="runs/demo", help="folder for data, shards and runs (default runs/demo)")
     parser.add_argument("--speakers", type=int, default=40, help="synthetic speakers (default 40)")
     parser.add_argument("--utterances", type=int, default=20, help="utterances per speaker (default 20)")
@@ -39,12 +44,15 @@ def parse_demo_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--mrl-steps", type=int, default=1500, help="MRL head training steps, on cached trunk features (default 1500)"
     )
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def demo_main(argv: list[str] | None = None) -> int:
+@command("demo.py")
+def demo_main(argv: list[str]) -> int:
     """`launch/demo.py`: corpus, shards, backbone, MRL head and the EER table (mrl_dist/demo/run.py)."""
     args = parse_demo_args(argv)
+    raise_problems([writable_output_problem(args.output, "--output", folder=True)])
     logging.basicConfig(level=logging.WARNING)
     from .run import run_demo  # the trainer's imports, after the arguments are known to be valid
 
@@ -54,7 +62,9 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 def parse_demo_data_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=DEMO_DATA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("make_demo_data.py"),
+        description=DEMO_DATA_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", required=True, help="folder to write the corpus into")
     parser.add_argument("--speakers", type=int, default=40, help="number of speakers (default 40)")
@@ -68,12 +78,16 @@ def parse_demo_data_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sample-rate", type=int, default=16_000, help="output sample rate in Hz (default 16000)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def make_demo_data_main(argv: list[str] | None = None) -> int:
-    """`launch/make_demo_data.py`: write the corpus and say what was written; 2 on bad arguments."""
+@command("make_demo_data.py")
+def make_demo_data_main(argv: list[str]) -> int:
+    """`launch/make_demo_data.py`: write the corpus and say what was written; 2 (one line on
+    stderr) on bad arguments or an output that cannot be written."""
     args = parse_demo_data_args(argv)
+    raise_problems([writable_output_problem(args.output, "--output", folder=True)])
     started = time.perf_counter()
     try:
         corpus = make_demo_corpus(
@@ -85,8 +99,7 @@ def make_demo_data_main(argv: list[str] | None = None) -> int:
             test_fraction=args.test_fraction,
             progress=not args.quiet,
         )
-    except (ValueError, FileExistsError) as error:
-        print(f"make_demo_data: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, FileExistsError) as error:  # a corpus too small for a test split, ...
+        raise InputError(str(error)) from error
     print(describe(corpus, time.perf_counter() - started))
     return 0

@@ -31,7 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mrl_dist.config import load_config
+from mrl_dist.cli_errors import InputError, add_error_options, command, program_name
+from mrl_dist.config import ConfigError, load_config
+from mrl_dist.data.manifest import ManifestError
 from mrl_dist.data.pipeline import make_eval_loader, resolve_source
 from mrl_dist.data.trials import read_trials
 from mrl_dist.eval.det_plot import plot_det
@@ -40,15 +42,24 @@ from mrl_dist.eval.metrics import det_curve, format_table, verification_report
 from mrl_dist.eval.score_norm import normalise_all
 from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.inference import inference_form
-from mrl_dist.models.loading import CheckpointError, load_pretrained, read_checkpoint
-from mrl_dist.models.mrl import ReDimNetMRL
+from mrl_dist.models.loading import load_any_checkpoint
 from mrl_dist.precision import AUTOCAST_DTYPES
+from mrl_dist.preflight import (
+    checkpoint_problem,
+    local_shard_path,
+    raise_problems,
+    readable_file_problem,
+    shard_source_problems,
+    writable_output_problem,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="evaluate.py", description="EER / minDCF per MRL dim of a checkpoint on a trial list, and a DET plot."
+        prog=program_name("evaluate.py"),
+        description="EER / minDCF per MRL dim of a checkpoint on a trial list, and a DET plot.",
     )
+    add_error_options(parser)
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -111,15 +122,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def load_eval_model(checkpoint: Path) -> tuple[Any, str]:
     """The model of a checkpoint file, in eval mode, and a one-line description of it.
 
-    ``mrl_config`` in the file -> ReDimNetMRL; otherwise it must be an official ReDimNet file.
+    ``mrl_config`` in the file -> ReDimNetMRL; otherwise it must be an official ReDimNet,
+    ReDimNet2 or SSRFNet file (`load_any_checkpoint`).
     """
-    # Read once to tell the formats apart; the loaders re-read it (cheap next to evaluation).
-    payload = read_checkpoint(checkpoint)
-    if "mrl_config" in payload:
-        model = ReDimNetMRL.from_checkpoint(checkpoint)
-        native = ", native" if model.native is not None else ""
-        return model, f"ReDimNetMRL (dims {model.dims}{native})"
-    return load_pretrained(checkpoint), "ReDimNet (official checkpoint, native embedding only)"
+    loaded = load_any_checkpoint(checkpoint)
+    return loaded.model, loaded.description
 
 
 def resolve_trials(data: str, trials: Path | None) -> Path:
@@ -152,6 +159,68 @@ def load_ensemble(config_path: Path) -> EnsembleRouter:
     if not teachers:
         raise ValueError(f"--ensemble-config {config_path}: distill.teachers is empty")
     return EnsembleRouter.from_config(teachers).eval()
+
+
+def trial_list_problem(path: Path, what: str) -> str | None:
+    """`what PATH: ...` unless `path` is a trial list that parses."""
+    try:
+        read_trials(path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"{what} {path}: {error}"
+    return None
+
+
+def ensemble_problems(config_path: Path) -> list[str | None]:
+    """--ensemble-config: a distill config whose teachers can all be loaded."""
+    try:
+        teachers = load_config(config_path).distill.teachers
+    except (ConfigError, FileNotFoundError) as error:
+        return [f"--ensemble-config: {error}"]
+    if not teachers:
+        return [f"--ensemble-config {config_path}: distill.teachers is empty"]
+    return [
+        checkpoint_problem(
+            teacher.source,
+            f"--ensemble-config {config_path}: distill.teachers[{index}].source",
+            (teacher.train_type, teacher.dataset),
+        )
+        for index, teacher in enumerate(teachers)
+    ]
+
+
+def det_target(args: argparse.Namespace) -> Path:
+    """Where the DET plot goes: --det, else beside the first checkpoint."""
+    first = args.checkpoint[0]
+    return args.det or first.with_name(f"{first.stem}.det.png" if len(args.checkpoint) == 1 else "comparison.det.png")
+
+
+def check_evaluation_inputs(args: argparse.Namespace) -> None:
+    """Every input, before the first checkpoint is evaluated: each --checkpoint is a readable
+    file, --data's shards and the trial list are there and the list parses, the AS-norm cohort's
+    shards and the ensemble's teachers are there, the DET plot can be written. InputError lists
+    every problem."""
+    problems = [readable_file_problem(path, "--checkpoint") for path in args.checkpoint]
+    problems += shard_source_problems(args.data, "--data")
+    if args.trials is not None:
+        problems.append(readable_file_problem(args.trials, "--trials") or trial_list_problem(args.trials, "--trials"))
+    elif local_shard_path(args.data) is not None:  # a remote manifest's list is fetched when evaluating
+        try:
+            trials = resolve_trials(args.data, None)
+        except ManifestError:
+            pass  # reported as a --data problem above
+        except ValueError as error:
+            problems.append(str(error))
+        else:
+            what = f"--data {args.data}: trial list"
+            problems.append(readable_file_problem(trials, what) or trial_list_problem(trials, what))
+    if args.asnorm_cohort is not None:
+        problems += shard_source_problems(args.asnorm_cohort, "--asnorm-cohort")
+    if args.ensemble_config is not None:
+        problems += ensemble_problems(args.ensemble_config)
+    if not args.no_det:
+        unwritable = writable_output_problem(det_target(args), "DET plot")
+        problems.append(unwritable and f"{unwritable}; choose another with --det PATH, or --no-det")
+    raise_problems(problems)
 
 
 def merge_reports(report: dict, other: dict, prefix: str) -> dict:
@@ -249,9 +318,8 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         all_scores.update({prefix + name: values for name, values in scores.items()})
     det_path = None
     if not args.no_det:
-        first = args.checkpoint[0]
-        target = args.det or first.with_name(f"{first.stem}.det.png" if len(results) == 1 else "comparison.det.png")
-        det_path = write_det_plot(all_scores, labels, target, f"{' vs '.join(labels_by_checkpoint)} on {trials.name}")
+        title = f"{' vs '.join(labels_by_checkpoint)} on {trials.name}"
+        det_path = write_det_plot(all_scores, labels, det_target(args), title)
     det = str(det_path) if det_path else None
     if len(results) == 1:
         return {**results[0], "det_plot": det}
@@ -265,14 +333,16 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     }
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
-    """`launch/evaluate.py`: the report on stdout, the DET plot's path on stderr; 2 on a bad input."""
+@command("evaluate.py")
+def evaluate_main(argv: list[str]) -> int:
+    """`launch/evaluate.py`: the report on stdout, the DET plot's path on stderr; 2 (one line on
+    stderr) on a bad input, every input checked before the first checkpoint is evaluated."""
     args = parse_args(argv)
+    check_evaluation_inputs(args)
     try:
         result = run_evaluation(args)
-    except (CheckpointError, OSError, ValueError, LookupError) as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, LookupError) as error:  # found while evaluating: --dims, a trial missing
+        raise InputError(str(error)) from error
     if args.json:
         print(json.dumps(result, indent=2))
     elif "checkpoints" in result:
@@ -296,8 +366,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 def parse_embed_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="embed.py", description="Embeddings of audio files: one L2-normalised dim-D vector per file."
+        prog=program_name("embed.py"), description="Embeddings of audio files: one L2-normalised dim-D vector per file."
     )
+    add_error_options(parser)
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -324,20 +395,24 @@ def parse_embed_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def embed_main(argv: list[str] | None = None) -> int:
-    """`launch/embed.py`: writes OUT.npy and OUT.keys.txt; 2 on a bad input, 1 if every file failed."""
+@command("embed.py")
+def embed_main(argv: list[str]) -> int:
+    """`launch/embed.py`: writes OUT.npy and OUT.keys.txt; 2 (one line on stderr) on a bad input,
+    the paths checked before the model is loaded; 1 if every file failed."""
     from mrl_dist.eval.embed import audio_inputs, embed_files, write_embeddings
 
     args = parse_embed_args(argv)
+    raise_problems(
+        [readable_file_problem(args.checkpoint, "--checkpoint"), writable_output_problem(args.output, "--output")]
+    )
+    files = audio_inputs(args.input)  # FileNotFoundError naming a missing input
     try:
         model, description = load_eval_model(args.checkpoint)
         limit = max(getattr(model, "dims", [model.embed_dim]))
         if args.dim is not None and not 0 < args.dim <= limit:
             raise ValueError(f"--dim {args.dim}: outside 1..{limit}, the size of this model's embedding")
-        files = audio_inputs(args.input)
-    except (CheckpointError, OSError, ValueError) as error:
-        print(f"embed: error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as error:
+        raise InputError(str(error)) from error
     result = embed_files(
         inference_form(model),
         files,

@@ -12,11 +12,12 @@ onnxruntime.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli_errors import InputError, add_error_options, command, program_name
+from ..preflight import raise_problems, readable_file_problem, writable_output_problem
 from ..tools.machine import bench_header
 
 TOLERANCE = 1e-4  # |file - PyTorch| above this fails the export check
@@ -28,7 +29,7 @@ INSTALL_HINT = 'pip install -e ".[export]"  (onnx, onnxruntime, onnxscript)'
 
 def parse_export_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="export.py",
+        prog=program_name("export.py"),
         description="A checkpoint as one self-contained ONNX or TorchScript file: wave [B, T] float32 16 kHz "
         "(dynamic B and T) in, the L2-normalised dim-D embedding out, front-end inside.",
     )
@@ -62,6 +63,7 @@ def parse_export_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip running the file (onnxruntime / torch.jit.load) against PyTorch"
     )
+    add_error_options(parser)
     args = parser.parse_args(argv)
     if args.dim is not None and args.dim < 1:
         parser.error(f"--dim {args.dim}: must be >= 1")
@@ -72,34 +74,37 @@ def default_output(checkpoint: Path, dim: int, fmt: str) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}-{dim}.{'onnx' if fmt == 'onnx' else 'ts.pt'}")
 
 
-def export_main(argv: Sequence[str] | None = None) -> int:
+@command("export.py")
+def export_main(argv: list[str]) -> int:
     """`launch/export.py`: write the file, print its size and the verification; 0 when it
-    matches PyTorch within 1e-4, 1 when it does not, 2 for a bad checkpoint, option or setup."""
+    matches PyTorch within 1e-4, 1 when it does not, 2 (one line on stderr) for a bad checkpoint,
+    option or setup, the paths checked before the model is built."""
     args = parse_export_args(argv)
+    output_problem = (
+        writable_output_problem(args.output, "--output")
+        if args.output is not None
+        else writable_output_problem(args.checkpoint.parent, "--output (default: beside --checkpoint)", folder=True)
+    )
+    raise_problems([readable_file_problem(args.checkpoint, "--checkpoint"), output_problem])
     import torch
 
     from .convert import VERIFY_BATCH_SIZES, VERIFY_SAMPLES, example_wave, export_model, verify_export
-    from .model import ExportError, build_export, reference_embedding
+    from .model import build_export, reference_embedding
 
-    try:
+    try:  # ExportError (a dim the checkpoint cannot give, ...) is reported by `command`
         module, model, description = build_export(args.checkpoint, args.dim)
         output = args.output or default_output(args.checkpoint, module.dim, args.format)
         print(f"{args.checkpoint}: {description}; exporting dim {module.dim} as {args.format}")
         path = export_model(module, output, args.format, opset=args.opset, exporter=args.onnx_exporter)
-    except ExportError as err:
-        print(f"export: error: {err}", file=sys.stderr)
-        return 2
     except ImportError as err:
-        print(f"export: error: {err}; the ONNX export needs {INSTALL_HINT}", file=sys.stderr)
-        return 2
+        raise InputError(f"{err}; the ONNX export needs {INSTALL_HINT}") from err
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.no_verify:
         return 0
     try:
         difference = verify_export(path, args.format, module)
     except ImportError as err:
-        print(f"export: error: {err}; verifying needs {INSTALL_HINT}, or pass --no-verify", file=sys.stderr)
-        return 2
+        raise InputError(f"{err}; verifying needs {INSTALL_HINT}, or pass --no-verify") from err
     runtime = "onnxruntime (CPU)" if args.format == "onnx" else "torch.jit.load"
     shapes = f"batch {'/'.join(map(str, VERIFY_BATCH_SIZES))} x {'/'.join(map(str, VERIFY_SAMPLES))} samples"
     print(
@@ -121,7 +126,7 @@ def parse_bench_export_args(argv: Sequence[str] | None = None) -> argparse.Names
     from .bench import BENCH_MODELS
 
     parser = argparse.ArgumentParser(
-        prog="bench_export.py",
+        prog=program_name("bench_export.py"),
         description="Export size and CPU latency: onnxruntime vs TorchScript vs the PyTorch eval model, per dim.",
     )
     parser.add_argument(
@@ -138,17 +143,20 @@ def parse_bench_export_args(argv: Sequence[str] | None = None) -> argparse.Names
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each runtime first")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--keep", type=Path, help="write checkpoints and exports here (default: a temporary folder)")
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def bench_export_main(argv: Sequence[str] | None = None) -> int:
+@command("bench_export.py")
+def bench_export_main(argv: list[str]) -> int:
     """`launch/bench_export.py`: a Markdown table, one row per (model, dim), and a machine line."""
     args = parse_bench_export_args(argv)
+    if args.keep is not None:
+        raise_problems([writable_output_problem(args.keep, "--keep", folder=True)])
     try:
         from .bench import DEFAULT_DIMS, measure_export, write_bench_checkpoint
     except ImportError as err:
-        print(f"bench_export: error: {err}; needs {INSTALL_HINT}", file=sys.stderr)
-        return 2
+        raise InputError(f"{err}; needs {INSTALL_HINT}") from err
     print(
         "| model | dim | ONNX MB | TorchScript MB | ONNX export s | max abs ORT - PyTorch | onnxruntime ms "
         "(best / median) | TorchScript ms (best / median) | PyTorch eval ms (best / median) | ORT speed-up (best) |"

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli_errors import InputError, add_error_options, command, program_name
+from ..preflight import raise_problems, readable_file_problem, shard_source_problems, writable_output_problem
 from ..tools.machine import bench_header
 from .index import AUTO, BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
 
@@ -26,8 +28,10 @@ from .index import AUTO, BACKENDS, SCAN_DTYPES, STORAGE_DTYPES, CascadeIndex
 
 def parse_search_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="search.py", description="Enrol speakers into an MRL cascade index, or identify query embeddings."
+        prog=program_name("search.py"),
+        description="Enrol speakers into an MRL cascade index, or identify query embeddings.",
     )
+    add_error_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     enrol = commands.add_parser("enrol", help="build an index from an embedding file or from shards")
     source = enrol.add_mutually_exclusive_group(required=True)
@@ -75,6 +79,16 @@ def parse_search_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.command == "query" and (args.top < 1 or args.shortlist < 1):
         parser.error("--top and --shortlist must be >= 1")
     return args
+
+
+def check_search_inputs(args: argparse.Namespace) -> None:
+    """What embedding shards needs (the checkpoint, the shards) and where the results go, before
+    any work; the embedding and index files are read first thing anyway, with errors naming them."""
+    problems = [writable_output_problem(args.output, "--output")] if args.output is not None else []
+    if args.command == "enrol" and args.shards is not None:
+        problems.append(readable_file_problem(args.checkpoint, "--checkpoint"))
+        problems += shard_source_problems(args.shards, "--shards")
+    raise_problems(problems)
 
 
 def run_enrol(args: argparse.Namespace) -> CascadeIndex:
@@ -140,11 +154,12 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def search_main(argv: Sequence[str] | None = None) -> int:
-    """`launch/search.py`: enrol (index written, summary on stderr) or query (table or JSON); 2 on a bad input."""
+@command("search.py")
+def search_main(argv: list[str]) -> int:
+    """`launch/search.py`: enrol (index written, summary on stderr) or query (table or JSON); 2
+    (one line on stderr) on a bad input."""
     args = parse_search_args(argv)
-    from mrl_dist.models.loading import CheckpointError
-
+    check_search_inputs(args)
     try:
         if args.command == "enrol":
             index = run_enrol(args)
@@ -155,9 +170,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         results = run_query(args)
-    except (CheckpointError, OSError, ValueError, ImportError) as error:
-        print(f"search: error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, ImportError) as error:  # a dim the index lacks, faiss not installed, ...
+        raise InputError(str(error)) from error
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2))
@@ -172,7 +186,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 
 def parse_bench_search_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench_search.py",
+        prog=program_name("bench_search.py"),
         description="Top-1 identification and queries/s: brute force at full dim vs the MRL cascade.",
     )
     parser.add_argument(
@@ -211,6 +225,7 @@ def parse_bench_search_args(argv: Sequence[str] | None = None) -> argparse.Names
         help="demo run folder for the held-out-speaker top-1 (default runs/demo)",
     )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo corpus")
+    add_error_options(parser)
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.queries < 1 or args.batch < 1 or args.repeats < 1:
         parser.error("--sizes, --queries, --batch and --repeats must be >= 1")
@@ -219,7 +234,8 @@ def parse_bench_search_args(argv: Sequence[str] | None = None) -> argparse.Names
     return args
 
 
-def bench_search_main(argv: Sequence[str] | None = None) -> int:
+@command("bench_search.py")
+def bench_search_main(argv: list[str]) -> int:
     """`launch/bench_search.py`: a Markdown table of top-1 and queries/s per index size and mode,
     then top-1 on the demo's held-out speakers (skipped, with how to make it, without runs/demo)."""
     args = parse_bench_search_args(argv)

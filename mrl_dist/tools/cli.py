@@ -9,10 +9,10 @@ command that needs it so that one command's --help does not import every benchma
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
+from ..cli_errors import InputError, add_error_options, command, program_name
 from ..models import PRESETS
 from .bench import BENCH_MODES, VOXCELEB2_SPEAKERS, ThroughputResult, measure_throughput
 from .machine import bench_header
@@ -22,7 +22,8 @@ from .machine import bench_header
 
 def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Training-step throughput of one preset and mode, or the memory estimate of the shipped configs."
+        prog=program_name("bench_train.py"),
+        description="Training-step throughput of one preset and mode, or the memory estimate of the shipped configs.",
     )
     parser.add_argument("--preset", default="tiny", choices=PRESETS)
     parser.add_argument("--mode", default="classifier", choices=BENCH_MODES)
@@ -41,10 +42,12 @@ def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="CONFIG",
         help="print the estimated peak memory of these configs (those with a known card) and exit",
     )
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def bench_train_main(argv: list[str] | None = None) -> int:
+@command("bench_train.py")
+def bench_train_main(argv: list[str]) -> int:
     """`launch/bench_train.py`: a Markdown throughput row (mrl_dist/tools/bench.py), or with
     --estimate-memory the memory tables of configs (mrl_dist/tools/memory.py); 2 without CUDA."""
     args = parse_bench_train_args(argv)
@@ -61,8 +64,7 @@ def bench_train_main(argv: list[str] | None = None) -> int:
         print(validation)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
+        raise InputError("--device cuda but torch sees no CUDA device")
     result = measure_throughput(
         args.preset,
         args.mode,
@@ -86,7 +88,8 @@ def bench_train_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_loader_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit."
+        prog=program_name("bench_loader.py"),
+        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit.",
     )
     parser.add_argument("--utterances", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=8.0, help="utterance length")
@@ -95,10 +98,12 @@ def parse_bench_loader_args(argv: list[str] | None = None) -> argparse.Namespace
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved runs")
     parser.add_argument("--no-m4a", action="store_true", help="skip the naive m4a row")
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def bench_loader_main(argv: list[str] | None = None) -> int:
+@command("bench_loader.py")
+def bench_loader_main(argv: list[str]) -> int:
     """`launch/bench_loader.py`: a Markdown table of the loaders of mrl_dist/tools/bench_loader.py."""
     args = parse_bench_loader_args(argv)
     torch.set_num_threads(1)  # one loader worker is one core
@@ -130,7 +135,8 @@ def bench_loader_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_inference_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Trunk inference speed: plain eval form vs `inference_form` (mrl_dist/models/inference.py)."
+        prog=program_name("bench_inference.py"),
+        description="Trunk inference speed: plain eval form vs `inference_form` (mrl_dist/models/inference.py).",
     )
     parser.add_argument("--preset", default="b2", choices=PRESETS)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -141,10 +147,12 @@ def parse_bench_inference_args(argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--mrl", action="store_true", help="ReDimNetMRL (dims 32/64/192) instead of the plain model")
     parser.add_argument("--no-channels-last", action="store_true", help="inference_form(channels_last=False)")
     parser.add_argument("--compile", action="store_true", help="inference_form(compile=True)")
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def bench_inference_main(argv: list[str] | None = None) -> int:
+@command("bench_inference.py")
+def bench_inference_main(argv: list[str]) -> int:
     """`launch/bench_inference.py`: the largest output difference, a Markdown row (best and median
     ms/batch of each form, speed-up of the bests) and a machine line (mrl_dist/tools/bench_inference.py)."""
     args = parse_bench_inference_args(argv)
@@ -184,7 +192,8 @@ def bench_inference_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_distill_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Distillation step speed with teachers run live vs read from the teacher-embedding cache."
+        prog=program_name("bench_distill.py"),
+        description="Distillation step speed with teachers run live vs read from the teacher-embedding cache.",
     )
     parser.add_argument("--teachers", nargs="+", default=["b0", "b2"], help="teacher presets (random weights)")
     parser.add_argument("--student", default="tiny")
@@ -192,10 +201,12 @@ def parse_bench_distill_args(argv: list[str] | None = None) -> argparse.Namespac
     parser.add_argument("--crop-seconds", type=float, default=2.0)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def bench_distill_main(argv: list[str] | None = None) -> int:
+@command("bench_distill.py")
+def bench_distill_main(argv: list[str]) -> int:
     """`launch/bench_distill.py`: a Markdown row of mrl_dist/tools/bench_distill.py's comparison."""
     args = parse_bench_distill_args(argv)
     torch.set_num_threads(args.threads)
@@ -218,7 +229,8 @@ def bench_distill_main(argv: list[str] | None = None) -> int:
 
 def parse_bench_features_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Head training from cached trunk features vs recomputing the frozen trunk, and the cache's cost."
+        prog=program_name("bench_features.py"),
+        description="Head training from cached trunk features vs recomputing the frozen trunk, and the cache's cost.",
     )
     parser.add_argument("--presets", nargs="+", default=["tiny", "b2"])
     parser.add_argument("--batch-size", type=int, default=128)
@@ -227,10 +239,12 @@ def parse_bench_features_args(argv: list[str] | None = None) -> argparse.Namespa
     parser.add_argument("--recompute-steps", type=int, default=3)
     parser.add_argument("--cached-steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    add_error_options(parser)
     return parser.parse_args(argv)
 
 
-def bench_features_main(argv: list[str] | None = None) -> int:
+@command("bench_features.py")
+def bench_features_main(argv: list[str]) -> int:
     """`launch/bench_features.py`: a Markdown row per preset (mrl_dist/tools/bench_features.py)."""
     args = parse_bench_features_args(argv)
     from .bench_features import build_rate, cached_step_rate
@@ -265,7 +279,8 @@ def bench_features_main(argv: list[str] | None = None) -> int:
 # --- gpu_check --------------------------------------------------------------------------------
 
 
-def gpu_check_main(argv: list[str] | None = None) -> int:
+@command("gpu_check.py")
+def gpu_check_main(argv: list[str]) -> int:
     """`launch/gpu_check.py`: the GPU checks; arguments and sections are mrl_dist/tools/gpu_check/'s."""
     from .gpu_check import main
 

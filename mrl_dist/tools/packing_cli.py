@@ -11,6 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from ..cli_errors import add_error_options, command, program_name
 from .machine import bench_header
 
 SOURCE_FORMATS = {"16k-mono": (16000, 1), "44k-stereo": (44100, 2), "48k-stereo": (48000, 2)}
@@ -18,7 +19,8 @@ SOURCE_FORMATS = {"16k-mono": (16000, 1), "44k-stereo": (44100, 2), "48k-stereo"
 
 def parse_bench_packing_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Packing cost per hour of audio on this machine, and the VoxCeleb2 estimate."
+        prog=program_name("bench_packing.py"),
+        description="Packing cost per hour of audio on this machine, and the VoxCeleb2 estimate.",
     )
     parser.add_argument(
         "--utterances", type=int, default=40, help="synthetic m4a utterances (4-11 s) per source format"
@@ -47,13 +49,15 @@ def parse_bench_packing_args(argv: list[str] | None = None) -> argparse.Namespac
     parser.add_argument(
         "--disk-gb-per-s", type=float, default=2.0, help="disk bandwidth of the estimate's disk-bound column"
     )
+    add_error_options(parser)
     args = parser.parse_args(argv)
     if args.utterances < 2 or any(not 0 <= level <= 8 for level in args.levels):
         parser.error("--utterances must be >= 2 and every --levels value in 0..8")
     return args
 
 
-def bench_packing_main(argv: list[str] | None = None) -> int:
+@command("bench_packing.py")
+def bench_packing_main(argv: list[str]) -> int:
     """`launch/bench_packing.py`: the tables of mrl_dist/tools/bench_packing.py on stdout."""
     args = parse_bench_packing_args(argv)
     from . import bench_packing as bench
