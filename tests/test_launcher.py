@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mrl_dist.train.launcher import RANK_VARIABLES, refuse_single_process_cpu_launch
+from mrl_dist.train.launcher import RANK_VARIABLES, LaunchError, refuse_single_process_cpu_launch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,9 +27,10 @@ def simple_cpu_launch(monkeypatch):
 
 
 def test_a_cpu_launch_of_several_processes_without_mpirun_is_refused_with_the_command_to_use(simple_cpu_launch):
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(LaunchError) as refused:
         refuse_single_process_cpu_launch()
-    message = str(refused.value.code)
+    message = str(refused.value)
+    assert "\n" not in message  # one line: the command reports it as `train.py: error: ...`
     assert "accelerate launch --multi_gpu --num_processes N launch/train.py --config configs/cpu-demo.yaml" in message
     assert "torchrun --nproc_per_node N launch/train.py --config configs/cpu-demo.yaml" in message
 
@@ -77,6 +78,9 @@ def test_accelerate_launch_cpu_with_two_processes_stops_before_training(tmp_path
         text=True,
         timeout=300,
     )
-    assert result.returncode != 0
-    assert "accelerate launch --multi_gpu --num_processes N" in result.stderr, result.stderr[-3000:]
+    assert result.returncode != 0  # the script's 2; accelerate's launcher exits 1 after it
+    assert "train.py: error: `accelerate launch --cpu` with more than one process" in result.stderr, result.stderr[
+        -3000:
+    ]
+    assert "accelerate launch --multi_gpu --num_processes N" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written

@@ -22,22 +22,24 @@ import sys
 RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 
+class LaunchError(RuntimeError):
+    """The launcher did not start the processes asked for; the message names the command that does."""
+
+
 def refuse_single_process_cpu_launch() -> None:
-    """Stop (SystemExit naming the command to use) when `accelerate launch --cpu` was asked for
-    several processes but started one, with no mpirun to start the others."""
+    """Raise LaunchError (one line naming the commands to use) when `accelerate launch --cpu` was
+    asked for several processes but started one, with no mpirun to start the others."""
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1"):
         return
     if "MASTER_ADDR" not in os.environ or any(name in os.environ for name in RANK_VARIABLES):
         return
     script = shlex.join(sys.argv)
-    raise SystemExit(
-        "error: `accelerate launch --cpu` with more than one process starts a single process and "
-        "leaves the others to mpirun, which did not start them (and it does not tell this script "
-        "how many to start). For N CPU ranks over gloo, launch through torchrun instead:\n"
-        f"  accelerate launch --multi_gpu --num_processes N {script}\n"
-        f"  torchrun --nproc_per_node N {script}\n"
-        "(on a machine without CUDA the ranks join as CPU ranks; with a config file, set "
-        "distributed_type: MULTI_GPU instead of MULTI_CPU). For one process, leave out --num_processes."
+    raise LaunchError(
+        "`accelerate launch --cpu` with more than one process started only this one and left the "
+        "others to mpirun, which did not start them; for N CPU ranks over gloo use "
+        f"`accelerate launch --multi_gpu --num_processes N {script}` or `torchrun --nproc_per_node N {script}` "
+        "(a config file: distributed_type MULTI_GPU; without CUDA the ranks join as CPU ranks), or leave "
+        "out --num_processes for one process"
     )
 
 
