@@ -77,7 +77,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     inner = _optional_inner(tp)
     if inner is not None:
         return None if value is None else _convert(inner, value, key)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if typing.get_origin(tp) is Literal:
         if value in typing.get_args(tp) and isinstance(value, str):

@@ -245,8 +245,9 @@ def augment_stages(config: AugmentConfig, rng: np.random.Generator, skips: SkipC
     own child generator of `rng`."""
     reverb_rng, noise_rng = rng.spawn(2)
     stages = []
-    if config.rir_dir and config.reverb_prob > 0:
-        stages.append(lambda s: add_reverb(s, config.rir_dir, config.reverb_prob, reverb_rng))
+    rir_dir = config.rir_dir
+    if rir_dir and config.reverb_prob > 0:
+        stages.append(lambda s: add_reverb(s, rir_dir, config.reverb_prob, reverb_rng))
     categories = noise_categories(config)
     if categories and config.noise_prob > 0:
         stages.append(lambda s: add_noise(s, categories, config.noise_prob, noise_rng, skips))

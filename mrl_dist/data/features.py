@@ -128,7 +128,7 @@ def crop_batches(
     """Batches of one shard's crops: {"wave": [B, T] float32, "label": [B] int64, "key": B str,
     "start": [B] int64, "augment_id": [B] int64}; the last batch may be smaller."""
     samples = parse_meta(iter_tar_samples([shard_url], skips), skips)
-    crops = seeded_crops(samples, crops_per_utterance, crop_frames, seed, skips)
+    crops: Iterable[dict] = seeded_crops(samples, crops_per_utterance, crop_frames, seed, skips)
     if augment is not None:
         crops = augment_each_crop(crops, augment, seed, shard_url, skips)
     batch: list[dict] = []

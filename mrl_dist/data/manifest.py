@@ -84,23 +84,23 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     Raises ManifestError naming the file when it is missing, not JSON, or lacks a field.
     """
     remote = is_url(path)
-    if not remote:
-        path = Path(path)
-        if not path.is_file():
-            raise ManifestError(f"manifest {path} not found: pack the split with launch/make_shards.py")
+    # A URL stays the string it was given; a local manifest becomes a Path.
+    where: Path | str = str(path) if remote else Path(path)
+    if isinstance(where, Path) and not where.is_file():
+        raise ManifestError(f"manifest {where} not found: pack the split with launch/make_shards.py")
     try:
-        payload = json.loads(fetch_bytes(str(path)) if remote else path.read_text())
+        payload = json.loads(where.read_text() if isinstance(where, Path) else fetch_bytes(where))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"manifest {path} is not readable JSON: {error}") from error
+        raise ManifestError(f"manifest {where} is not readable JSON: {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT:
         raise ManifestError(
-            f"manifest {path}: 'format' is not {MANIFEST_FORMAT!r}; "
+            f"manifest {where}: 'format' is not {MANIFEST_FORMAT!r}; "
             "is this a shard manifest written by launch/make_shards.py?"
         )
     try:
 
         def beside(name: str) -> str:
-            return resolve(str(path), name) if remote else str(Path(path).parent / name)
+            return resolve(str(where), name) if remote else str(Path(where).parent / name)
 
         shards = [
             ShardInfo(s["name"], beside(s["name"]), int(s["samples"]), s.get("sha256")) for s in payload["shards"]
@@ -108,7 +108,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         trials = payload.get("trials")
         trials_path = (_remote_copy(beside(trials)) if remote else Path(beside(trials))) if trials else None
         return Manifest(
-            path=path,
+            path=where,
             split=str(payload["split"]),
             shards=shards,
             speakers={str(k): int(v) for k, v in payload["speakers"].items()},
@@ -120,4 +120,4 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             version=str(payload.get("version", "")),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ManifestError(f"manifest {path}: missing or invalid field {error}") from error
+        raise ManifestError(f"manifest {where}: missing or invalid field {error}") from error

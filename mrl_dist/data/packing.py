@@ -109,16 +109,15 @@ def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[d
     cache_dir.mkdir(parents=True, exist_ok=True)
     records_path = state_dir / "decoded.jsonl"
     previous = _load_records(records_path)
-    done = {}
+    done: dict[str, dict] = {}
     todo = []
     for source in sources:
         record = previous.get(source.key)
-        same_file = record is not None and (record["path"], record["size"], record["mtime_ns"]) == (
+        if record is not None and (record["path"], record["size"], record["mtime_ns"]) == (
             source.path,
             source.size,
             source.mtime_ns,
-        )
-        if same_file:
+        ):
             done[source.key] = record
         else:
             todo.append((source, str(cache_path(cache_dir, source.key))))

@@ -112,6 +112,8 @@ class TrainStream(IterableDataset):
         )
         samples = parse_meta(shuffle_samples(samples, self.shuffle_buffer, shuffle_rng), skips)
         if self.augment is not None and self.augment.speed_perturb:
+            if self.num_speakers is None:
+                raise ValueError("speed perturbation relabels speakers: TrainStream needs num_speakers")
             samples = speed_perturb(samples, self.num_speakers, speed_rng)
         samples = decode_crop(samples, self.crop_frames, crop_rng, skips, fixed=self.fixed_crops)
         if self.augment is not None:

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def expand_urls(source: str | Sequence[str]) -> list[str]:
+def expand_urls(source: str | os.PathLike | Sequence[str]) -> list[str]:
     """A brace pattern (`shards/train-{000000..000099}.tar`, `::` joins patterns) or a list -> URLs."""
     if isinstance(source, (str, os.PathLike)):
         import braceexpand  # a webdataset dependency
 
-        urls = []
+        urls: list[str] = []
         for pattern in str(source).split("::"):
             urls.extend(braceexpand.braceexpand(pattern))
         return urls

@@ -10,9 +10,10 @@ A sample that cannot be decoded is skipped and counted (`SkipCounter`), never si
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import soxr
@@ -87,15 +88,12 @@ def decode_crop(
             )
         speed = sample.get("speed", 1.0)
         wanted = crop_frames if speed == 1.0 else math.ceil(crop_frames * speed) + 8
-        if fixed:
-
-            def choose(total: int, key: str = sample["key"], wanted: int = wanted) -> int:
-                return fixed_crop_start(key, total, wanted)
-        else:
-
-            def choose(total: int, wanted: int = wanted) -> int:
-                return random_crop_start(rng, total, wanted)
-
+        # total frames -> crop start; partial binds this sample's key and length now.
+        choose: Callable[[int], int] = (
+            functools.partial(fixed_crop_start, sample["key"], crop_frames=wanted)
+            if fixed
+            else functools.partial(random_crop_start, rng, crop_frames=wanted)
+        )
         try:
             wave, start = read_flac_window(sample["flac"], wanted, choose)
         except AudioError as error:

@@ -160,5 +160,5 @@ def _distinct_cross_speaker_pairs(
                         chosen.add(pair)
                         if len(chosen) == count:
                             break
-    pairs = [tuple(sorted((flat[a], flat[b]))) for a, b in chosen]
+    pairs = [(min(flat[a], flat[b]), max(flat[a], flat[b])) for a, b in chosen]
     return sorted(pairs)

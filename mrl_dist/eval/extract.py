@@ -22,7 +22,7 @@ at the cost of more passes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ def extract_embeddings(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(batches) if isinstance(batches, Sized) else None
     embeddings: dict[str, dict[str, np.ndarray]] = {}
     with _eval_mode(model), torch.no_grad():
         for batch in tqdm(batches, total=total, desc="embedding", unit="batch", disable=not progress):
@@ -237,14 +237,14 @@ def extract_embeddings(
                 chunk = wave[rows, :crop].to(device, dtype=torch.float32, non_blocking=True)
                 with autocast:
                     outputs = embed_batch(model, chunk, heads)
-                outputs = {name: value.float().cpu().numpy() for name, value in outputs.items()}
+                on_cpu = {name: value.float().cpu().numpy() for name, value in outputs.items()}
                 for position, row in enumerate(rows):
                     if keys[row] in embeddings:
                         raise ValueError(
                             f"extract_embeddings: utterance {keys[row]!r} appears twice in the "
                             "batches (is it in two shards?)"
                         )
-                    embeddings[keys[row]] = {name: value[position] for name, value in outputs.items()}
+                    embeddings[keys[row]] = {name: value[position] for name, value in on_cpu.items()}
     return embeddings
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .encoder import SpeakerEncoder
 from .redimnet import ReDimNet
 from .redimnet2 import REDIMNET2_ONLY_KEYS, ReDimNet2
 
@@ -22,7 +23,7 @@ def model_family(model_config: Mapping[str, Any]) -> str:
     return "redimnet"
 
 
-def build_model(model_config: Mapping[str, Any]) -> ReDimNet | ReDimNet2:
+def build_model(model_config: Mapping[str, Any]) -> SpeakerEncoder:
     """The randomly initialised model of the family `model_config` describes."""
     family = model_family(model_config)
     if family == "ssrfnet":

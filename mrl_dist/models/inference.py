@@ -97,7 +97,10 @@ def inference_context() -> Iterator[None]:
         yield
 
 
-def inference_form(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
+_Model = TypeVar("_Model", bound=nn.Module)
+
+
+def inference_form(model: _Model, *, channels_last: bool = True, compile: bool = False) -> _Model:
     """A new, eval-only, faster copy of a ReDimNet or ReDimNetMRL (see the module docstring).
 
     `model` is deep-copied first and never modified (it may be in training, on any device). The

@@ -19,15 +19,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from .encoder import SpeakerEncoder
 from .families import build_model, model_family
 from .presets import OFFICIAL_PRESETS, PRESETS, REDIMNET2_PRETRAINED, preset_config
-from .redimnet import ReDimNet
-from .redimnet2 import ReDimNet2
 
 CHECKPOINT_URL = "https://github.com/IDRnD/ReDimNet/releases/download/latest/{file}"
 REDIMNET2_CHECKPOINT_URL = "https://github.com/PalabraAI/redimnet2/releases/download/v1.0.0/{file}"
@@ -111,7 +110,7 @@ def check_payload(payload: Any, source: str | os.PathLike, required: tuple[str, 
     return payload
 
 
-def official_model_from_payload(payload: Mapping[str, Any], source: str | os.PathLike) -> ReDimNet | ReDimNet2:
+def official_model_from_payload(payload: Mapping[str, Any], source: str | os.PathLike) -> SpeakerEncoder:
     """The model of an official-format checkpoint dict already read (`read_checkpoint`): built
     from its `model_config` (any family), its weights loaded exactly, in eval mode. `source`
     names the file in errors."""
@@ -130,7 +129,7 @@ def official_model_from_payload(payload: Mapping[str, Any], source: str | os.Pat
     return model.eval()
 
 
-def load_official_checkpoint(path: str | os.PathLike) -> ReDimNet | ReDimNet2:
+def load_official_checkpoint(path: str | os.PathLike) -> SpeakerEncoder:
     """Build the model of an official-format file (ReDimNet, ReDimNet2 or SSRFNet, from its
     `model_config`) and load its weights exactly, in eval mode."""
     return official_model_from_payload(read_checkpoint(path), path)
@@ -159,9 +158,9 @@ def model_from_payload(payload: Mapping[str, Any], source: str | os.PathLike) ->
     if "mrl_config" in payload:
         from .mrl import ReDimNetMRL  # mrl.py imports this module
 
-        model = ReDimNetMRL.from_payload(payload, source)
-        native = ", native" if model.native is not None else ""
-        return LoadedCheckpoint(model, "mrl", family, f"ReDimNetMRL on {family} (dims {model.dims}{native})")
+        mrl_model = ReDimNetMRL.from_payload(payload, source)
+        native = ", native" if mrl_model.native is not None else ""
+        return LoadedCheckpoint(mrl_model, "mrl", family, f"ReDimNetMRL on {family} (dims {mrl_model.dims}{native})")
     model = official_model_from_payload(payload, source)
     description = f"{type(model).__name__} (official file, native embedding of {model.embed_dim})"
     return LoadedCheckpoint(model, "official", family, description)
@@ -174,7 +173,7 @@ def load_any_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     return model_from_payload(read_checkpoint(path), path)
 
 
-def official_payload(model: ReDimNet) -> dict[str, Any]:
+def official_payload(model: SpeakerEncoder) -> dict[str, Any]:
     """The official-format dict of a ReDimNet: loadable by the official `ReDimNetWrap` code."""
     return {"model_config": model.model_config, "state_dict": official_state_dict(model)}
 
@@ -194,7 +193,7 @@ def atomic_save(payload: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_official_checkpoint(model: ReDimNet, path: str | os.PathLike) -> Path:
+def save_official_checkpoint(model: SpeakerEncoder, path: str | os.PathLike) -> Path:
     return atomic_save(official_payload(model), path)
 
 
@@ -277,7 +276,7 @@ def names_a_file(source: str | os.PathLike) -> bool:
 
 def load_pretrained(
     source: str | os.PathLike, *, train_type: str | None = None, dataset: str | None = None
-) -> ReDimNet | ReDimNet2:
+) -> SpeakerEncoder:
     """An official model in eval mode: `model(wave [B, T] float32 16 kHz) -> [B, embed_dim]`.
 
     `source` is a path to an official-format file of either family (recognised from its
@@ -309,8 +308,8 @@ def load_pretrained(
 
 
 def load_model_source(
-    source: str | os.PathLike, pretrained: tuple[str, str] | None, fusion: dict | None = None
-) -> ReDimNet:
+    source: str | os.PathLike, pretrained: tuple[str | None, str | None] | None, fusion: dict | None = None
+) -> SpeakerEncoder:
     """The model a config names: a checkpoint file, a preset with the official weights of
     `pretrained = (train_type, dataset)`, or (`pretrained` None) a preset with random weights.
     `fusion`: overrides of an SSRFNet preset's fusion settings (`model.fusion`)."""
@@ -326,10 +325,12 @@ def load_model_source(
             config = apply_fusion_overrides(config, fusion)
         model = build_model(config)
         if fusion and fusion.get("backend_checkpoint"):
-            from .ssrfnet import load_redimnet_weights
+            from .ssrfnet import SSRFNet, load_redimnet_weights
 
             path = fusion["backend_checkpoint"]
-            load_redimnet_weights(model, official_to_local(read_checkpoint(path)["state_dict"]), path)
+            # apply_fusion_overrides accepted only an SSRFNet config, so build_model made an SSRFNet.
+            ssrfnet = cast(SSRFNet, model)
+            load_redimnet_weights(ssrfnet, official_to_local(read_checkpoint(path)["state_dict"]), path)
         return model
     if fusion:
         raise ValueError(

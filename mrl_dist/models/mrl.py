@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HEAD_INITS, HEAD_TYPES
+from .encoder import SpeakerEncoder, Trunk
 from .heads import MatryoshkaHead, NativeHead
 from .loading import (
     OFFICIAL_KEYS,
@@ -40,13 +41,19 @@ from .loading import (
     official_to_local,
     read_checkpoint,
 )
-from .redimnet import ReDimNet
 from .rotation_head import RotationHead
 
 MRL_CHECKPOINT_KEYS = (*OFFICIAL_KEYS, "mrl_config")  # what `save_checkpoint` writes
 
 
 class ReDimNetMRL(nn.Module):
+    # The trunk's modules, taken over from a SpeakerEncoder (see __init__).
+    spec: nn.Module
+    backbone: Trunk
+    pool: nn.Module
+    native: NativeHead | None
+    head: MatryoshkaHead | RotationHead  # a RotationHead with `head_type: rotation` (from_redimnet)
+
     def __init__(
         self,
         model_config: dict[str, Any],
@@ -54,7 +61,7 @@ class ReDimNetMRL(nn.Module):
         keep_native: bool = True,
         head_init: str = "random",
         *,
-        trunk: nn.Module | None = None,
+        trunk: SpeakerEncoder | None = None,
     ):
         """Architecture only (random weights); use `from_redimnet` / `from_checkpoint` to fill it.
 
@@ -90,7 +97,7 @@ class ReDimNetMRL(nn.Module):
     @classmethod
     def from_redimnet(
         cls,
-        redimnet: ReDimNet,
+        redimnet: SpeakerEncoder,
         dims: Sequence[int] = (64, 128, 192, 256),
         head_init: str = "pca",
         pooled_features: torch.Tensor | None = None,
@@ -140,7 +147,11 @@ class ReDimNetMRL(nn.Module):
         return model.train(redimnet.training)
 
     def _rotation_head(
-        self, redimnet: ReDimNet, rotation: torch.Tensor | None, generator: torch.Generator, train_extra_dims: bool
+        self,
+        redimnet: SpeakerEncoder,
+        rotation: torch.Tensor | None,
+        generator: torch.Generator,
+        train_extra_dims: bool,
     ) -> RotationHead:
         native = NativeHead(redimnet)
         weight, bias = native.folded_linear()
@@ -159,28 +170,33 @@ class ReDimNetMRL(nn.Module):
     @torch.no_grad()
     def _init_head_from_native(
         self,
-        redimnet: ReDimNet,
+        redimnet: SpeakerEncoder,
         rotation: torch.Tensor | None,
         generator: torch.Generator,
         mean: torch.Tensor | None = None,
     ) -> None:
+        head = self.head
+        if not isinstance(head, MatryoshkaHead):
+            raise TypeError(
+                f"_init_head_from_native fits a MatryoshkaHead (BatchNorm + Linear), not a {type(head).__name__}"
+            )
         native = NativeHead(redimnet)
         weight, bias = native.folded_linear()  # [E, P], [E]
         if mean is not None:
             bias = bias - mean
         if rotation is not None:  # rows become principal directions, strongest first
             weight, bias = rotation.T @ weight, rotation.T @ bias
-        self.head.bn.load_state_dict(redimnet.bn.state_dict())
+        head.bn.load_state_dict(redimnet.bn.state_dict())
         rows = min(self.max_dim, weight.shape[0])
-        self.head.linear.weight[:rows] = weight[:rows].to(self.head.linear.weight.dtype)
-        self.head.linear.bias[:rows] = bias[:rows].to(self.head.linear.bias.dtype)
+        head.linear.weight[:rows] = weight[:rows].to(head.linear.weight.dtype)
+        head.linear.bias[:rows] = bias[:rows].to(head.linear.bias.dtype)
         if self.max_dim > rows:
             # New dimensions start an order of magnitude quieter than the pretrained ones, so
             # they add little to cosine scores until training makes them useful.
             extra = self.max_dim - rows
             std = 0.1 * float(weight.std())
-            self.head.linear.weight[rows:] = torch.randn(extra, weight.shape[1], generator=generator) * std
-            self.head.linear.bias[rows:] = 0.0
+            head.linear.weight[rows:] = torch.randn(extra, weight.shape[1], generator=generator) * std
+            head.linear.bias[rows:] = 0.0
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> ReDimNetMRL:
@@ -330,7 +346,9 @@ def pca_rotation(native: NativeHead, pooled: torch.Tensor, center: bool = False)
 
 
 @torch.no_grad()
-def collect_pooled(redimnet: ReDimNet | ReDimNetMRL, waves: Iterable[torch.Tensor], max_batches: int) -> torch.Tensor:
+def collect_pooled(
+    redimnet: SpeakerEncoder | ReDimNetMRL, waves: Iterable[torch.Tensor], max_batches: int
+) -> torch.Tensor:
     """Pooled features `[N, P]` of up to `max_batches` batches `wave [B, T]`, in eval mode."""
     was_training = redimnet.training
     redimnet.eval()

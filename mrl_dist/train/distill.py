@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from mrl_dist.data.frozen_outputs import read_outputs_file, write_outputs_file
 from mrl_dist.dims import require, teacher_dims_problem, weight_problem
 from mrl_dist.losses import MatryoshkaAAMLoss
 from mrl_dist.models import CheckpointError, inference_form, load_pretrained
+from mrl_dist.models.encoder import SpeakerEncoder
 from mrl_dist.models.inference import stay_in_eval
 from mrl_dist.models.loading import default_weights, names_a_file
 
@@ -50,7 +52,7 @@ UNLABELLED = -1  # label of a sample from an unlabelled shard
 class Teacher:
     """A frozen, eval-mode teacher and what it supervises: student `dims`, loss `weight`."""
 
-    model: nn.Module  # wave [B, T] float32 16 kHz -> [B, embed_dim]
+    model: SpeakerEncoder  # wave [B, T] float32 16 kHz -> [B, embed_dim]
     dims: list[int]
     weight: float
     name: str  # identifies the weights, e.g. "b2-vox2-ft_lm": names its embedding cache
@@ -60,7 +62,10 @@ class Teacher:
         return int(self.model.embed_dim)
 
 
-def freeze_teacher(model: nn.Module) -> nn.Module:
+_Model = TypeVar("_Model", bound=nn.Module)
+
+
+def freeze_teacher(model: _Model) -> _Model:
     """No gradients, eval mode, and `train()` pinned to eval.
 
     The pin is a guard: should a teacher ever end up under a parent module, that parent's
@@ -68,7 +73,8 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
     """
     model.requires_grad_(False)
     model.eval()
-    model.train = types.MethodType(stay_in_eval, model)
+    # A per-instance override on purpose (the model keeps its class), which mypy forbids for methods.
+    model.train = types.MethodType(stay_in_eval, model)  # type: ignore[method-assign]
     return model
 
 
@@ -259,7 +265,7 @@ class DistillationLoss(nn.Module):
         total = (self.weights.embedding * embedding_sum + self.weights.similarity * similarity_sum) / normaliser
         if self.aam_loss is not None:
             rows = labelled_rows(labels)
-            if rows is None:
+            if rows is None or labels is None:  # rows is None whenever labels is
                 raise ValueError(
                     f"distill.losses.aam is {self.weights.aam} but this batch has no speaker labels "
                     "(labels None or all -1); for unlabelled shards set distill.losses.aam: 0"

@@ -41,7 +41,8 @@ from ..data.features import (
 from ..data.manifest import write_json_atomic
 from ..data.pipeline import resolve_source
 from ..data.shard_reader import SkipCounter
-from ..models import ReDimNet, inference_form
+from ..models import inference_form
+from ..models.encoder import SpeakerEncoder
 from ..precision import autocast_dtype
 from .modes import backbone_is_pretrained, load_backbone
 
@@ -61,7 +62,7 @@ def build_run_feature_cache(cfg: Config, accelerator: Accelerator) -> None:
     """data.features: auto: the run's own cache, built into `RUN/features` by the run's ranks
     (`data.feature_crops_per_utterance` crops each); nothing once an earlier start finished it."""
     folder = run_features_folder(cfg)
-    if cfg.data.features != "auto" or (folder / FEATURES_MANIFEST).is_file():
+    if cfg.data.features != "auto" or folder is None or (folder / FEATURES_MANIFEST).is_file():
         return
     crops = cfg.data.feature_crops_per_utterance
     build_feature_cache(cfg, folder, crops, progress=accelerator.is_main_process, accelerator=accelerator)
@@ -116,7 +117,7 @@ def _check_plan(output: Path, fields: dict[str, Any]) -> None:
 
 @torch.inference_mode()
 def _shard_features(
-    trunk: ReDimNet,
+    trunk: SpeakerEncoder,
     url: str,
     cfg: Config,
     crops_per_utterance: int,

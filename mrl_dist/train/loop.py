@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import DistributedType, set_seed
-from torch import nn
 
 from ..config import Config, save_config
 from ..data.features import (
@@ -35,9 +34,10 @@ from ..data.features import (
     read_feature_file,
     trunk_fingerprint,
 )
-from ..data.pipeline import make_train_loader
+from ..data.pipeline import TrainLoader, make_train_loader
 from ..eval.metrics import select_metric
 from ..models import collect_pooled, inference_form
+from ..models.encoder import SpeakerEncoder
 from ..precision import autocast_dtype
 from . import checkpointing as ckpt
 from . import ds_config
@@ -136,7 +136,8 @@ class Trainer:
         self.features = open_feature_cache(folder) if folder is not None else None
         self.batches_per_epoch = tcfg.steps_per_epoch * tcfg.grad_accum
         self.train_loader = self._train_loader(epoch=self.state["epoch"])
-        self.partial_epoch_loader = None  # the rest of a resumed epoch, see _batches
+        # The rest of a resumed epoch, see _batches.
+        self.partial_epoch_loader: FeatureLoader | TrainLoader | None = None
         self.skipped_before_start = self.state["skipped_samples"]  # corrupt samples of earlier runs
         self.num_classes = self.train_loader.num_classes or 0
         if self.mode.needs_labels and not self.num_classes:
@@ -156,7 +157,8 @@ class Trainer:
         pooled = self._pca_features(backbone) if plan is not None and plan.needs_pooled_features else None
         module = self.mode.build(backbone, self.num_classes, pooled, from_features=self.features is not None)
         if plan is not None and plan.fitted_on_main:  # every rank starts from the head rank 0 fitted
-            fitted = [*module.model.head.parameters(), *module.model.head.buffers()]
+            head = module.mrl_model.head
+            fitted = [*head.parameters(), *head.buffers()]
             self.collectives.broadcast_from_main(fitted, "receiving the PCA head from rank 0")
         if class_means_wanted(cfg, module.aam_loss, module.model, resuming=self.resume_dir is not None):
             self._init_class_weights(module)
@@ -185,7 +187,9 @@ class Trainer:
             self.tracker.write_line(line)
 
     # ------------------------------------------------------------------ data
-    def _train_loader(self, epoch: int, seed_offset: int = 0, batches: int | None = None):
+    def _train_loader(
+        self, epoch: int, seed_offset: int = 0, batches: int | None = None
+    ) -> FeatureLoader | TrainLoader:
         """This rank's loader of `batches` per epoch (default: an epoch's), from the feature cache
         or the audio; `seed_offset` keeps a stream (PCA, class means, a resumed epoch) apart."""
         cfg = self.cfg
@@ -210,7 +214,7 @@ class Trainer:
             **stream,
         )
 
-    def _pca_features(self, backbone: nn.Module) -> torch.Tensor:
+    def _pca_features(self, backbone: SpeakerEncoder) -> torch.Tensor:
         """Pooled features [N, P] a PCA head is fitted on (rank 0; the others receive the head):
         `model.pca_batches` batches of a stream apart from training's, read from the feature cache
         or computed by `backbone` on the accelerator."""
@@ -223,7 +227,12 @@ class Trainer:
     def _init_class_weights(self, module: TrainModule) -> None:
         """loss.class_init: mean. Rank 0 averages the initial head's embeddings per speaker (every
         cached crop, or `loss.class_init_batches` batches of audio) and broadcasts the weights."""
-        aam, model = module.aam_loss, module.model
+        aam, model = module.aam_loss, module.mrl_model
+        if aam is None:
+            raise RuntimeError(
+                "loss.class_init: mean starts the AAM class weights, but this mode's loss has no AAM part"
+            )
+        embed: Callable[[torch.Tensor], torch.Tensor]  # wave [B, T] or cached pooled [B, P] -> embedding [B, D]
         if self.accelerator.is_main_process:
             device = self.accelerator.device
             if self.features is not None:

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..config import Config
 from ..losses import MatryoshkaAAMLoss
-from ..models import ReDimNet, ReDimNetMRL, save_official_checkpoint
+from ..models import ReDimNetMRL, save_official_checkpoint
+from ..models.encoder import SpeakerEncoder
 from ..models.loading import load_model_source, names_a_file
 from ..models.ssrfnet import fusion_overrides
 from .distill import (
@@ -54,6 +55,13 @@ def trunk_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     ]
 
 
+def as_mrl_model(model: nn.Module) -> ReDimNetMRL:
+    """`model` as the ReDimNetMRL that the mrl and distill modes train (a Matryoshka head)."""
+    if not isinstance(model, ReDimNetMRL):
+        raise TypeError(f"expected a ReDimNetMRL (training.mode mrl or distill), got a {type(model).__name__}")
+    return model
+
+
 class TrainModule(nn.Module):
     """`(wave [B, T], label [B]) -> (loss, stats)`: the model plus its loss, as DDP sees them.
 
@@ -67,7 +75,16 @@ class TrainModule(nn.Module):
         eval mode while the trunk trains: fixed running statistics, affine parameters trained.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, freeze_bn_stats: bool = False, from_features: bool = False):
+    model: ReDimNetMRL | SpeakerEncoder  # a ReDimNetMRL in mrl and distill modes, the backbone in classifier
+    loss: nn.Module
+
+    def __init__(
+        self,
+        model: ReDimNetMRL | SpeakerEncoder,
+        loss: nn.Module,
+        freeze_bn_stats: bool = False,
+        from_features: bool = False,
+    ):
         """`from_features` (data.features): inputs are the frozen trunk's cached pooled features
         [B, P], not waves, and only the model's head runs."""
         super().__init__()
@@ -82,9 +99,9 @@ class TrainModule(nn.Module):
         with losses of its own (`aux_losses`: SSRFNet's layer-prediction distillation) adds them."""
         aux: dict[str, torch.Tensor] = {}
         if self.from_features:
-            embedding = self.model.head(inputs)
-        elif hasattr(self.model, "aux_losses"):
-            embedding, aux = self.model.aux_losses(inputs)
+            embedding = self.mrl_model.head(inputs)
+        elif (aux_losses := getattr(self.model, "aux_losses", None)) is not None:
+            embedding, aux = aux_losses(inputs)
         else:
             embedding = self.model(inputs)
         loss, stats = self.loss(embedding, labels=label, **loss_inputs)
@@ -101,6 +118,11 @@ class TrainModule(nn.Module):
         return self
 
     @property
+    def mrl_model(self) -> ReDimNetMRL:
+        """The model as the ReDimNetMRL it is in the modes with a Matryoshka head (TypeError otherwise)."""
+        return as_mrl_model(self.model)
+
+    @property
     def aam_loss(self) -> MatryoshkaAAMLoss | None:
         """The AAM part of the loss (the whole loss in mrl and classifier modes), if any."""
         return self.loss if isinstance(self.loss, MatryoshkaAAMLoss) else getattr(self.loss, "aam_loss", None)
@@ -111,7 +133,7 @@ class TrainModule(nn.Module):
             self.aam_loss.margin = margin
 
 
-def load_backbone(cfg: Config) -> ReDimNet:
+def load_backbone(cfg: Config) -> SpeakerEncoder:
     """The ReDimNet named by `model.backbone`: a checkpoint path, a pretrained preset, or random."""
     pretrained = cfg.model.pretrained
     try:
@@ -183,7 +205,7 @@ def plan_head(cfg: Config, resuming: bool = False, is_main: bool = True) -> Head
 
 
 def build_mrl_model(
-    cfg: Config, plan: HeadPlan, backbone: ReDimNet, pooled_features: torch.Tensor | None = None
+    cfg: Config, plan: HeadPlan, backbone: SpeakerEncoder, pooled_features: torch.Tensor | None = None
 ) -> ReDimNetMRL:
     """ReDimNetMRL on `backbone`, its head started as `plan` says (`pooled_features [N, P]`: what a
     PCA head is fitted on, where `plan.needs_pooled_features`), frozen as the config says."""
@@ -223,7 +245,7 @@ class Mode:
 
     def build(
         self,
-        backbone: nn.Module,
+        backbone: SpeakerEncoder,
         num_classes: int,
         pooled_features: torch.Tensor | None = None,
         from_features: bool = False,
@@ -235,11 +257,13 @@ class Mode:
         loss = self.build_loss(model, num_classes)
         return TrainModule(model, loss, self.cfg.training.freeze_bn_stats, from_features)
 
-    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+    def build_model(
+        self, backbone: SpeakerEncoder, pooled_features: torch.Tensor | None
+    ) -> ReDimNetMRL | SpeakerEncoder:
         """The model that trains, made from `backbone` (taken over, not copied)."""
         raise NotImplementedError
 
-    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
+    def build_loss(self, model: ReDimNetMRL | SpeakerEncoder, num_classes: int) -> nn.Module:
         """`(embedding, labels, **loss_inputs) -> (loss, stats)` for `model`'s embeddings."""
         raise NotImplementedError
 
@@ -271,26 +295,27 @@ class Mode:
 
 class MRLMode(Mode):
     name = "mrl"
+    head_plan: HeadPlan  # planned in __init__: this mode always has a Matryoshka head
 
     def __init__(self, cfg: Config, resuming: bool = False, is_main: bool = True):
         super().__init__(cfg, resuming, is_main)
         self.head_plan = plan_head(cfg, resuming, is_main)
 
-    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+    def build_model(self, backbone: SpeakerEncoder, pooled_features: torch.Tensor | None) -> ReDimNetMRL:
         return build_mrl_model(self.cfg, self.head_plan, backbone, pooled_features)
 
-    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
-        return make_loss(self.cfg, model.dims, num_classes)
+    def build_loss(self, model: ReDimNetMRL | SpeakerEncoder, num_classes: int) -> nn.Module:
+        return make_loss(self.cfg, as_mrl_model(model).dims, num_classes)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
 
     def export(self, module: TrainModule, path: Path) -> None:
-        module.model.save_checkpoint(path)
+        module.mrl_model.save_checkpoint(path)
 
     def unfreeze_if_due(self, module: TrainModule, step: int) -> bool:
         after = self.cfg.training.unfreeze_after_steps
-        model: ReDimNetMRL = module.model
+        model = module.mrl_model
         # `trunk_frozen` ignores the native layer, which stays frozen for good (a reference).
         if after is None or step < after or not model.trunk_frozen:
             return False
@@ -304,19 +329,23 @@ class MRLMode(Mode):
 class ClassifierMode(Mode):
     name = "classifier"
 
-    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
-        if hasattr(backbone, "attach_ptm_teacher"):  # SSRFNet: its PTM teacher, found or refused before step 1
-            backbone.attach_ptm_teacher()
+    def build_model(self, backbone: SpeakerEncoder, pooled_features: torch.Tensor | None) -> SpeakerEncoder:
+        attach_ptm_teacher = getattr(backbone, "attach_ptm_teacher", None)
+        if attach_ptm_teacher is not None:  # SSRFNet: its PTM teacher, found or refused before step 1
+            attach_ptm_teacher()
         return backbone
 
-    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
+    def build_loss(self, model: ReDimNetMRL | SpeakerEncoder, num_classes: int) -> nn.Module:
         return make_loss(self.cfg, [model.embed_dim], num_classes)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
         return {id(p) for p in module.model.parameters()} if backbone_is_pretrained(self.cfg) else set()
 
     def export(self, module: TrainModule, path: Path) -> None:
-        save_official_checkpoint(module.model, path)
+        model = module.model
+        if not isinstance(model, SpeakerEncoder):
+            raise TypeError(f"classifier mode exports a plain backbone (SpeakerEncoder), got a {type(model).__name__}")
+        save_official_checkpoint(model, path)
 
 
 class DistillMode(MRLMode):
@@ -338,16 +367,17 @@ class DistillMode(MRLMode):
                 "the cache off"
             )
 
-    def build_model(self, backbone: nn.Module, pooled_features: torch.Tensor | None) -> nn.Module:
+    def build_model(self, backbone: SpeakerEncoder, pooled_features: torch.Tensor | None) -> ReDimNetMRL:
         student = super().build_model(backbone, pooled_features)
         self.teachers = load_teachers(self.cfg.distill.teachers)
         return student
 
-    def build_loss(self, model: nn.Module, num_classes: int) -> nn.Module:
+    def build_loss(self, model: ReDimNetMRL | SpeakerEncoder, num_classes: int) -> nn.Module:
         # The TrainModule holds student, adapters and AAM weights; the teachers stay outside.
         weights = self.cfg.distill.losses
-        aam = super().build_loss(model, num_classes) if weights.aam > 0 else None
-        return build_distillation_loss(model.dims, self.teachers, weights, aam)
+        dims = as_mrl_model(model).dims
+        aam = make_loss(self.cfg, dims, num_classes) if weights.aam > 0 else None  # mrl mode's loss
+        return build_distillation_loss(dims, self.teachers, weights, aam)
 
     def place_on_device(self, device: torch.device, autocast_dtype: torch.dtype | None, rank: int) -> None:
         for teacher in self.teachers:
