@@ -128,6 +128,7 @@ def test_with_exportable_frontend_copies_and_leaves_the_model_unchanged():
 # --- ONNX and TorchScript ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_cli_writes_an_onnx_file_of_an_mrl_checkpoint_that_matches_pytorch(checkpoints, tmp_path, capsys):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -146,6 +147,7 @@ def test_export_cli_writes_an_onnx_file_of_an_mrl_checkpoint_that_matches_pytorc
         assert np.abs(got - reference_embedding(model, wave, 64).numpy()).max() < EXPORT_TOLERANCE
 
 
+@pytest.mark.slow
 def test_onnx_export_of_an_official_redimnet2_file_matches_pytorch(checkpoints, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

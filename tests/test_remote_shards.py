@@ -91,6 +91,7 @@ def test_a_manifest_url_reads_every_shard_and_the_trials_through_drops(shards, s
     assert all(np.array_equal(remote_waves[k], local_waves[k]) for k in local_waves)
 
 
+@pytest.mark.slow
 def test_training_batches_stream_over_http_with_nothing_skipped(shards, server):
     loader = make_train_loader(
         f"{server}/train.manifest.json",

@@ -295,6 +295,7 @@ def _collective_worker(rank: int, port: int, results) -> None:
         results["error"] = str(err)
 
 
+@pytest.mark.slow
 def test_a_hung_rank_fails_the_step_collective_quickly_while_waits_for_rank_0_are_long():
     import torch.multiprocessing as mp
 
