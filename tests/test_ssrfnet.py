@@ -146,6 +146,7 @@ def shards(tmp_path_factory):
     return prepare_demo_shards(root, speakers=10, utterances=6, seed=8, shard_size_mb=1)
 
 
+@pytest.mark.slow
 def test_classifier_training_lowers_the_loss_then_the_file_is_an_mrl_trunk_and_a_teacher(shards, tmp_path):
     run_dir = tmp_path / "classifier"
     cfg = config_from_dict(

@@ -216,6 +216,7 @@ def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, 
     assert load_pretrained(run_dir / "best.pt").config.F == 32
 
 
+@pytest.mark.slow
 def test_unfreeze_after_steps_trains_the_backbone_from_that_step(classifier_run, demo_shards, tmp_path):
     run_dir = tmp_path / "unfreeze"
     config = tiny_config(

@@ -134,6 +134,7 @@ def test_label_free_shards_with_aam_on_are_refused_clearly(setup, tmp_path):
         train(distill_config(root, tmp_path / "refused", train=unlabelled, aam=0.5, steps=4))
 
 
+@pytest.mark.slow
 def test_teacher_embedding_cache_is_written_beside_the_shards_and_reused(setup, tmp_path):
     root, _ = setup
     train(distill_config(root, tmp_path / "cached", cache=True, steps=8))

@@ -41,6 +41,7 @@ def test_classifier_mode_trains_a_redimnet2_and_writes_official_files(setup, tmp
     assert set(read_metrics(run_dir)[-1]["eer"]) == {"native"}
 
 
+@pytest.mark.slow
 def test_a_redimnet2_file_is_a_frozen_mrl_trunk(setup, tmp_path):
     root, shards = setup
     run_dir = tmp_path / "mrl"
