@@ -183,3 +183,21 @@ def official_file(tmp_path_factory):
         return made[preset]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def loaded_b0(official_file):
+    """A b0 loaded from `official_file("b0")`, shared by the session: never change it; a test that
+    builds a model on it takes `pretrained`, its own copy."""
+    from mrl_dist.models import load_pretrained
+
+    return load_pretrained(official_file("b0"))
+
+
+@pytest.fixture()
+def pretrained(loaded_b0):
+    """A test's own copy of `loaded_b0`: `ReDimNetMRL.from_redimnet` takes over the trunk's
+    modules, so freezing or training one test's model would otherwise change the next test's trunk."""
+    import copy
+
+    return copy.deepcopy(loaded_b0)

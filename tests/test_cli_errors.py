@@ -18,6 +18,8 @@ from mrl_dist.models import ReDimNetMRL, build_preset
 from mrl_dist.models.loading import CheckpointError
 from mrl_dist.preflight import checkpoint_problem
 
+from train_configs import accelerate_two_cpu_processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -81,25 +83,7 @@ def test_a_bad_config_key_is_one_line_naming_the_key_and_the_file(tmp_path):
 
 @pytest.mark.slow
 def test_under_several_ranks_each_rank_reports_its_error_once(tmp_path):
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command_line = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29631",
-        str(REPO / "launch" / "train.py"),
-        "--config",
-        str(REPO / "configs" / "a100.yaml"),
-    ]
+    command_line = accelerate_two_cpu_processes(REPO / "configs" / "a100.yaml", port=29631)
     env = {**offline_env(tmp_path), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command_line, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

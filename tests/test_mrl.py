@@ -1,32 +1,18 @@
 """ReDimNetMRL keeps the pretrained accuracy at initialisation and trains only what it should."""
 
-import copy
-
 import pytest
 import torch
 
 from mrl_dist.losses import MatryoshkaAAMLoss
-from mrl_dist.models import ReDimNetMRL, build_preset, collect_pooled, load_pretrained, pca_rotation
+from mrl_dist.models import ReDimNetMRL, build_preset, collect_pooled, pca_rotation
 
 torch.manual_seed(0)
 WAVES = [torch.randn(8, 12000) for _ in range(6)]  # 48 utterances of 0.75 s
 
 
 @pytest.fixture(scope="module")
-def loaded(official_file):
-    return load_pretrained(official_file("b0"))
-
-
-@pytest.fixture()
-def pretrained(loaded):
-    """A test's own copy: `from_redimnet` takes over the trunk's modules, so freezing or training
-    one test's model would otherwise change the next test's trunk."""
-    return copy.deepcopy(loaded)
-
-
-@pytest.fixture(scope="module")
-def pooled(loaded):
-    return collect_pooled(loaded, WAVES, max_batches=6)
+def pooled(loaded_b0):
+    return collect_pooled(loaded_b0, WAVES, max_batches=6)
 
 
 def test_pretrained_head_192_prefix_equals_native_embedding(pretrained):

@@ -1,32 +1,18 @@
 """The rotation head: the native embedding under a trained rotation, plus trained extra dims;
 checkpoints hold the linear head it equals. And the AAM class weights that start at speaker means."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mrl_dist.losses import MatryoshkaAAMLoss
-from mrl_dist.models import ReDimNetMRL, collect_pooled, load_pretrained
+from mrl_dist.models import ReDimNetMRL, collect_pooled
 from mrl_dist.models.heads import MatryoshkaHead
 from mrl_dist.train.class_init import class_mean_embeddings, set_class_weights
 
 torch.manual_seed(0)
 WAVES = [torch.randn(8, 12000) for _ in range(4)]
 WAVE = torch.randn(3, 16000)
-
-
-@pytest.fixture(scope="module")
-def loaded(official_file):
-    return load_pretrained(official_file("b0"))
-
-
-@pytest.fixture()
-def pretrained(loaded):
-    """A test's own copy: `from_redimnet` takes over the trunk's modules, so freezing or training
-    one test's model would otherwise change the next test's trunk."""
-    return copy.deepcopy(loaded)
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ from mrl_dist.train.loop import BadStepError, Trainer, train
 from mrl_dist.train.modes import HeadPlan, TrainModule, plan_head
 from mrl_dist.train.schedule import lr_multiplier
 
-from train_configs import launch, read_metrics, tiny_config, write_config
+from train_configs import accelerate_two_cpu_processes, launch, read_metrics, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,28 +185,7 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path
 def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, tmp_path):
     run_dir = tmp_path / "ddp"
     config = write_config(tmp_path / "ddp.yaml", tiny_config(run_dir, demo_shards))
-    accelerate = Path(sys.executable).with_name("accelerate")
-    process = launch(
-        [
-            str(accelerate),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29517",
-            str(REPO / "launch" / "train.py"),
-            "--config",
-            str(config),
-        ],
-        tmp_path,
-    )
+    process = launch(accelerate_two_cpu_processes(config, port=29517), tmp_path)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert "ranks=2" in (run_dir / "train.log").read_text()

@@ -4,7 +4,6 @@ teachers never saved, and the teacher-embedding cache."""
 import io
 import json
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from mrl_dist.config import config_from_dict
 from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.models import ReDimNetMRL, build_preset, save_official_checkpoint
 from mrl_dist.train.loop import train
+
+from train_configs import accelerate_two_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,26 +170,8 @@ def test_two_cpu_processes_distil_into_an_unfrozen_pretrained_student(setup, tmp
     raw = config_to_dict(config)
     raw["model"].update(backbone=str(root / "teacher-small.pt"), head_init="pretrained")
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw))
-    accelerate = Path(sys.executable).with_name("accelerate")
     result = subprocess.run(
-        [
-            str(accelerate),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29531",
-            str(REPO / "launch" / "train.py"),
-            "--config",
-            str(tmp_path / "ddp.yaml"),
-        ],
+        accelerate_two_cpu_processes(tmp_path / "ddp.yaml", port=29531),
         capture_output=True,
         text=True,
         timeout=600,
