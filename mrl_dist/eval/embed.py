@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.audio import AUDIO_EXTENSIONS, AudioError, decode_file
+from ..data.audio import AUDIO_EXTENSIONS, AudioError, decode_file, seconds_to_samples
 from .extract import embed_batch, length_groups
 
 MRL = "mrl"
@@ -61,7 +61,7 @@ def _decoded(
             skipped.append((str(path), str(error)))
             print(f"embed: skipped {path}: {error}", file=sys.stderr)
             continue
-        yield key, wave[: int(max_seconds * 16000)] if max_seconds else wave
+        yield key, wave[: seconds_to_samples(max_seconds)] if max_seconds else wave
 
 
 def embed_files(
