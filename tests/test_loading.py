@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mrl_dist.models import CheckpointError, load_pretrained, read_checkpoint, resolve_checkpoint
-from mrl_dist.models.loading import load_any_checkpoint, save_official_checkpoint
+from mrl_dist.models.checkpoints import load_any_checkpoint
+from mrl_dist.models.loading import save_official_checkpoint
 
 
 class NotAWeight:

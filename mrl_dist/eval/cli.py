@@ -40,9 +40,9 @@ from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, evaluate_model, extract_embeddings
 from mrl_dist.eval.metrics import det_curve, format_table, verification_report
 from mrl_dist.eval.score_norm import normalise_all
+from mrl_dist.models.checkpoints import load_any_checkpoint
 from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.inference import inference_form
-from mrl_dist.models.loading import load_any_checkpoint
 from mrl_dist.precision import AUTOCAST_DTYPES
 from mrl_dist.preflight import (
     checkpoint_problem,

@@ -12,14 +12,13 @@ Every module needs torch, so the names below are imported with the package. Opti
 (transformers for SSRFNet's speech model) are imported inside the functions that use them.
 """
 
+from .checkpoints import LoadedCheckpoint, load_any_checkpoint
 from .families import build_model, model_family
 from .frontend import MelFrontend
 from .heads import MatryoshkaHead, NativeHead
 from .inference import inference_context, inference_form, is_inference_form, unfolded_batchnorms
 from .loading import (
     CheckpointError,
-    LoadedCheckpoint,
-    load_any_checkpoint,
     load_model_source,
     load_official_checkpoint,
     load_pretrained,

@@ -1,5 +1,5 @@
-"""Official-format ReDimNet and ReDimNet2 checkpoints: safe reading, key mapping, lookup, download;
-and the one loader of a checkpoint file of any kind (`load_any_checkpoint`: MRL or official).
+"""Official-format ReDimNet and ReDimNet2 checkpoints: safe reading, key mapping, lookup, download.
+(A checkpoint file of any kind, MRL or official, loads with `checkpoints.load_any_checkpoint`.)
 
 An official file is a dict `{"model_config": {...ReDimNetWrap or ReDimNet2Wrap kwargs...},
 "state_dict": {...}}`, named `{model}-{dataset}-{train_type}.pt` (e.g. `b2-vox2-ft_lm.pt`,
@@ -17,12 +17,10 @@ import os
 import pickle
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch import nn
 
 from .encoder import SpeakerEncoder
 from .families import build_model, model_family
@@ -133,44 +131,6 @@ def load_official_checkpoint(path: str | os.PathLike) -> SpeakerEncoder:
     """Build the model of an official-format file (ReDimNet, ReDimNet2 or SSRFNet, from its
     `model_config`) and load its weights exactly, in eval mode."""
     return official_model_from_payload(read_checkpoint(path), path)
-
-
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    """A checkpoint file's model, in eval mode, and what the file was.
-
-    `kind`: "mrl" (a file with `mrl_config`: a ReDimNetMRL) or "official" (the plain model of
-    its `model_config`); `family`: the trunk's family ("redimnet", "redimnet2", "ssrfnet", see
-    `model_family`); `description`: one line for logs and reports."""
-
-    model: nn.Module
-    kind: str
-    family: str
-    description: str
-
-
-def model_from_payload(payload: Mapping[str, Any], source: str | os.PathLike) -> LoadedCheckpoint:
-    """The model of a checkpoint dict already read (`read_checkpoint`), whatever the kind: an
-    MRL file (it has `mrl_config`) gives a ReDimNetMRL, an official ReDimNet, ReDimNet2 or
-    SSRFNet file that model. `source` names the file in errors."""
-    payload = check_payload(payload, source)
-    family = model_family(payload["model_config"])
-    if "mrl_config" in payload:
-        from .mrl import ReDimNetMRL  # mrl.py imports this module
-
-        mrl_model = ReDimNetMRL.from_payload(payload, source)
-        native = ", native" if mrl_model.native is not None else ""
-        return LoadedCheckpoint(mrl_model, "mrl", family, f"ReDimNetMRL on {family} (dims {mrl_model.dims}{native})")
-    model = official_model_from_payload(payload, source)
-    description = f"{type(model).__name__} (official file, native embedding of {model.embed_dim})"
-    return LoadedCheckpoint(model, "official", family, description)
-
-
-def load_any_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
-    """The eval model of any checkpoint file, MRL or official (see `model_from_payload`); the
-    file is read once. A caller that refuses some kinds before building reads the payload with
-    `read_checkpoint`, checks it, and passes it to `model_from_payload`."""
-    return model_from_payload(read_checkpoint(path), path)
 
 
 def official_payload(model: SpeakerEncoder) -> dict[str, Any]:
