@@ -33,7 +33,7 @@ def demo_config(run_dir: Path, shards: Path, mode: str, steps: int, backbone: st
     """The run config of one demo stage; the mrl stage is configs/cpu-demo.yaml's recipe (annotated
     there; tests/test_configs_shipped.py keeps the two equal)."""
     classifier = mode == "classifier"
-    config = {
+    config: dict[str, Any] = {
         "run_dir": str(run_dir),
         "seed": 0,
         "model": {

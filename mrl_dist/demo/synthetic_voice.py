@@ -83,12 +83,12 @@ def plan_phones(rng: np.random.Generator, voice: SpeakerVoice, n_samples: int) -
     lengths = lengths[:keep]
     lengths[-1] -= max(int(lengths.sum()) - speech_end, 0)
     tail = n_samples - int(lengths.sum())
-    phones, stressed, phrase = (np.array(x[:keep]) for x in (phones, stressed, phrase))
+    kept_phones, kept_stressed, kept_phrase = (np.array(x[:keep]) for x in (phones, stressed, phrase))
     if tail > 0:
-        phones, lengths = np.append(phones, _PAUSE), np.append(lengths, tail)
-        stressed, phrase = np.append(stressed, False), np.append(phrase, phrase[-1])
+        kept_phones, lengths = np.append(kept_phones, _PAUSE), np.append(lengths, tail)
+        kept_stressed, kept_phrase = np.append(kept_stressed, False), np.append(kept_phrase, kept_phrase[-1])
     valid = lengths > 0
-    return PhonePlan(phones[valid], lengths[valid], stressed[valid], phrase[valid])
+    return PhonePlan(kept_phones[valid], lengths[valid], kept_stressed[valid], kept_phrase[valid])
 
 
 F0_GRID_SECONDS = 0.001  # f0 and pulse timing are planned on a 1 ms grid, not per sample

@@ -69,7 +69,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wave = example_wave()
-    names = {"input_names": ["wave"], "output_names": ["embedding"]}
+    input_names, output_names = ["wave"], ["embedding"]
     with torch.no_grad(), _quiet_exporter():
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=4096)
@@ -83,7 +83,8 @@ def export_onnx(
                 verbose=False,
                 opset_version=opset,
                 dynamic_shapes={"wave": {0: batch, 1: time}},
-                **names,
+                input_names=input_names,
+                output_names=output_names,
             )
         else:
             torch.onnx.export(
@@ -93,7 +94,8 @@ def export_onnx(
                 dynamo=False,
                 opset_version=opset or LEGACY_OPSET,
                 dynamic_axes={"wave": {0: "batch", 1: "time"}, "embedding": {0: "batch"}},
-                **names,
+                input_names=input_names,
+                output_names=output_names,
             )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)

@@ -62,6 +62,11 @@ class ExportableMelFrontend(nn.Module):
     `MelFrontend` it is built from (which it copies: buffers, settings, the BatchNorm spec_norm).
     Needs T > n_fft // 2, as torch.stft's reflect padding does."""
 
+    # Buffers (`preemphasis_filter` only with `do_preemphasis`).
+    preemphasis_filter: torch.Tensor
+    dft_basis: torch.Tensor
+    mel_filterbank: torch.Tensor
+
     def __init__(self, frontend: MelFrontend):
         super().__init__()
         if not isinstance(frontend, MelFrontend):
@@ -121,6 +126,7 @@ def with_exportable_frontend(model: nn.Module) -> nn.Module:
     `ExportableMelFrontend`; models with another front-end (ReDimNet2's TF-style one, already
     conv-based) are copied unchanged. `model` itself is never modified."""
     copied = copy.deepcopy(model).eval()
-    if isinstance(getattr(copied, "spec", None), MelFrontend):
-        copied.spec = ExportableMelFrontend(copied.spec)
+    spec = getattr(copied, "spec", None)
+    if isinstance(spec, MelFrontend):
+        copied.spec = ExportableMelFrontend(spec)
     return copied

@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..models.loading import CheckpointError, load_pretrained, model_from_payload, read_checkpoint
+from ..models.checkpoints import model_from_payload
+from ..models.loading import CheckpointError, load_pretrained, read_checkpoint
 from ..models.mrl import ReDimNetMRL
 from ..models.presets import REDIMNET2_PRETRAINED
 
@@ -78,7 +79,10 @@ def load_mrl(checkpoint: str | os.PathLike, dim: int | None = None) -> Matryoshk
             f"{checkpoint}: not an MRL checkpoint (no mrl_config); an official ReDimNet or "
             "ReDimNet2 file loads with the 'redimnet' entry point"
         )
-    return MatryoshkaPrefix(model_from_payload(payload, path).model, dim).eval()
+    model = model_from_payload(payload, path).model
+    if not isinstance(model, ReDimNetMRL):  # model_from_payload builds one for every file with mrl_config
+        raise CheckpointError(f"{checkpoint}: its mrl_config built a {type(model).__name__}, not a ReDimNetMRL")
+    return MatryoshkaPrefix(model, dim).eval()
 
 
 def load_official(name: str, train_type: str | None = None, dataset: str | None = None) -> nn.Module:

@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checkpoints import model_from_payload
+from ..models.encoder import SpeakerEncoder
 from ..models.frontend import MelFrontend
 from ..models.heads import NativeHead
-from ..models.loading import CheckpointError, model_family, model_from_payload, read_checkpoint
+from ..models.loading import CheckpointError, model_family, read_checkpoint
 from ..models.mrl import ReDimNetMRL
 from .frontend import ExportableMelFrontend
 
@@ -48,7 +50,7 @@ class EmbeddingExport(nn.Module):
     front-end (an exportable equal of MelFrontend where the model has one), the trunk, the
     pooling and the one head that gives `dim` (an MRL file's native head is left out)."""
 
-    def __init__(self, model: nn.Module, dim: int):
+    def __init__(self, model: ReDimNetMRL | SpeakerEncoder, dim: int):
         super().__init__()
         self.family = model_family(model.model_config)
         if self.family in UNSUPPORTED_FAMILIES:
@@ -70,7 +72,7 @@ class EmbeddingExport(nn.Module):
         return f"family={self.family!r}, dim={self.dim}"
 
 
-def check_dim(model: nn.Module, dim: int) -> int:
+def check_dim(model: ReDimNetMRL | SpeakerEncoder, dim: int) -> int:
     """`dim` if `model` can give it (one of an MRL model's dims; 1..embed_dim for a plain one)."""
     if isinstance(model, ReDimNetMRL):
         if dim not in model.dims:
@@ -83,12 +85,12 @@ def check_dim(model: nn.Module, dim: int) -> int:
     return int(dim)
 
 
-def default_dim(model: nn.Module) -> int:
+def default_dim(model: ReDimNetMRL | SpeakerEncoder) -> int:
     """The dim an export gets without --dim: the MRL head's largest, or the native embed_dim."""
     return model.max_dim if isinstance(model, ReDimNetMRL) else model.embed_dim
 
 
-def load_for_export(checkpoint: str | os.PathLike) -> tuple[nn.Module, str]:
+def load_for_export(checkpoint: str | os.PathLike) -> tuple[ReDimNetMRL | SpeakerEncoder, str]:
     """The eval model of a checkpoint file and a one-line description of it.
 
     An MRL file (one with `mrl_config`) gives a ReDimNetMRL; any other official-format file the
@@ -98,10 +100,14 @@ def load_for_export(checkpoint: str | os.PathLike) -> tuple[nn.Module, str]:
     if family in UNSUPPORTED_FAMILIES:  # before building it (an SSRFNet may build a large speech model)
         raise ExportError(f"{family} models cannot be exported: {UNSUPPORTED_FAMILIES[family]}")
     loaded = model_from_payload(payload, checkpoint)
+    if not isinstance(loaded.model, (ReDimNetMRL, SpeakerEncoder)):  # what model_from_payload builds
+        raise ExportError(f"{checkpoint}: loaded a {type(loaded.model).__name__}, not a ReDimNetMRL or SpeakerEncoder")
     return loaded.model, loaded.description
 
 
-def build_export(checkpoint: str | os.PathLike, dim: int | None = None) -> tuple[EmbeddingExport, nn.Module, str]:
+def build_export(
+    checkpoint: str | os.PathLike, dim: int | None = None
+) -> tuple[EmbeddingExport, ReDimNetMRL | SpeakerEncoder, str]:
     """(`EmbeddingExport` at `dim` (default: `default_dim`), the eval model it copies, its description)."""
     try:
         model, description = load_for_export(checkpoint)
@@ -113,7 +119,7 @@ def build_export(checkpoint: str | os.PathLike, dim: int | None = None) -> tuple
         raise ExportError(f"{err} ({checkpoint})") from err
 
 
-def reference_embedding(model: nn.Module, wave: torch.Tensor, dim: int) -> torch.Tensor:
+def reference_embedding(model: ReDimNetMRL | SpeakerEncoder, wave: torch.Tensor, dim: int) -> torch.Tensor:
     """What the training code's eval model gives for `wave` at `dim`, L2-normalised (the target
     the export is compared with, front-end and all)."""
     with torch.no_grad():

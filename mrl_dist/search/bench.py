@@ -79,7 +79,7 @@ def time_modes(
     `repeats` times; top-1 from the first repeat."""
     batch = min(batch, len(queries))
     starts = range(0, len(queries) - batch + 1, batch)  # whole batches only: equal work per timing
-    seconds = {name: [] for name in modes}
+    seconds: dict[str, list[float]] = {name: [] for name in modes}
     hits = {name: 0 for name in modes}
     for search in modes.values():  # warm-up: work buffers, faiss indexes
         search(queries[:batch])

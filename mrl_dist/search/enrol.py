@@ -65,11 +65,11 @@ def enrol_embeddings(
     if per_utterance:
         return CascadeIndex(embeddings, keys, labels, dims=dims, dtype=dtype)
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    speakers, row_speaker = np.unique(np.asarray(labels), return_inverse=True)
-    sums = np.zeros((len(speakers), embeddings.shape[1]), dtype=np.float64)
+    unique_speakers, row_speaker = np.unique(np.asarray(labels), return_inverse=True)
+    sums = np.zeros((len(unique_speakers), embeddings.shape[1]), dtype=np.float64)
     np.add.at(sums, row_speaker, unit)
-    counts = np.bincount(row_speaker, minlength=len(speakers))[:, None]
-    speakers = [str(s) for s in speakers]
+    counts = np.bincount(row_speaker, minlength=len(unique_speakers))[:, None]
+    speakers = [str(s) for s in unique_speakers]
     return CascadeIndex((sums / counts).astype(np.float32), speakers, speakers, dims=dims, dtype=dtype)
 
 
@@ -101,8 +101,9 @@ def stack_embeddings(embeddings: Mapping[str, np.ndarray]) -> tuple[np.ndarray, 
 
 def load_mrl_model(checkpoint: str | Path, device: str = "cpu"):
     """The ReDimNetMRL of an MRL inference checkpoint, in its (faster, equal) inference form on `device`."""
+    from mrl_dist.models.checkpoints import model_from_payload
     from mrl_dist.models.inference import inference_form
-    from mrl_dist.models.loading import CheckpointError, model_from_payload, read_checkpoint
+    from mrl_dist.models.loading import CheckpointError, read_checkpoint
 
     payload = read_checkpoint(checkpoint)
     if "mrl_config" not in payload:  # refused before building anything

@@ -23,11 +23,15 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import exhaustive
+
+if TYPE_CHECKING:
+    import faiss  # optional (the `search` extra); imported where backend "faiss" is used
 
 #: The MRL dims an index holds by default (those up to the embedding size, and the size itself).
 DEFAULT_DIMS = (64, 128, 192, 256)
@@ -154,7 +158,7 @@ class CascadeIndex:
             raise ValueError(f"embeddings have {rows} rows but {len(self.keys)} keys and {len(self.labels)} labels")
         self.segments, self.inverse_norms, self.dims, self.backend = segments, inverse_norms, dims, backend
         self._torch_segments = [torch.from_numpy(segment) for segment in segments]
-        self._faiss: dict[int, object] = {}
+        self._faiss: dict[int, faiss.IndexFlatIP] = {}
         self._workspace = exhaustive.Workspace()
 
     # ------------------------------------------------------------------ properties
@@ -289,7 +293,8 @@ class CascadeIndex:
         path = Path(path)
         arrays = {f"segment_{position}": segment for position, segment in enumerate(self.segments)}
         arrays.update(inverse_norms=self.inverse_norms, dims=np.asarray(self.dims, dtype=np.int64))
-        _atomic_write(path, lambda file: np.savez(file, **arrays))
+        # mypy also matches **arrays against savez's `allow_pickle: bool`; the keys are segment_*, inverse_norms, dims.
+        _atomic_write(path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]
         meta = {"format": INDEX_FORMAT, "rows": len(self), "dims": self.dims, "keys": self.keys, "labels": self.labels}
         _atomic_write(keys_path(path), lambda file: file.write(json.dumps(meta).encode()))
         return path

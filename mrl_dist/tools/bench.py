@@ -167,7 +167,7 @@ class ThroughputResult:
 
     def markdown_row(self) -> str:
         memory = "n/a (CPU)"
-        if self.peak_allocated_bytes is not None:
+        if self.peak_allocated_bytes is not None and self.peak_reserved_bytes is not None:  # both or neither
             memory = f"{self.peak_allocated_bytes / 2**30:.2f} / {self.peak_reserved_bytes / 2**30:.2f} GiB"
         step_ms = 1000 * self.batch_size / self.best
         return (

@@ -46,8 +46,10 @@ def randomise_batchnorms(model: torch.nn.Module, seed: int = 0) -> None:
     """Non-trivial BatchNorm statistics and affine parameters, so folding is really exercised."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
+        for name, module in model.named_modules():
             if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                if module.running_mean is None or module.running_var is None:
+                    raise ValueError(f"BatchNorm {name!r} keeps no running statistics (track_running_stats=False)")
                 n = module.num_features
                 module.running_mean.copy_(0.5 * torch.randn(n, generator=generator))
                 module.running_var.copy_(0.25 + 1.5 * torch.rand(n, generator=generator))

@@ -90,8 +90,9 @@ class TranscodeResult:
     @property
     def shares(self) -> tuple[float, float, float]:
         """Fractions of the stage time spent decoding, resampling and encoding."""
-        times = [1 / self.decode, 1 / self.resample, 1 / self.encode]
-        return tuple(t / sum(times) for t in times)
+        decode, resample, encode = 1 / self.decode, 1 / self.resample, 1 / self.encode
+        total = decode + resample + encode
+        return decode / total, resample / total, encode / total
 
 
 def measure_transcode(corpus: Path, source: str, cache: Path, repeats: int = 2) -> TranscodeResult:
@@ -292,7 +293,7 @@ def measure_listing(root: Path, files: int = 20_000) -> float:
     return elapsed / files
 
 
-def planning_at_scale(folder: str, utterances: int, speakers: int) -> dict:
+def planning_at_scale(folder: str | os.PathLike, utterances: int, speakers: int) -> dict:
     """Times the packer's planning path over synthetic_listing; returns stage seconds and sizes.
 
     Stages: fingerprint (run_identity), the pass-1 log of every record (what pass 1 writes) and

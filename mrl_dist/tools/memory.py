@@ -68,7 +68,7 @@ class LiveStorageBytes(TorchDispatchMode):
     op i (its inputs and outputs both alive), `peak` the most at once. Storages whose data_ptr is
     in `ignore` (parameters, optimizer state) are not counted."""
 
-    def __init__(self, ignore: set[int] = frozenset()):
+    def __init__(self, ignore: Iterable[int] = frozenset()):
         super().__init__()
         self.ignore = set(ignore)
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
@@ -102,7 +102,7 @@ class LiveStorageBytes(TorchDispatchMode):
 class SavedTensorBytes:
     """Bytes of the storages autograd saves for backward while active (each storage once)."""
 
-    def __init__(self, ignore: set[int] = frozenset()):
+    def __init__(self, ignore: Iterable[int] = frozenset()):
         self.ignore = set(ignore)
         self.seen: set[int] = set()
         self.total = 0
@@ -341,7 +341,7 @@ def _cases(cfg: Config, target: CardTarget) -> list[tuple[str, Config, int]]:
 
     base = with_random_weights(cfg)
     frozen = cfg.training.mode == "mrl" and cfg.training.freeze_backbone
-    cases = [("frozen" if frozen else cfg.training.mode, base, cfg.training.batch_size)]
+    cases: list[tuple[str, Config, int]] = [("frozen" if frozen else cfg.training.mode, base, cfg.training.batch_size)]
     if frozen:
         unfrozen = copy.deepcopy(base)
         unfrozen.training.freeze_backbone = False
@@ -404,15 +404,15 @@ def config_memory_tables(
                 shipped.training.mixed_precision,
             )
         ]
-        key = (shipped.model.backbone, shipped.training.mixed_precision)
-        if key not in per_second:
-            per_second[key] = measure_inference_bytes(shipped)
+        inference_key = (shipped.model.backbone, shipped.training.mixed_precision)
+        if inference_key not in per_second:
+            per_second[inference_key] = measure_inference_bytes(shipped)
         cells = []
         for seconds in padded_seconds:
             tensors = (
                 resident.parameter_bytes
                 + resident.optimizer_bytes
-                + per_second[key] * seconds * cfg.validation.batch_size
+                + per_second[inference_key] * seconds * cfg.validation.batch_size
             )
             peak = CUDA_CONTEXT_BYTES + (1 + FRAGMENTATION_HEADROOM) * tensors
             cells.append(f"{peak / GIB:.1f} GiB ({100 * peak / card_bytes:.0f} %)")

@@ -200,7 +200,7 @@ def bench_case(check: Check, kind: str, size: BenchSize) -> dict[str, Any]:
 
 
 def section_bench(check: Check) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     sizes = check.plan.bench_sizes or bench_sizes_from_configs(check.args.configs or shipped_gpu_configs())
     # A GPU case takes ~10-20 s (model build, FLOP count, warm-up, timed blocks); --quick ~1 s.
     needs = 2.0 if check.args.quick else 20.0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .check import Check, _synchronize
 
@@ -29,7 +30,8 @@ def time_loader(
         steps_per_epoch=100_000,
         pin_memory=cuda,
     )
-    batches = iter(loader)
+    # TrainLoader.__iter__ is a generator function (annotated Iterator); `close` below needs the generator.
+    batches = cast(Generator[dict, None, None], iter(loader))
     began = time.perf_counter()
     for _ in range(max(1, num_workers) + 1):
         next(batches)["wave"].to(device, non_blocking=cuda)
