@@ -380,7 +380,7 @@ def test_cpu_quick_pass_writes_json_and_markdown_and_fails_nothing(tmp_path):
             "--output",
             str(output),
             "--work-dir",
-            str(tmp_path / "work"),
+            "work",  # relative to cwd, as a user types it; the sections run commands from the repository
         ],
         cwd=tmp_path,
         capture_output=True,

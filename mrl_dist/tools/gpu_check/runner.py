@@ -75,7 +75,8 @@ def run_all(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     temporary = args.work_dir is None
-    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu-check-"))
+    # Absolute: the sections start commands from the repository, not from the caller's folder.
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu-check-")).absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info(args.device)
     peak, peak_source = device_peak_flops(info["gpu"], args.peak_tflops)
