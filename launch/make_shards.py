@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training.
+"""Pack a speaker corpus into tar shards of 16 kHz mono FLAC for streaming training (VoxCeleb
+layout by default; CN-Celeb, LibriSpeech, plain folders, Kaldi data directories, tables: --layout,
+docs/data.md).
 
     python launch/make_shards.py --input /data/voxceleb2/dev/aac --output shards --split train
     python launch/make_shards.py --input /data/voxceleb1/test/wav --output shards --split val \

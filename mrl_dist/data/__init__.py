@@ -1,6 +1,7 @@
 """Data: packing VoxCeleb into tar shards, and streaming training/evaluation batches from them.
 
-* packing (numpy, soundfile, PyAV; never torch): `corpus` (pass 1: list and decode the audio),
+* packing (numpy, soundfile, PyAV; never torch): `layouts`, `corpus_lists` (list a corpus's
+  samples per --layout), `corpus` (pass 1: decode the audio),
   `shard_writer` (pass 2: plan and write tars), `packing` (the job), `manifest`, `audio`,
   `trials`, `cli` (`launch/make_shards.py`)
 * loading (torch): `shard_reader`, `stages`, `augment`, `features`, `pipeline` (the loaders)

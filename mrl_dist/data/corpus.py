@@ -1,15 +1,20 @@
-"""The corpus being packed (pass 1 of `launch/make_shards.py`): its audio files in VoxCeleb layout,
-a fingerprint of them, and decoding each into the FLAC cache in worker processes.
+"""The corpus being packed (pass 1 of `launch/make_shards.py`): its samples (SourceFile: a file, a
+segment of one or the output of a Kaldi pipe command), a fingerprint of them, and decoding each
+into the FLAC cache in worker processes.
 
-Every file is listed or skipped with a reason, never silently; a file that cannot be decoded
-becomes a record with its reason, and a decoder process that dies costs only its own files.
-Pass 2 (planning shards, writing tars): shard_writer.py; the job that runs both: packing.py.
+Listing the samples of each corpus layout: layouts.py (folders) and corpus_lists.py (a Kaldi data
+directory, a CSV/JSONL table). Every sample is listed or skipped with a reason, never silently; a
+sample that cannot be decoded becomes a record with its reason, and a decoder process that dies
+costs only its own samples. Pass 2 (planning shards, writing tars): shard_writer.py; the job that
+runs both: packing.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -17,26 +22,53 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrl_dist.data.audio import AUDIO_EXTENSIONS, AudioError, decode_file, encode_flac
+from mrl_dist.data.audio import AudioError, DecodedAudio, decode_file, encode_flac, seconds_to_samples
+
+PIPE_STDERR_TAIL = 400  # characters of a failing pipe command's stderr kept in its skip entry
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input audio file; key is `<speaker>/<video>/<utt>` (the VoxCeleb trial-list path
-    without extension)."""
+    """One sample to pack: a whole audio file, the part [start, end) seconds of one, or (pipe) the
+    WAV/FLAC bytes a shell command writes to stdout (a Kaldi `wav.scp` entry `recid cmd ... |`).
+
+    key: the sample's name in the shards (`<speaker>/<video>/<utt>` for VoxCeleb: the trial-list
+    path without extension); speaker: its speaker ("" -> the key's first part); path: absolute
+    file path, or the command of a pipe (run in `cwd`); size, mtime_ns: the file's (0 for a pipe);
+    video: VoxCeleb's video id, written into the sample's json; origin: where it was listed
+    (`wav.scp:12`), for messages only.
+    """
 
     key: str
-    path: str  # absolute
+    path: str
     size: int
     mtime_ns: int
+    speaker: str = ""
+    video: str | None = None
+    start: float | None = None  # seconds into the audio; None: the whole file
+    end: float | None = None  # None: to the end of the audio
+    pipe: bool = False
+    cwd: str | None = None  # a pipe command's working folder
+    origin: str = ""
 
-    @property
-    def speaker(self) -> str:
-        return self.key.split("/")[0]
+    def __post_init__(self):
+        if not self.speaker:
+            object.__setattr__(self, "speaker", self.key.split("/")[0])
 
-    @property
-    def video(self) -> str:
-        return self.key.split("/")[1]
+    def identity(self) -> dict:
+        """The fields a decode record repeats: a record is reused only while they are equal."""
+        fields = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "speaker": self.speaker}
+        optional = {"video": self.video, "start": self.start, "end": self.end, "cwd": self.cwd}
+        fields.update({name: value for name, value in optional.items() if value is not None})
+        if self.pipe:
+            fields["pipe"] = True
+        return fields
+
+    @classmethod
+    def from_record(cls, record: dict) -> SourceFile:
+        """The source a decode record (see decode_to_cache) was made from, to decode it again."""
+        optional = {name: record[name] for name in ("video", "start", "end", "pipe", "cwd") if name in record}
+        return cls(record["key"], record["path"], record["size"], record["mtime_ns"], record["speaker"], **optional)
 
 
 def skip_entry(path: str, reason: str, detail: str) -> dict:
@@ -44,72 +76,13 @@ def skip_entry(path: str, reason: str, detail: str) -> dict:
     return {"path": path, "reason": reason, "detail": detail}
 
 
-def _check_layout(relative: Path) -> tuple[str | None, str]:
-    """Returns (reason, detail) why `relative` is not `<speaker>/<video>/<utt>.<ext>`, or (None, key)."""
-    extension = relative.suffix.lower().lstrip(".")
-    if extension not in AUDIO_EXTENSIONS:
-        return "not-audio", f"extension {relative.suffix!r} is none of {sorted(AUDIO_EXTENSIONS)}"
-    parts = relative.parts
-    if len(parts) != 3:
-        return "bad-path", f"expected <speaker>/<video>/<utt>.<ext>, got {len(parts)} path levels"
-    stem = relative.name[: -len(relative.suffix)]
-    # webdataset ends a key at the first dot of the basename and trial lists split on blanks.
-    if not stem or "." in stem or any(c.isspace() for c in str(relative)):
-        return "bad-path", "utterance name must be non-empty, without dots or blanks"
-    try:
-        str(relative).encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes in a file name cannot be a tar/JSON key
-        return "bad-path", "file name is not valid UTF-8"
-    return None, f"{parts[0]}/{parts[1]}/{stem}"
-
-
-def list_sources(inputs: Sequence[str | Path], exclude: Path | None = None):
-    """Lists every file under the inputs, sorted by key (then input order, then extension).
-
-    Returns (sources: list[SourceFile], skipped: list[skip_entry]); files not in VoxCeleb layout
-    and second copies of a key are skipped with a reason, never silently.
-    """
-    found: list[tuple[str, int, str, SourceFile]] = []
-    skipped = []
-    for index, root in enumerate(inputs):
-        root = Path(root).absolute()
-        if not root.is_dir():
-            raise FileNotFoundError(f"--input {root} is not a directory")
-        for folder, dirs, files in os.walk(root):
-            if exclude is not None and Path(folder).resolve() == exclude.resolve():
-                dirs[:] = []
-                continue
-            dirs.sort()
-            for name in sorted(files):
-                path = Path(folder) / name
-                reason, key_or_detail = _check_layout(path.relative_to(root))
-                if reason is not None:
-                    skipped.append(skip_entry(str(path), reason, key_or_detail))
-                    continue
-                try:
-                    stat = path.stat()
-                except OSError as error:  # e.g. a dangling symlink
-                    skipped.append(skip_entry(str(path), "unreadable", f"{path}: {error}"))
-                    continue
-                source = SourceFile(key_or_detail, str(path), stat.st_size, stat.st_mtime_ns)
-                found.append((source.key, index, path.suffix.lower(), source))
-    found.sort(key=lambda item: item[:3])
-    sources: list[SourceFile] = []
-    for _, _, _, source in found:
-        if sources and sources[-1].key == source.key:
-            skipped.append(
-                skip_entry(source.path, "duplicate", f"key {source.key} is also {sources[-1].path}, which is packed")
-            )
-            continue
-        sources.append(source)
-    return sources, skipped
-
-
 def fingerprint(sources: Iterable[SourceFile], skipped: Iterable[dict]) -> str:
-    """sha256 over what was found (paths, sizes, mtimes): a resume only reuses work for the same input."""
+    """sha256 over what was found (keys, paths, sizes, mtimes, speakers, segments, pipe commands):
+    a resume only reuses work for the same input."""
     digest = hashlib.sha256()
     for source in sources:
-        digest.update(f"{source.path}\0{source.size}\0{source.mtime_ns}\n".encode())
+        fields = "\0".join(f"{name}={value}" for name, value in sorted(source.identity().items()))
+        digest.update(f"{source.key}\0{fields}\n".encode())
     for entry in skipped:
         digest.update(f"{entry['path']}\0{entry['reason']}\n".encode())
     return digest.hexdigest()
@@ -123,14 +96,14 @@ def cache_path(cache_dir: Path, key: str) -> Path:
 def decode_to_cache(task: tuple[SourceFile, str]) -> dict:
     """Pass-1 worker: decodes one source to 16 kHz mono FLAC in the cache (atomically).
 
-    Returns the decode record {key, path, size, mtime_ns, bytes, frames, seconds,
-    original_sample_rate, original_channels} or, for a bad file, {key, path, size, mtime_ns,
+    Returns the decode record {key, **source.identity(), bytes, frames, seconds,
+    original_sample_rate, original_channels} or, for a bad sample, {key, **source.identity(),
     reason, detail}. Bad audio is a record, not an exception: one file never stops the run.
     """
     source, cache_file = task
-    record = {"key": source.key, "path": source.path, "size": source.size, "mtime_ns": source.mtime_ns}
+    record = {"key": source.key, **source.identity()}
     try:
-        audio = decode_file(source.path)
+        audio = decode_source(source, decode_file)
     except AudioError as error:
         return {**record, "reason": error.reason, "detail": error.detail}
     data = encode_flac(audio.wave)
@@ -149,6 +122,68 @@ def decode_to_cache(task: tuple[SourceFile, str]) -> dict:
     }
 
 
+# The recording decoded last in this process: a Kaldi recording's segments are listed next to each
+# other (utterance ids start with the recording id), so each recording is decoded about once.
+_last_recording: tuple[tuple, DecodedAudio] | None = None
+
+
+def decode_source(source: SourceFile, read_file=decode_file) -> DecodedAudio:
+    """The audio of one sample: its file (read with `read_file`) or pipe output, cut to its segment.
+
+    Raises AudioError: the reasons of decode_file, `pipe-failed` (the command's exit status and
+    stderr tail) and `bad-segment` (a segment past the end of its recording).
+    """
+    global _last_recording
+    if source.start is None and source.end is None:
+        return read_pipe(source.path, source.cwd, read_file) if source.pipe else read_file(source.path)
+    recording = (source.path, source.pipe, source.cwd, source.size, source.mtime_ns)
+    if _last_recording is not None and _last_recording[0] == recording:
+        audio = _last_recording[1]
+    else:
+        audio = read_pipe(source.path, source.cwd, read_file) if source.pipe else read_file(source.path)
+        _last_recording = (recording, audio)
+    return cut_segment(audio, source.start or 0.0, source.end, f"{source.key} ({source.origin or source.path})")
+
+
+def cut_segment(audio: DecodedAudio, start: float, end: float | None, where: str) -> DecodedAudio:
+    """audio.wave[start:end] (seconds; end None: to the end); AudioError(`bad-segment`) when the
+    segment reaches past the end of the audio (a wrong segments file, not something to pad)."""
+    first = seconds_to_samples(start)
+    last = len(audio.wave) if end is None else seconds_to_samples(end)
+    if last > len(audio.wave):
+        raise AudioError(
+            "bad-segment", f"{where}: segment ends at {end} s, past the end of its recording ({audio.seconds:.3f} s)"
+        )
+    return DecodedAudio(audio.wave[first:last], audio.original_sample_rate, audio.original_channels)
+
+
+def read_pipe(command: str, cwd: str | None, read_file=decode_file) -> DecodedAudio:
+    """Runs a Kaldi `wav.scp` pipe command with a shell and decodes the WAV or FLAC it writes.
+
+    Raises AudioError(`pipe-failed`) with the exit status and stderr tail when the command fails,
+    else the reasons of decode_file for the bytes it wrote.
+    """
+    result = subprocess.run(command, shell=True, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True)
+    if result.returncode != 0:
+        tail = result.stderr.decode("utf-8", "replace").strip()[-PIPE_STDERR_TAIL:]
+        raise AudioError("pipe-failed", f"{command!r} exited with status {result.returncode}: {tail or '(no stderr)'}")
+    data = result.stdout
+    if data[:4] in (b"RIFF", b"RF64"):
+        suffix = ".wav"
+    elif data[:4] == b"fLaC":
+        suffix = ".flac"
+    else:
+        raise AudioError("unreadable", f"{command!r} wrote {len(data)} bytes that are neither WAV nor FLAC")
+    # decode_file's checks (truncated, empty, non-finite) read a file; the bytes go through one.
+    with tempfile.NamedTemporaryFile(suffix=suffix) as temporary:
+        temporary.write(data)
+        temporary.flush()
+        try:
+            return read_file(temporary.name)
+        except AudioError as error:
+            raise AudioError(error.reason, error.detail.replace(temporary.name, f"output of {command!r}")) from None
+
+
 def _decode_chunk(function: Callable, tasks: list) -> list[dict]:
     return [function(task) for task in tasks]
 
@@ -161,9 +196,7 @@ def _decode_alone(function: Callable, task: tuple[SourceFile, str]) -> dict:
             source = task[0]
             return {
                 "key": source.key,
-                "path": source.path,
-                "size": source.size,
-                "mtime_ns": source.mtime_ns,
+                **source.identity(),
                 "reason": "decoder-crashed",
                 "detail": f"{source.path}: the decoding process died (crash or out of memory)",
             }

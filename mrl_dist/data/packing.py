@@ -1,7 +1,7 @@
-"""Pack VoxCeleb-layout audio into tar shards of 16 kHz mono FLAC for streaming training: the job
-behind `launch/make_shards.py`, which runs both passes in parallel, resumes and writes the manifest.
-Its steps: corpus.py (pass 1: listing and decoding the sources), shard_writer.py (pass 2: planning
-and writing the tars).
+"""Pack a speaker corpus (VoxCeleb layout or another, see layouts.py) into tar shards of 16 kHz mono
+FLAC for streaming training: the job behind `launch/make_shards.py`, which runs both passes in
+parallel, resumes and writes the manifest. Its steps: layouts.py and corpus_lists.py (listing the
+samples), corpus.py (pass 1: decoding them), shard_writer.py (pass 2: planning and writing the tars).
 
     python launch/make_shards.py --input /data/voxceleb2/dev/aac --output shards --split train
     python launch/make_shards.py --input /data/voxceleb1/test/wav --output shards --split val \
@@ -39,7 +39,8 @@ of the shards it keeps as well.
 Decoder processes that die (an FFmpeg crash, the OOM killer) cost only the file being decoded,
 which is skipped as `decoder-crashed`; every other bad file is skipped with its reason
 (`unreadable`, `truncated`, `empty`, `non-finite`, `too-short`, `bad-path`, `not-audio`,
-`duplicate`), listed in the manifest and counted at the end.
+`duplicate`, `link-cycle`, `missing-file`, `bad-segment`, `pipe-failed`), listed in the manifest and
+counted at the end.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import __version__
-from .corpus import SourceFile, cache_path, decode_in_processes, decode_to_cache, fingerprint, list_sources, skip_entry
+from .corpus import SourceFile, cache_path, decode_in_processes, decode_to_cache, fingerprint, skip_entry
+from .layouts import LAYOUTS, list_sources
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
 from .shard_writer import (
     ShardPlan,
@@ -66,6 +68,7 @@ from .shard_writer import (
     read_shard_record,
     release_cache,
     sha256_file,
+    speaker_of,
     write_shard,
 )
 from .trials import read_trials, trial_keys
@@ -113,11 +116,7 @@ def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[d
     todo = []
     for source in sources:
         record = previous.get(source.key)
-        if record is not None and (record["path"], record["size"], record["mtime_ns"]) == (
-            source.path,
-            source.size,
-            source.mtime_ns,
-        ):
+        if record is not None and all(record.get(name) == value for name, value in source.identity().items()):
             done[source.key] = record
         else:
             todo.append((source, str(cache_path(cache_dir, source.key))))
@@ -195,6 +194,7 @@ def run_identity(
     min_seconds: float,
     sources: Sequence[SourceFile],
     skipped: Sequence[dict],
+    layout: str = "voxceleb",
 ) -> dict:
     """What determines a split's content: format, arguments, input fingerprint, version.
 
@@ -204,6 +204,7 @@ def run_identity(
         "format": MANIFEST_FORMAT,
         "arguments": {
             "input": [str(Path(p).absolute()) for p in inputs],
+            "layout": layout,
             "split": split,
             "trials": str(Path(trials).absolute()) if trials else None,
             "shard_size_mb": shard_size_mb,
@@ -239,9 +240,9 @@ def plan_split(identity: dict, records: Sequence[dict], skipped: Sequence[dict])
         counts = dict(Counter(entry["reason"] for entry in skipped))
         raise PackError(
             f"no valid audio file under --input {', '.join(arguments['input'])} "
-            f"(expected <speaker>/<video>/<utt>.<wav|flac|m4a|...>); skipped: {counts}"
+            f"(--layout {arguments['layout']}: {LAYOUTS[arguments['layout']]}); skipped: {counts}"
         )
-    speaker_counts = Counter(record["key"].split("/", 1)[0] for record in valid)
+    speaker_counts = Counter(speaker_of(record) for record in valid)
     speakers = {name: label for label, name in enumerate(sorted(speaker_counts))}
     plans = plan_shards(valid, speakers, split, int(arguments["shard_size_mb"] * 2**20))
     manifest = {
@@ -271,10 +272,13 @@ def pack_split(
     shard_size_mb: float = 256.0,
     min_seconds: float = 0.5,
     progress: bool = True,
+    layout: str = "voxceleb",
 ) -> dict:
-    """Packs the audio under `inputs` into `output/split-*.tar`; returns the manifest dict.
+    """Packs the audio of `inputs` (in `layout`, see layouts.LAYOUTS) into `output/split-*.tar`;
+    returns the manifest dict.
 
-    Raises PackError when no file is valid or a trial utterance is not in the split.
+    Raises PackError when no file is valid or a trial utterance is not in the split, CorpusError
+    when a corpus list (kaldi, table) cannot be read.
     """
     output = Path(output).absolute()
     output.mkdir(parents=True, exist_ok=True)
@@ -282,8 +286,8 @@ def pack_split(
     for pattern in (f".{split}-*.tar.tmp.*", f".{split}.manifest*.tmp.*", f".{split}.trials.txt.tmp.*"):
         for stale in output.glob(pattern):
             stale.unlink()  # temporaries of a killed run; never renamed, so never valid
-    sources, skipped = list_sources(inputs, exclude=output)
-    identity = run_identity(inputs, split, trials, shard_size_mb, min_seconds, sources, skipped)
+    sources, skipped = list_sources(inputs, exclude=output, layout=layout)
+    identity = run_identity(inputs, split, trials, shard_size_mb, min_seconds, sources, skipped, layout)
     if trials:
         missing = _missing_trial_utterances(Path(trials), {s.key for s in sources}, skipped)
         if missing:  # fail before hours of decoding

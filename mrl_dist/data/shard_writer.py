@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mrl_dist.data.audio import decode_file, encode_flac
-from mrl_dist.data.corpus import cache_path
+from mrl_dist.data.corpus import SourceFile, cache_path, decode_source
 
 SHUFFLE_SEED = 0
 TAR_BLOCK = 512
@@ -33,19 +33,28 @@ TAR_BLOCK = 512
 _SAMPLE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
+def speaker_of(record: dict) -> str:
+    """A decode record's speaker (records without one are keyed `<speaker>/...`)."""
+    return record.get("speaker") or record["key"].split("/", 1)[0]
+
+
 def sample_json(record: dict, label: int) -> bytes:
-    """The `.json` member of a sample: compact, sorted keys (part of the byte-identical promise)."""
-    speaker, video, _ = record["key"].split("/")
+    """The `.json` member of a sample: compact, sorted keys (part of the byte-identical promise).
+
+    Holds speaker, label, seconds, frames, source (file or pipe command), original_sample_rate,
+    original_channels, and where the layout has them: video (VoxCeleb), start and end (seconds of
+    a segment of its source).
+    """
     meta = {
-        "speaker": speaker,
+        "speaker": speaker_of(record),
         "label": label,
-        "video": video,
         "seconds": record["seconds"],
         "frames": record["frames"],
         "source": record["path"],
         "original_sample_rate": record["original_sample_rate"],
         "original_channels": record["original_channels"],
     }
+    meta.update({name: record[name] for name in ("video", "start", "end") if record.get(name) is not None})
     return _SAMPLE_JSON.encode(meta).encode()
 
 
@@ -73,7 +82,7 @@ def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str, sha
     current: list[dict] = []
     size = 0
     for index in order:
-        record = {**records[index], "label": labels[records[index]["key"].split("/")[0]]}
+        record = {**records[index], "label": labels[speaker_of(records[index])]}
         cost = _member_bytes(record["key"] + ".flac", record["bytes"]) + _member_bytes(
             record["key"] + ".json", len(sample_json(record, record["label"]))
         )
@@ -184,7 +193,7 @@ def _cached_flac(record: dict, cache_dir: Path) -> bytes:
     path = cache_path(cache_dir, record["key"])
     if path.is_file() and path.stat().st_size == record["bytes"]:
         return path.read_bytes()
-    data = encode_flac(decode_file(record["path"]).wave)
+    data = encode_flac(decode_source(SourceFile.from_record(record), decode_file).wave)
     if len(data) != record["bytes"]:
         raise RuntimeError(
             f"{record['path']} decodes differently than in pass 1 "

@@ -34,7 +34,8 @@ import numpy as np
 import soundfile as sf
 
 from ..data.audio import SAMPLE_RATE, _read_with_pyav, encode_flac, read_flac_crop, seconds_to_samples, to_mono_16k
-from ..data.corpus import SourceFile, cache_path, decode_to_cache, list_sources
+from ..data.corpus import SourceFile, cache_path, decode_to_cache
+from ..data.layouts import list_sources
 from ..data.manifest import MANIFEST_SUFFIX, read_manifest, write_json_atomic
 from ..data.packing import MAX_SHARD_WRITERS, decode_all, pack_split, plan_split, run_identity
 from ..data.shard_writer import plan_digest, shard_record_path, write_shard
