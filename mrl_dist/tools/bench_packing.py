@@ -264,9 +264,7 @@ def synthetic_listing(utterances: int, speakers: int, seed: int = 0) -> tuple[li
         records.append(
             {
                 "key": key,
-                "path": path,
-                "size": source.size,
-                "mtime_ns": source.mtime_ns,
+                **source.identity(),  # what a real decode record repeats of its source
                 "bytes": int(frames[index] * 1.2),
                 "frames": int(frames[index]),
                 "seconds": int(frames[index]) / SAMPLE_RATE,
