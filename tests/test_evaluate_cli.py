@@ -45,6 +45,7 @@ def run_main(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_script_prints_a_row_per_dim_and_writes_the_det_plot_beside_the_checkpoint(shards, mrl_checkpoint):
     result = subprocess.run(
         [

@@ -167,6 +167,7 @@ class RecomputeLoader:
             }
 
 
+@pytest.mark.slow
 def test_a_cached_run_scores_like_a_recompute_run_with_the_same_crops(setup, cache, tmp_path):
     root, shards = setup
     sections = {

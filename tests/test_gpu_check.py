@@ -325,6 +325,7 @@ def test_an_unexpected_exception_fails_only_its_section(monkeypatch, tmp_path):
     assert report["sections"]["loader"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_sections_past_the_deadline_are_skipped_not_run(monkeypatch, tmp_path):
     def slow(check):
         time.sleep(max(0.0, check.remaining() - 0.5))  # runs until less than a second is left

@@ -62,6 +62,7 @@ def _mrl(pretrained_file: Path, extra: dict | None = None, **training) -> dict:
 # ---------------------------------------------------------------------------- unfreezing once
 
 
+@pytest.mark.slow
 def test_unfreezing_under_bf16_happens_once_and_keeps_one_forward_wrapper(demo_shards, pretrained_file, tmp_path):
     config = tiny_config(
         tmp_path / "run",
