@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .cli_errors import InputError, one_line
+from .data.remote import local_shard_path
 
 
 def readable_file_problem(path: str | os.PathLike, what: str) -> str | None:
@@ -67,15 +68,6 @@ def writable_output_problem(path: str | os.PathLike, what: str, *, folder: bool 
     if not os.access(nearest, os.W_OK | os.X_OK):
         return f"{what} {path}: cannot write into {nearest} (permissions)"
     return None
-
-
-def local_shard_path(url: str) -> str | None:
-    """The file a shard URL reads, or None for a remote one (http(s)://, pipe:)."""
-    from .data.remote import is_url
-
-    if is_url(url) or url.startswith("pipe:"):
-        return None
-    return url.removeprefix("file://") if url.startswith("file://") else url.removeprefix("file:")
 
 
 def shard_source_problems(source: str | os.PathLike, what: str, *, trials_needed: bool = False) -> list[str]:

@@ -28,10 +28,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..preflight import local_shard_path
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, read_manifest, write_json_atomic
+from .remote import local_shard_path
 from .shard_reader import SkipCounter, iter_tar_samples
-from .shard_writer import _SAMPLE_JSON, _tar_member, sha256_file
+from .shard_writer import encode_sample_json, sha256_file, tar_member
 from .trials import balanced_trials, write_trials
 
 REST_SUFFIX = ".rest"
@@ -98,7 +98,7 @@ def check_pairable(counts: dict[str, int], speakers: list[str], seed: int) -> No
 class _ShardSetWriter:
     """Writes samples into `FOLDER/NAME-000000.tar ...`, a new shard once one passes `shard_bytes`.
 
-    Tar headers carry no time, owner or permissions (shard_writer._tar_member), so equal input
+    Tar headers carry no time, owner or permissions (shard_writer.tar_member), so equal input
     gives equal bytes. Each shard is written under a temporary name and renamed when complete.
     """
 
@@ -118,7 +118,7 @@ class _ShardSetWriter:
             self._open = (tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT), handle)
             self._samples = 0
         for extension, data in (("flac", flac), ("json", meta)):
-            self._open[0].addfile(_tar_member(f"{key}.{extension}", len(data)), io.BytesIO(data))
+            self._open[0].addfile(tar_member(f"{key}.{extension}", len(data)), io.BytesIO(data))
         self._samples += 1
 
     def _finish(self) -> None:
@@ -251,7 +251,7 @@ def make_holdout(
             is_held = speaker in held
             meta["label"] = (holdout_labels if is_held else rest_labels)[speaker]
             # Compact with sorted keys, as packed: the same split gives the same bytes.
-            writers[is_held].add(key, sample["flac"], _SAMPLE_JSON.encode(meta).encode())
+            writers[is_held].add(key, sample["flac"], encode_sample_json(meta))
             counts[is_held][speaker] += 1
             seconds[is_held] += float(meta.get("seconds", 0.0))
             if is_held:

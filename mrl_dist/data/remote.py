@@ -36,6 +36,13 @@ def is_url(source: str | os.PathLike) -> bool:
     return str(source).startswith(("http://", "https://"))
 
 
+def local_shard_path(url: str) -> str | None:
+    """The file a shard URL reads, or None for a remote one (http(s)://, pipe:)."""
+    if is_url(url) or url.startswith("pipe:"):
+        return None
+    return url.removeprefix("file://") if url.startswith("file://") else url.removeprefix("file:")
+
+
 def _settings() -> tuple[float, int]:
     return float(os.environ.get("MRL_DIST_HTTP_TIMEOUT", "30")), int(os.environ.get("MRL_DIST_HTTP_RETRIES", "4"))
 

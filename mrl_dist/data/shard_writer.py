@@ -33,6 +33,11 @@ TAR_BLOCK = 512
 _SAMPLE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
+def encode_sample_json(meta: dict) -> bytes:
+    """A sample's `.json` member as the packer writes it: compact, keys sorted (equal input, equal bytes)."""
+    return _SAMPLE_JSON.encode(meta).encode()
+
+
 def speaker_of(record: dict) -> str:
     """A decode record's speaker (records without one are keyed `<speaker>/...`)."""
     return record.get("speaker") or record["key"].split("/", 1)[0]
@@ -55,7 +60,7 @@ def sample_json(record: dict, label: int) -> bytes:
         "original_channels": record["original_channels"],
     }
     meta.update({name: record[name] for name in ("video", "start", "end") if record.get(name) is not None})
-    return _SAMPLE_JSON.encode(meta).encode()
+    return encode_sample_json(meta)
 
 
 def _member_bytes(name: str, size: int) -> int:
@@ -96,7 +101,8 @@ def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str, sha
     return shards
 
 
-def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+def tar_member(name: str, size: int) -> tarfile.TarInfo:
+    """A tar header with no time, owner or permissions of this machine: equal input, equal bytes."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -163,7 +169,7 @@ def write_shard(task: tuple) -> tuple[str, str, int]:
                 flac = _cached_flac(record, Path(cache_dir))
                 meta = sample_json(record, record["label"])
                 for extension, data in (("flac", flac), ("json", meta)):
-                    tar.addfile(_tar_member(f"{record['key']}.{extension}", len(data)), io.BytesIO(data))
+                    tar.addfile(tar_member(f"{record['key']}.{extension}", len(data)), io.BytesIO(data))
         handle.flush()
         os.fsync(handle.fileno())
     sha = sha256_file(temporary)

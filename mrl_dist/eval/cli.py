@@ -35,6 +35,7 @@ from mrl_dist.cli_errors import InputError, add_error_options, command, program_
 from mrl_dist.config import ConfigError, load_config
 from mrl_dist.data.manifest import ManifestError
 from mrl_dist.data.pipeline import make_eval_loader, resolve_source
+from mrl_dist.data.remote import local_shard_path
 from mrl_dist.data.trials import read_trials
 from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, evaluate_model, extract_embeddings
@@ -46,7 +47,6 @@ from mrl_dist.models.inference import inference_form
 from mrl_dist.precision import AUTOCAST_DTYPES
 from mrl_dist.preflight import (
     checkpoint_problem,
-    local_shard_path,
     raise_problems,
     readable_file_problem,
     shard_source_problems,
