@@ -13,7 +13,7 @@ import torch
 from mrl_dist.config import ConfigError, config_from_dict
 from mrl_dist.data.audio import read_flac_crop
 from mrl_dist.data.features import FEATURES_MANIFEST, FeatureCacheError, open_feature_cache, read_feature_file
-from mrl_dist.data.pipeline import resolve_source
+from mrl_dist.data.mix import resolve_source
 from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples
 from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.models import build_preset, load_pretrained, save_official_checkpoint
@@ -223,7 +223,7 @@ def test_features_auto_builds_the_run_s_own_cache_first_and_reuses_it_on_resume(
 
 
 def test_speaker_balanced_batches_hold_crops_per_speaker_crops_of_each_speaker(cache):
-    from mrl_dist.data.features import FeatureLoader
+    from mrl_dist.data.feature_loader import FeatureLoader
 
     loader = FeatureLoader(
         open_feature_cache(cache), batch_size=8, steps_per_epoch=5, seed=0, rank=0, world_size=1, crops_per_speaker=2

@@ -95,7 +95,7 @@ def test_a_conv_backward_costs_its_forward_once_per_gradient(groups):
 
 TRAIN_LOG = """\
 2026-01-01 00:00:00 mode=mrl ranks=1 device=cuda:0 precision=bf16 classes=6 start_step=0 run_dir=r
-2026-01-01 00:00:01 validation step 0 EER 64:50.00%
+2026-01-01 00:00:01 validation step 0 val EER 64:50.00%
 2026-01-01 00:00:02 step 1 loss=1.0 lr=0.001 crops_per_s=10
 2026-01-01 00:00:02 step 2 loss=1.0 lr=0.001 crops_per_s=64
 2026-01-01 00:00:02 step 2: backbone unfrozen

@@ -48,7 +48,7 @@ def test_run_folder_holds_config_log_metrics_and_checkpoints(classifier_run):
     records = read_metrics(classifier_run)
     assert [r["step"] for r in records] == [2, 4]
     record = records[-1]
-    assert set(record) == {"step", "epoch", "eer", "min_dcf", "threshold"}
+    assert set(record) == {"step", "epoch", "set", "eer", "min_dcf", "threshold"} and record["set"] == "val"
     assert set(record["eer"]) == {"native"} and 0.0 <= record["eer"]["native"] <= 1.0
     assert set(record["min_dcf"]) == {"0.01", "0.05"}
     assert [p.name for p in ckpt.list_checkpoints(classifier_run / "checkpoints")] == ["step-4"]  # keep_last 1

@@ -38,8 +38,10 @@ from .schema import (
     PTMFusionConfig,
     ScheduleConfig,
     TeacherConfig,
+    TrainCorpusConfig,
     TrainingConfig,
     ValidationConfig,
+    ValidationSetConfig,
 )
 
 __all__ = [
@@ -69,8 +71,10 @@ __all__ = [
     "PretrainedConfig",
     "ScheduleConfig",
     "TeacherConfig",
+    "TrainCorpusConfig",
     "TrainingConfig",
     "ValidationConfig",
+    "ValidationSetConfig",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",

@@ -59,11 +59,22 @@ def _type_name(tp: Any) -> str:
     inner = _optional_inner(tp)
     if inner is not None:
         return f"{_type_name(inner)} or null"
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(choice) for choice in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if typing.get_origin(tp) is Literal:
         return "one of " + " | ".join(typing.get_args(tp))
     return "mapping" if dataclasses.is_dataclass(tp) else tp.__name__
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether `value` has the outer shape of `tp` (a union picks its alternative by this; the
+    chosen one then checks the value in depth)."""
+    origin = typing.get_origin(tp) or tp
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return isinstance(value, origin) and not (isinstance(value, bool) and origin is not bool)
 
 
 def _unknown_key(key: str, valid: Sequence[str], prefix: str) -> ConfigError:
@@ -77,6 +88,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     inner = _optional_inner(tp)
     if inner is not None:
         return None if value is None else _convert(inner, value, key)
+    if typing.get_origin(tp) in (Union, types.UnionType):  # e.g. `str | list[...]`: the first that fits
+        for choice in typing.get_args(tp):
+            if _fits(choice, value):
+                return _convert(choice, value, key)
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if typing.get_origin(tp) is Literal:

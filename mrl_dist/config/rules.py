@@ -128,10 +128,16 @@ def validate(cfg: Config) -> None:
             "training.unfreeze_after_steps", "is set but training.freeze_backbone is false; nothing to unfreeze"
         )
 
-    match = _BEST_METRIC.fullmatch(cfg.checkpoint.best_metric)
+    _check_training_mix(cfg)
+    set_names = _check_validation_sets(cfg)
+    best = cfg.checkpoint.best_metric
+    set_name, _, metric = best.rpartition("/")
+    if set_name and set_name not in set_names:
+        raise ConfigError("checkpoint.best_metric", f"names validation set {set_name!r}; the sets are {set_names}")
+    match = _BEST_METRIC.fullmatch(metric)
     if match is None:
         raise ConfigError(
-            "checkpoint.best_metric", f"must be mean_eer or eer@<dim>; got {cfg.checkpoint.best_metric!r}"
+            "checkpoint.best_metric", f"must be mean_eer or eer@<dim>, optionally after `<set>/`; got {best!r}"
         )
     if match.group(1) is not None and int(match.group(1)) not in dims:
         raise ConfigError("checkpoint.best_metric", f"dim {match.group(1)} is not in model.mrl_dims {dims}")
@@ -142,3 +148,31 @@ def validate(cfg: Config) -> None:
         _check(weight_problem(teacher.weight), f"{key}.weight")
     if training.mode == "distill" and not cfg.distill.teachers:
         raise ConfigError("training.mode", "is 'distill' but distill.teachers is empty")
+
+
+def _check_training_mix(cfg: Config) -> None:
+    """data.train as a list: at least one corpus, each weight > 0, names unique (where given)."""
+    if isinstance(cfg.data.train, str):
+        return
+    if not cfg.data.train:
+        raise ConfigError("data.train", "is an empty list; name at least one {manifest, weight}")
+    names: dict[str, int] = {}
+    for i, corpus in enumerate(cfg.data.train):
+        if not corpus.weight > 0:
+            raise ConfigError(f"data.train[{i}].weight", f"must be > 0, got {corpus.weight!r}")
+        if corpus.name is not None:
+            if corpus.name in names:
+                raise ConfigError(f"data.train[{i}].name", f"{corpus.name!r} is data.train[{names[corpus.name]}]'s too")
+            names[corpus.name] = i
+
+
+def _check_validation_sets(cfg: Config) -> list[str]:
+    """validation.sets: names unique and usable in best_metric; returns the set names."""
+    names: list[str] = []
+    for i, entry in enumerate(cfg.validation.sets):
+        if not entry.name or "/" in entry.name:
+            raise ConfigError(f"validation.sets[{i}].name", f"must be non-empty without '/', got {entry.name!r}")
+        if entry.name in names:
+            raise ConfigError(f"validation.sets[{i}].name", f"{entry.name!r} is used by another set")
+        names.append(entry.name)
+    return names or ["val"]

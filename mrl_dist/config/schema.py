@@ -187,13 +187,30 @@ class AugmentConfig:
 
 
 @dataclass
+class TrainCorpusConfig:
+    """One corpus of a training mix (`data.train` as a list); data/mix.py draws from them."""
+
+    manifest: str = option(help="The corpus's packed split: a `NAME.manifest.json` (a path or an http(s) URL).")
+    weight: float = option(
+        1.0, help="Share of the training crops drawn from this corpus, relative to the other entries' weights."
+    )
+    name: str | None = option(
+        None,
+        help="Namespace of this corpus's speakers and utterance keys (`NAME/<key>`), unique within the mix; "
+        "null: the manifest's file name without `.manifest.json`.",
+    )
+
+
+@dataclass
 class DataConfig:
     """Where the shards are and how training crops are drawn from them."""
 
-    train: str = option(
+    train: str | list[TrainCorpusConfig] = option(
         "shards/train.manifest.json",
         help="Training shards: a `NAME.manifest.json` (a path or an http(s) URL; it gives the speaker labels), "
-        "or shard paths, URLs or `pipe:` commands as a brace pattern (`::` joins several).",
+        "shard paths, URLs or `pipe:` commands as a brace pattern (`::` joins several), or a mix of corpora: "
+        "a list of `{manifest, weight, name}` (each rank draws from them in proportion to their weights; their "
+        "speakers stay apart, the classes are the sum).",
     )
     val: str = option(
         "shards/val.manifest.json",
@@ -331,8 +348,23 @@ class LossConfig:
 
 
 @dataclass
+class ValidationSetConfig:
+    """One named validation set of `validation.sets`."""
+
+    name: str = option(help="The set's name: its lines in `metrics.jsonl` and `checkpoint.best_metric` use it.")
+    manifest: str = option(help="Its packed split, a `NAME.manifest.json`.")
+    trials: str | None = option(None, help="Its VoxCeleb-format trial list; null: the one the manifest names.")
+
+
+@dataclass
 class ValidationConfig:
-    """EER per dim on `data.val`'s trials, on rank 0; the best model so far is `best.pt`."""
+    """EER per dim on `data.val`'s trials (or on each of `sets`), on rank 0; the best model so far is `best.pt`."""
+
+    sets: list[ValidationSetConfig] = option(
+        factory=list,
+        help="Named validation sets, each scored per dim into `metrics.jsonl` (one line per set); "
+        "empty: `data.val` alone, named `val`.",
+    )
 
     every_steps: int = option(2000, help="Validate every N optimizer steps, and after the last.")
     max_seconds: float | None = option(
@@ -358,7 +390,8 @@ class CheckpointConfig:
     keep_last: int = option(3, help="Newest `checkpoints/step-N` folders kept; older ones are deleted.")
     best_metric: str = option(
         "mean_eer",
-        help="Validation metric that picks `best.pt`, lower is better: `mean_eer` (over the dims) or `eer@<dim>`.",
+        help="Validation metric that picks `best.pt`, lower is better: `mean_eer` (over the dims) or `eer@<dim>`, "
+        "of the first validation set, or of a named one as `<set>/mean_eer`, `<set>/eer@<dim>`.",
     )
 
 

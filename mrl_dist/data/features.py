@@ -46,6 +46,7 @@ from mrl_dist.data.augment import augment_stages
 from mrl_dist.data.crops import crop_rng, random_crop_start
 from mrl_dist.data.frozen_outputs import read_outputs_file, write_outputs_file
 from mrl_dist.data.manifest import write_json_atomic
+from mrl_dist.data.mix import namespace
 from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples
 from mrl_dist.data.stages import parse_meta
 
@@ -124,10 +125,15 @@ def crop_batches(
     batch_size: int,
     augment: AugmentConfig | None,
     skips: SkipCounter,
+    label_offset: int = 0,
+    key_prefix: str = "",
 ) -> Iterator[dict]:
     """Batches of one shard's crops: {"wave": [B, T] float32, "label": [B] int64, "key": B str,
-    "start": [B] int64, "augment_id": [B] int64}; the last batch may be smaller."""
-    samples = parse_meta(iter_tar_samples([shard_url], skips), skips)
+    "start": [B] int64, "augment_id": [B] int64}; the last batch may be smaller. In a mix of
+    corpora (data/mix.py) labels are shifted by `label_offset` and keys get `key_prefix`."""
+    samples: Iterable[dict] = parse_meta(iter_tar_samples([shard_url], skips), skips)
+    if key_prefix:
+        samples = namespace(samples, label_offset, key_prefix)
     crops: Iterable[dict] = seeded_crops(samples, crops_per_utterance, crop_frames, seed, skips)
     if augment is not None:
         crops = augment_each_crop(crops, augment, seed, shard_url, skips)
@@ -200,6 +206,14 @@ class FeatureCache:
         return [self.root / entry["name"] for entry in self.manifest["files"]]
 
     @property
+    def corpora(self) -> dict[str, list[Path]]:
+        """The feature files of each corpus of a mix (one unnamed corpus, "", otherwise)."""
+        grouped: dict[str, list[Path]] = {}
+        for entry in self.manifest["files"]:
+            grouped.setdefault(entry.get("corpus", ""), []).append(self.root / entry["name"])
+        return grouped
+
+    @property
     def num_speakers(self) -> int | None:
         return self.manifest.get("num_speakers")
 
@@ -208,8 +222,12 @@ class FeatureCache:
         return sum(entry["crops"] for entry in self.manifest["files"])
 
 
-def write_manifest(root: Path, fields: dict, files: Sequence[tuple[str, int]]) -> Path:
-    payload = {"format": FEATURES_FORMAT, **fields, "files": [{"name": name, "crops": crops} for name, crops in files]}
+def write_manifest(root: Path, fields: dict, files: Sequence[tuple[str, int, str]]) -> Path:
+    """`files`: (file name, crops, corpus name: "" unless the cache is of a mix of corpora)."""
+    entries = [
+        {"name": name, "crops": crops, **({"corpus": corpus} if corpus else {})} for name, crops, corpus in files
+    ]
+    payload = {"format": FEATURES_FORMAT, **fields, "files": entries}
     path = root / FEATURES_MANIFEST
     write_json_atomic(path, payload)
     return path
@@ -247,135 +265,3 @@ def check_cache_fits(cache: FeatureCache, fingerprint: str, crop_seconds: float)
             f"data.features: {cache.root} holds {made['crop_seconds']} s crops but "
             f"data.crop_seconds is {crop_seconds}; rebuild it or set data.crop_seconds"
         )
-
-
-# ---------------------------------------------------------------------------- training batches
-
-
-class FeatureLoader:
-    """Training batches of cached pooled features, with the `TrainLoader` interface the trainer
-    uses (`for batch in loader` is one epoch of `steps_per_epoch` batches; `set_epoch`,
-    `skipped`, `num_classes`).
-
-    Rank r reads the files r, r + R, ... (every file when there are fewer files than ranks);
-    each epoch visits them in an order seeded by (seed, epoch, rank) and shuffles rows within a
-    buffer of two files. Batches: {"pooled": [B, P] float32, "label": [B] int64, "key": B str,
-    "skipped": 0}.
-    """
-
-    def __init__(
-        self,
-        cache: FeatureCache,
-        *,
-        batch_size: int,
-        steps_per_epoch: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        epoch: int = 0,
-        crops_per_speaker: int = 1,
-    ):
-        files = cache.files
-        self.files = files[rank::world_size] if len(files) >= world_size else files
-        self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
-        self.seed, self.rank, self.epoch = seed, rank, epoch
-        self.num_classes = cache.num_speakers
-        self.skipped = 0  # corrupt samples were skipped when the cache was built
-        if crops_per_speaker > 1 and batch_size % crops_per_speaker:
-            raise ValueError(
-                f"data.crops_per_speaker {crops_per_speaker} does not divide training.batch_size {batch_size}"
-            )
-        self.crops_per_speaker = crops_per_speaker
-        # Speaker-balanced batches: every row of this rank's files, and each speaker's row indices.
-        self._table: dict | None = None
-        self._rows_of: dict[int, np.ndarray] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    def _rows(self, rng: np.random.Generator) -> Iterator[dict]:
-        """Endless chunks {"pooled", "label", "start", "key"} of two shuffled files each."""
-        while True:
-            order = rng.permutation(len(self.files))
-            for first in range(0, len(order), 2):
-                parts = [read_feature_file(self.files[i]) for i in order[first : first + 2]]
-                keys = [key for p in parts for key in p["keys"]]
-                mix = torch.from_numpy(rng.permutation(len(keys)))
-                yield {
-                    "pooled": torch.cat([p["pooled"] for p in parts]).float()[mix],
-                    "label": torch.cat([p["labels"] for p in parts])[mix],
-                    "start": torch.cat([p["starts"] for p in parts])[mix],
-                    "key": [keys[i] for i in mix.tolist()],
-                }
-
-    def _speaker_batches(self, rng: np.random.Generator) -> Iterator[dict]:
-        """Endless batches of `batch_size / crops_per_speaker` speakers x `crops_per_speaker` crops
-        (crops of a speaker's other utterances and sessions whenever it has them)."""
-        if self._table is None:
-            # Read once and held in memory (this rank's share: features x 2 bytes x P per crop).
-            parts = [read_feature_file(path) for path in self.files]
-            self._table = {
-                "pooled": torch.cat([p["pooled"] for p in parts]),
-                "label": torch.cat([p["labels"] for p in parts]),
-                "start": torch.cat([p["starts"] for p in parts]),
-                "key": [key for p in parts for key in p["keys"]],
-            }
-            labels = self._table["label"].numpy()
-            order = np.argsort(labels, kind="stable")
-            speakers, first = np.unique(labels[order], return_index=True)
-            self._rows_of = dict(zip(speakers.tolist(), np.split(order, first[1:])))
-        speakers = np.array(sorted(self._rows_of))
-        per_batch = self.batch_size // self.crops_per_speaker
-        if per_batch > len(speakers):
-            raise ValueError(
-                f"a batch of {per_batch} speakers x {self.crops_per_speaker} crops needs {per_batch} "
-                f"speakers; this rank's features hold {len(speakers)}: lower training.batch_size or "
-                "raise data.crops_per_speaker"
-            )
-        table = self._table
-        while True:
-            chosen = rng.choice(speakers, size=per_batch, replace=False)
-            rows = np.concatenate(
-                [
-                    rng.choice(
-                        self._rows_of[s],
-                        size=self.crops_per_speaker,
-                        replace=len(self._rows_of[s]) < self.crops_per_speaker,
-                    )
-                    for s in chosen.tolist()
-                ]
-            )
-            index = torch.from_numpy(rows)
-            yield {
-                "pooled": table["pooled"][index].float(),
-                "label": table["label"][index],
-                "start": table["start"][index],
-                "key": [table["key"][i] for i in rows.tolist()],
-                "skipped": 0,
-            }
-
-    def __iter__(self) -> Iterator[dict]:
-        """One epoch: {"pooled": [B, P] float32, "label": [B] int64, "start": [B] int64 (of the crop
-        in its utterance), "key": B str, "skipped": 0}."""
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        self.epoch += 1
-        if self.crops_per_speaker > 1:
-            batches = self._speaker_batches(rng)
-            for _ in range(self.steps_per_epoch):
-                yield next(batches)
-            return
-        chunks = self._rows(rng)
-        pending = next(chunks)
-        for _ in range(self.steps_per_epoch):
-            while len(pending["key"]) < self.batch_size:
-                more = next(chunks)
-                pending = {
-                    name: (pending[name] + more[name]) if name == "key" else torch.cat([pending[name], more[name]])
-                    for name in pending
-                }
-            b = self.batch_size
-            yield {**{name: value[:b] for name, value in pending.items()}, "skipped": 0}
-            pending = {name: value[b:] for name, value in pending.items()}

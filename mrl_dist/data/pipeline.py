@@ -5,6 +5,9 @@ Training (`make_train_loader`), per loader worker:
     resampled_shards -> iter_tar_samples -> shuffle_samples -> parse_meta
         -> [speed_perturb] -> decode_crop -> [add_reverb] -> [add_noise] -> batch_crops
 
+With several corpora (data/mix.py) each has its own stream up to parse_meta, namespaced, and
+`interleave` draws each sample's corpus by the weights.
+
 Every worker of every rank draws shards with replacement from an RNG seeded by
 (seed, epoch, rank, worker), so streams never end and never coincide, and an epoch is a fixed
 number of batches on every rank (no DDP rank waits at an epoch end for another that ran dry).
@@ -20,8 +23,7 @@ trainer passes rank and world_size in.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch.utils.data import DataLoader, IterableDataset
@@ -35,8 +37,17 @@ from mrl_dist.data.augment import (
     num_classes,
     speed_perturb,
 )
-from mrl_dist.data.manifest import MANIFEST_SUFFIX, read_manifest
-from mrl_dist.data.shard_reader import SkipCounter, expand_urls, iter_tar_samples, resampled_shards
+from mrl_dist.data.mix import (
+    CorpusPart,
+    TrainingMix,
+    interleave,
+    namespace,
+    resolve_source,
+    resolve_training_mix,
+)
+
+__all__ = ["TrainLoader", "EvalLoader", "make_train_loader", "make_eval_loader", "resolve_source"]
+from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples, resampled_shards
 from mrl_dist.data.stages import (
     batch_crops,
     decode_crop,
@@ -50,27 +61,6 @@ from mrl_dist.data.stages import (
 from mrl_dist.data.trials import read_trials, trial_keys
 
 
-@dataclass(frozen=True)
-class ShardSource:
-    """Where shards are, plus what a manifest knows about them (None without one)."""
-
-    urls: list[str]
-    num_speakers: int | None = None
-    total_samples: int | None = None
-    trials_path: Path | None = None
-
-
-def resolve_source(source: str | Path | Sequence[str]) -> ShardSource:
-    """A `*.manifest.json` path, a list of shard URLs, or a brace pattern -> ShardSource."""
-    if isinstance(source, (str, Path)) and str(source).endswith(MANIFEST_SUFFIX):
-        manifest = read_manifest(source)
-        return ShardSource(manifest.urls, manifest.num_speakers, manifest.total_samples, manifest.trials_path)
-    urls = expand_urls(source)
-    if not urls:
-        raise ValueError(f"no shard URLs in source {source!r}")
-    return ShardSource(urls)
-
-
 def batches_for_worker(steps: int, worker: int, num_workers: int) -> int:
     """This worker's share of `steps` batches; the shares add up to exactly `steps`."""
     return steps // num_workers + (1 if worker < steps % num_workers else 0)
@@ -81,7 +71,7 @@ class TrainStream(IterableDataset):
 
     def __init__(
         self,
-        urls: list[str],
+        parts: list[CorpusPart],
         *,
         batch_size: int,
         crop_frames: int,
@@ -96,10 +86,18 @@ class TrainStream(IterableDataset):
     ):
         super().__init__()
         self.fixed_crops = fixed_crops
-        self.urls, self.batch_size, self.crop_frames = urls, batch_size, crop_frames
+        self.parts, self.batch_size, self.crop_frames = parts, batch_size, crop_frames
         self.seed, self.rank, self.epoch = seed, rank, epoch
         self.steps_per_epoch, self.shuffle_buffer = steps_per_epoch, shuffle_buffer
         self.augment, self.num_speakers = augment, num_speakers
+
+    def _corpus_samples(self, part: CorpusPart, shard_rng, shuffle_rng, skips: SkipCounter) -> Iterator[dict]:
+        """One corpus's endless shuffled samples {"key", "url", "flac", "label"}, in the mix's namespace."""
+        samples = iter_tar_samples(
+            resampled_shards(part.urls, shard_rng), skips, max_empty_shards=max(8, 2 * len(part.urls))
+        )
+        samples = parse_meta(shuffle_samples(samples, self.shuffle_buffer, shuffle_rng), skips)
+        return namespace(samples, part.label_offset, part.key_prefix) if part.key_prefix else samples
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_index()
@@ -107,10 +105,17 @@ class TrainStream(IterableDataset):
         # Separate child generators: enabling one stage does not shift the draws of another.
         shard_rng, shuffle_rng, speed_rng, crop_rng, augment_rng = rng.spawn(5)
         skips = SkipCounter(f"train loader rank {self.rank} worker {worker}")
-        samples = iter_tar_samples(
-            resampled_shards(self.urls, shard_rng), skips, max_empty_shards=max(8, 2 * len(self.urls))
-        )
-        samples = parse_meta(shuffle_samples(samples, self.shuffle_buffer, shuffle_rng), skips)
+        if len(self.parts) == 1:
+            samples = self._corpus_samples(self.parts[0], shard_rng, shuffle_rng, skips)
+        else:  # each corpus its own shard and shuffle generators, and one more that picks the corpus
+            pick_rng, *shard_rngs = shard_rng.spawn(len(self.parts) + 1)
+            streams = [
+                self._corpus_samples(part, part_shard_rng, part_shuffle_rng, skips)
+                for part, part_shard_rng, part_shuffle_rng in zip(
+                    self.parts, shard_rngs, shuffle_rng.spawn(len(self.parts))
+                )
+            ]
+            samples = interleave(streams, [part.weight for part in self.parts], pick_rng)
         if self.augment is not None and self.augment.speed_perturb:
             if self.num_speakers is None:
                 raise ValueError("speed perturbation relabels speakers: TrainStream needs num_speakers")
@@ -182,27 +187,28 @@ def make_train_loader(
     fixed_crops: every key is always cut at the same place (its "start"), so teacher embeddings
     of a crop can be cached; otherwise crops are random and "start" is -1.
 
-    source: a `NAME.manifest.json`, a list of shard URLs (paths, `pipe:` commands, http) or a
-    brace pattern. steps_per_epoch defaults to total_samples // (batch_size * world_size) from the
-    manifest; it is required for other sources, as is num_speakers with speed perturbation.
+    source: a `NAME.manifest.json`, a list of shard URLs (paths, `pipe:` commands, http), a
+    brace pattern, or a mix of corpora (a list of `{manifest, weight, name}`, data/mix.py).
+    steps_per_epoch defaults to total_samples // (batch_size * world_size) from the manifests;
+    it is required for other sources, as is num_speakers with speed perturbation.
     """
-    shards = resolve_source(source)
+    mix = source if isinstance(source, TrainingMix) else resolve_training_mix(source)
     if isinstance(augment, dict):
         augment = augment_from_dict(augment)
     if augment is not None:
         check_augment_sources(augment)
-    num_speakers = num_speakers or shards.num_speakers
+    num_speakers = num_speakers or mix.num_speakers
     if steps_per_epoch is None:
-        if shards.total_samples is None:
+        if mix.total_samples is None:
             raise ValueError(f"steps_per_epoch is required when the source is not a manifest (got {source!r})")
-        steps_per_epoch = max(1, shards.total_samples // (batch_size * world_size))
+        steps_per_epoch = max(1, mix.total_samples // (batch_size * world_size))
     speed = augment is not None and augment.speed_perturb
     if speed and num_speakers is None:
         raise ValueError("speed perturbation relabels speakers: pass num_speakers or a manifest")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     stream = TrainStream(
-        shards.urls,
+        mix.parts,
         batch_size=batch_size,
         crop_frames=seconds_to_samples(crop_seconds),
         seed=seed,

@@ -4,7 +4,8 @@ Builds a synthetic VoxCeleb-layout corpus (FLAC files, plus m4a copies when PyAV
 in a temporary folder, packs it with make_shards, then times, in this one process:
 
   (a) pipeline:  make_train_loader(num_workers=0): tar streaming, shuffle buffer, crop-only
-                 FLAC decoding, batching into tensors;
+                 FLAC decoding, batching into tensors; (a') the same over a mix of two corpora
+                 (data/mix.py: a stream and shuffle buffer per corpus, weighted draws);
   (b) naive:     a map-style dataset that opens each file, decodes all of it and crops (what the
                  previous attempt did), batched by a DataLoader with num_workers=0;
   (c) raw limit: decode only the crop's FLAC frames from bytes already in memory, bare loop.
@@ -98,9 +99,10 @@ def time_crops(batches, crops: int, batch_size: int, window: int = 4) -> tuple[f
     return done / (time.perf_counter() - start), window * batch_size / min(times)
 
 
-def bench_pipeline(manifest: Path, crop_seconds: float, crops: int, batch_size: int):
+def bench_pipeline(source, crop_seconds: float, crops: int, batch_size: int):
+    """`source`: a manifest, or a mix of corpora (a list of {manifest, weight, name})."""
     loader = make_train_loader(
-        manifest,
+        source,
         batch_size=batch_size,
         crop_seconds=crop_seconds,
         num_workers=0,
@@ -152,8 +154,18 @@ def measure_loaders(
         files = write_corpus(root, utterances, seconds, with_m4a)
         pack_split([root / "flac"], root / "shards", "bench", workers=1, shard_size_mb=16, progress=False)
         manifest = root / "shards" / "bench.manifest.json"
+        # The same corpus packed a second time stands in for a second corpus of a training mix.
+        pack_split([root / "flac"], root / "shards-2", "bench", workers=1, shard_size_mb=16, progress=False)
+        mix = [
+            {"manifest": str(manifest), "weight": 1.0, "name": "one"},
+            {"manifest": str(root / "shards-2" / "bench.manifest.json"), "weight": 0.5, "name": "two"},
+        ]
         loaders = [
             ("(a) shard pipeline", lambda: bench_pipeline(manifest, crop_seconds, crops, batch_size)),
+            (
+                "(a') shard pipeline, 2 corpora mixed 1 : 0.5",
+                lambda: bench_pipeline(mix, crop_seconds, crops, batch_size),
+            ),
             ("(b) naive per-file FLAC", lambda: bench_naive(files, crop_seconds, crops, batch_size)),
             ("(c) raw limit", lambda: bench_raw(manifest, crop_seconds, crops, batch_size)),
         ]

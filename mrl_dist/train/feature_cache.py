@@ -39,7 +39,7 @@ from ..data.features import (
     write_manifest,
 )
 from ..data.manifest import write_json_atomic
-from ..data.pipeline import resolve_source
+from ..data.mix import CorpusPart, mix_names, resolve_training_mix
 from ..data.shard_reader import SkipCounter
 from ..models import inference_form
 from ..models.encoder import SpeakerEncoder
@@ -96,8 +96,16 @@ def cache_fields(
         "precision": cfg.training.mixed_precision,
         "pooled_dim": pooled_dim,
         "num_speakers": num_speakers,
-        "source": str(cfg.data.train),
+        "source": source_text(cfg.data.train),
     }
+
+
+def source_text(source: str | list) -> str:
+    """data.train as the cache records it: the path, or each corpus of a mix as `name=manifest`
+    (not the weights: they change how the loader draws, not what the cache holds)."""
+    if isinstance(source, str):
+        return source
+    return " + ".join(f"{name}={entry.manifest}" for name, entry in zip(mix_names(source), source))
 
 
 def _check_plan(output: Path, fields: dict[str, Any]) -> None:
@@ -119,6 +127,7 @@ def _check_plan(output: Path, fields: dict[str, Any]) -> None:
 def _shard_features(
     trunk: SpeakerEncoder,
     url: str,
+    part: CorpusPart,
     cfg: Config,
     crops_per_utterance: int,
     batch_size: int,
@@ -136,6 +145,8 @@ def _shard_features(
         batch_size=batch_size,
         augment=augment,
         skips=skips,
+        label_offset=part.label_offset,
+        key_prefix=part.key_prefix,
     ):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             features = trunk.pooled(batch["wave"].to(device))
@@ -186,7 +197,8 @@ def build_feature_cache(
     trunk = load_backbone(cfg).eval().requires_grad_(False)
     fingerprint = trunk_fingerprint(trunk, trunk.model_config)  # of the weights as trained, before folding
     trunk = inference_form(trunk).to(device)
-    source = resolve_source(cfg.data.train)
+    source = resolve_training_mix(cfg.data.train)
+    part_of = source.part_of_url()
     output = Path(output)
     fields = cache_fields(cfg, fingerprint, crops_per_utterance, trunk.pool_out_dim, source.num_speakers)
     _check_plan(output, fields)  # on every rank, so that all of them stop, not rank 0 alone
@@ -209,6 +221,7 @@ def build_feature_cache(
         keys, labels, starts, augment_ids, pooled = _shard_features(
             trunk,
             url,
+            part_of[url],
             cfg,
             crops_per_utterance,
             batch_size or cfg.validation.batch_size * 4,
@@ -221,13 +234,15 @@ def build_feature_cache(
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"seconds": time.perf_counter() - start, "skipped": skips.by_reason}
     if accelerator.is_main_process:
+        mixed = len(source.parts) > 1
         files = [
-            (feature_file_name(url), len(read_feature_file(output / feature_file_name(url))["keys"]))
+            (name, len(read_feature_file(output / name)["keys"]), part_of[url].name if mixed else "")
             for url in source.urls
+            for name in [feature_file_name(url)]
         ]
         manifest = write_manifest(output, fields, files)
         (output / PLAN_FILE).unlink(missing_ok=True)
-        result.update(manifest=str(manifest), files=len(files), crops=sum(n for _, n in files))
+        result.update(manifest=str(manifest), files=len(files), crops=sum(n for _, n, _ in files))
         log.info(
             "feature cache %s: %d crops in %d files, %.1f s",
             output / FEATURES_MANIFEST,

@@ -2,7 +2,7 @@
 
     shards --(each rank its own resampled stream)--> batches --> TrainModule (DDP) --> loss
     every logging.every_steps      : a line to tqdm, train.log, TensorBoard/wandb (rank 0)
-    every validation.every_steps   : EER per MRL dim on the val trials (rank 0), metrics.jsonl, best.pt
+    every validation.every_steps   : EER per MRL dim on each validation set (rank 0), metrics.jsonl, best.pt
     every checkpoint.every_steps   : accelerate.save_state -> checkpoints/step-N, last.pt
     SIGTERM / SIGUSR1              : checkpoint at the next step boundary, then exit 0
     training.unfreeze_after_steps  : the trunk unfreezes once; only the DDP wrapper is rebuilt
@@ -27,13 +27,9 @@ import torch
 from accelerate.utils import DistributedType, set_seed
 
 from ..config import Config, save_config
-from ..data.features import (
-    FeatureLoader,
-    check_cache_fits,
-    open_feature_cache,
-    read_feature_file,
-    trunk_fingerprint,
-)
+from ..data.feature_loader import FeatureLoader
+from ..data.features import check_cache_fits, open_feature_cache, read_feature_file, trunk_fingerprint
+from ..data.mix import mix_weights
 from ..data.pipeline import TrainLoader, make_train_loader
 from ..eval.metrics import select_metric
 from ..models import collect_pooled, inference_form
@@ -202,7 +198,12 @@ class Trainer:
             epoch=epoch,
         )
         if self.features is not None:
-            return FeatureLoader(self.features, crops_per_speaker=cfg.data.crops_per_speaker, **stream)
+            return FeatureLoader(
+                self.features,
+                crops_per_speaker=cfg.data.crops_per_speaker,
+                corpus_weights=mix_weights(cfg.data.train),
+                **stream,
+            )
         return make_train_loader(
             cfg.data.train,
             crop_seconds=cfg.data.crop_seconds,
@@ -376,21 +377,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation, checkpoints
     def validate(self) -> dict[str, Any] | None:
-        """EER per dim on the val trials, on rank 0; the other ranks wait (long timeout)."""
+        """EER per dim on each validation set, on rank 0; the other ranks wait (long timeout).
+        Returns the last set's metrics.jsonl record (rank 0; None on the others)."""
         acc = self.accelerator
         record = None
         if acc.is_main_process:
-            report = self.validator.report(self.mode.eval_model(acc.unwrap_model(self.module)))
-            measures = {name: report[name] for name in ("eer", "min_dcf", "threshold")}
-            record = {"step": self.state["step"], "epoch": self.state["epoch"], **measures}
-            self.tracker.validation(record)
-            self._update_best(report)
+            reports = self.validator.reports(self.mode.eval_model(acc.unwrap_model(self.module)))
+            for name, report in reports.items():  # one metrics.jsonl line per set
+                measures = {key: report[key] for key in ("eer", "min_dcf", "threshold")}
+                record = {"step": self.state["step"], "epoch": self.state["epoch"], "set": name, **measures}
+                self.tracker.validation(record)
+            self._update_best(reports)
         self.collectives.wait_for_main(f"step {self.state['step']}: waiting for rank 0 to validate")
         return record
 
-    def _update_best(self, report: dict[str, Any]) -> None:
+    def _update_best(self, reports: dict[str, dict[str, Any]]) -> None:
+        """best.pt: the model at the lowest `checkpoint.best_metric` so far (`<set>/<metric>`, or
+        a metric of the first set)."""
         metric_name = self.cfg.checkpoint.best_metric
-        value = select_metric(report, metric_name)  # classifier runs report "native" alone
+        set_name, _, metric = metric_name.rpartition("/")
+        report = reports[set_name] if set_name else next(iter(reports.values()))
+        value = select_metric(report, metric)  # classifier runs report "native" alone
         best = self.state["best_metric"]
         if best is None or value < best:
             self.state["best_metric"] = value

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..data.mix import first_manifest
 from ..losses import MatryoshkaAAMLoss
 from ..models import ReDimNetMRL, save_official_checkpoint
 from ..models.encoder import SpeakerEncoder
@@ -384,7 +385,9 @@ class DistillMode(MRLMode):
             teacher.model.to(device)
         self.autocast_dtype = autocast_dtype
         if self.fixed_crops:
-            self.caches = open_teacher_caches(self.teachers, teacher_cache_dir(self.cfg.data.train), f"rank{rank}")
+            self.caches = open_teacher_caches(
+                self.teachers, teacher_cache_dir(first_manifest(self.cfg.data.train)), f"rank{rank}"
+            )
 
     def loss_inputs(self, batch: dict, wave: torch.Tensor) -> dict:
         if self.caches is None:

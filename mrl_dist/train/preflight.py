@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..cli_errors import one_line
 from ..config import Config
+from ..data.mix import resolve_training_mix
 from ..preflight import (
     checkpoint_problem,
     raise_problems,
@@ -50,7 +52,17 @@ def training_audio_problems(cfg: Config) -> list[str | None]:
     """data.train's shards and the augmentation folders they are mixed with."""
     from ..data.augment import check_augment_sources
 
-    problems: list[str | None] = list(shard_source_problems(cfg.data.train, "data.train"))
+    problems: list[str | None] = []
+    if isinstance(cfg.data.train, str):
+        problems += shard_source_problems(cfg.data.train, "data.train")
+    else:
+        for index, corpus in enumerate(cfg.data.train):
+            problems += shard_source_problems(corpus.manifest, f"data.train[{index}].manifest")
+        if not any(problems):  # the manifests read: an empty corpus or a clash of names is next
+            try:
+                resolve_training_mix(cfg.data.train)
+            except ValueError as error:
+                problems.append(one_line(error))
     try:
         check_augment_sources(cfg.data.augment)
     except FileNotFoundError as error:

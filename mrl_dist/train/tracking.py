@@ -119,10 +119,12 @@ class Tracker:
             return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        step = record["step"]
-        self.scalars(step, {f"val/eer@{dim}": value for dim, value in record["eer"].items()})
+        step, name = record["step"], record.get("set", "val")
+        # data.val (the set "val") keeps the plain `val/` scalars; named sets get their name.
+        prefix = "val" if name == "val" else f"val/{name}"
+        self.scalars(step, {f"{prefix}/eer@{dim}": value for dim, value in record["eer"].items()})
         eers = " ".join(f"{dim}:{100 * value:.2f}%" for dim, value in record["eer"].items())
-        self.write_line(f"validation step {step} EER {eers}")
+        self.write_line(f"validation step {step} {name} EER {eers}")
 
     def close(self) -> None:
         if not self.is_main:
