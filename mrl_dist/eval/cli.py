@@ -16,6 +16,11 @@ it kept the pretrained embedding layer; an official ReDimNet checkpoint reports 
 The table (Markdown, or JSON with --json) goes to stdout; progress and where the DET plot went,
 to stderr.
 
+A checkpoint calibrated by `launch/calibrate.py` also reports, per calibrated dim, Cllr (raw
+score and calibrated LLR), minCllr, the actual DCF at the Bayes threshold of each prior, and the
+FAR / FRR measured at each stored threshold (eval/calibration.py: `calibrated_metrics`); trials
+of a speaker the calibration was fitted on are refused.
+
 With ``--ensemble-config CONFIG.yaml`` (a distillation config), the no-training baseline
 `EnsembleRouter` built from its ``distill.teachers`` is scored on the same trials and reported
 beside the checkpoint as rows ``ensemble@<dim>``: each dim served by its assigned teacher's
@@ -37,13 +42,23 @@ from mrl_dist.data.manifest import ManifestError
 from mrl_dist.data.pipeline import make_eval_loader, resolve_source
 from mrl_dist.data.remote import local_shard_path
 from mrl_dist.data.trials import read_trials
+from mrl_dist.eval.calibration import (
+    CALIBRATION_KEY,
+    calibrated_metrics,
+    calibration_table,
+    check_calibration,
+    extraction_note,
+    overlap_problem,
+)
 from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, evaluate_model, extract_embeddings
 from mrl_dist.eval.metrics import det_curve, format_table, verification_report
 from mrl_dist.eval.score_norm import normalise_all
-from mrl_dist.models.checkpoints import load_any_checkpoint
+from mrl_dist.eval.windows import check_window_options, embed_files_in_windows
+from mrl_dist.models.checkpoints import load_any_checkpoint, model_from_payload
 from mrl_dist.models.ensemble import EnsembleRouter
 from mrl_dist.models.inference import inference_form
+from mrl_dist.models.loading import read_checkpoint
 from mrl_dist.precision import AUTOCAST_DTYPES
 from mrl_dist.preflight import (
     checkpoint_problem,
@@ -127,6 +142,19 @@ def load_eval_model(checkpoint: Path) -> tuple[Any, str]:
     """
     loaded = load_any_checkpoint(checkpoint)
     return loaded.model, loaded.description
+
+
+def load_eval_checkpoint(checkpoint: Path) -> tuple[Any, str, dict | None]:
+    """As `load_eval_model`, plus the file's calibration (launch/calibrate.py; None when it has
+    none). The file is read once."""
+    payload = read_checkpoint(checkpoint)
+    loaded = model_from_payload(payload, checkpoint)
+    calibration = payload.get(CALIBRATION_KEY)
+    return (
+        loaded.model,
+        loaded.description,
+        None if calibration is None else check_calibration(calibration, str(checkpoint)),
+    )
 
 
 def resolve_trials(data: str, trials: Path | None) -> Path:
@@ -248,8 +276,17 @@ def write_det_plot(scores: dict, labels, path: Path, title: str) -> Path | None:
 def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, trials: Path) -> tuple[dict, dict, Any]:
     """(result, scores by row name, labels) of one checkpoint: raw rows, then `ensemble@` and
     `asnorm@` rows when asked for."""
-    model, description = load_eval_model(checkpoint)
+    model, description, calibration = load_eval_checkpoint(checkpoint)
     check_dims(model, args.dims)
+    if calibration is not None:  # before the slow part: trials of calibration speakers are refused
+        overlap = overlap_problem(
+            calibration, read_trials(trials), f"--checkpoint {checkpoint}: trials {trials}", args.data
+        )
+        if overlap:
+            raise ValueError(overlap)
+        note = extraction_note(calibration, args.max_seconds)
+        if note:
+            print(f"evaluate: note: {checkpoint}: {note}", file=sys.stderr)
     model = inference_form(model).to(args.device)  # read-only: the faster, equal inference form
     options = dict(
         device=args.device, autocast_dtype=AUTOCAST_DTYPES[args.autocast], crop_tolerance=args.crop_tolerance
@@ -259,6 +296,8 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, trials: Path
     )
     embeddings = extract_embeddings(model, loader, progress=sys.stderr.isatty(), **options)
     report, scores, labels = evaluate_embeddings(model, embeddings, trials, args.dims)
+    if calibration is not None:  # measured on the raw rows only: the maps were fitted on raw scores
+        report.update(calibrated_metrics(scores, labels, calibration))
     if args.asnorm_cohort is not None:
         cohort_loader = make_eval_loader(
             args.asnorm_cohort,
@@ -356,6 +395,8 @@ def evaluate_main(argv: list[str]) -> int:
             f"{result['num_targets']} targets\n"
         )
         print(format_table(result))
+        if result.get("cllr"):
+            print(f"\ncalibrated on {result['calibrated_on']['path']}:\n{calibration_table(result)}")
     if result["det_plot"]:
         print(f"evaluate: DET curves written to {result['det_plot']}", file=sys.stderr)
     return 0
@@ -387,7 +428,12 @@ def parse_embed_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, help="use only the first N seconds of each file")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--window", type=float, help="long recordings: embed windows of this many seconds (eval/windows.py)"
+    )
+    parser.add_argument("--hop", type=float, help="seconds between window starts (default: half the window)")
     args = parser.parse_args(argv)
+    check_window_options(parser, args)
     if args.checkpoint.is_dir():
         args.checkpoint = args.checkpoint / "best.pt"
     if args.batch_size < 1:
@@ -413,6 +459,8 @@ def embed_main(argv: list[str]) -> int:
             raise ValueError(f"--dim {args.dim}: outside 1..{limit}, the size of this model's embedding")
     except (OSError, ValueError) as error:
         raise InputError(str(error)) from error
+    if args.window is not None:
+        return embed_files_in_windows(args, inference_form(model), files, description)
     result = embed_files(
         inference_form(model),
         files,
