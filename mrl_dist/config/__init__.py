@@ -15,6 +15,7 @@ from .rules import validate
 from .schema import (
     HEAD_INITS,
     HEAD_TYPES,
+    AdapterConfig,
     AugmentConfig,
     CheckpointConfig,
     ClassInit,
@@ -47,6 +48,7 @@ from .schema import (
 __all__ = [
     "HEAD_INITS",
     "HEAD_TYPES",
+    "AdapterConfig",
     "AugmentConfig",
     "CheckpointConfig",
     "ClassInit",

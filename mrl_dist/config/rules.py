@@ -127,6 +127,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "training.unfreeze_after_steps", "is set but training.freeze_backbone is false; nothing to unfreeze"
         )
+    _check_adapters(cfg)
 
     _check_training_mix(cfg)
     set_names = _check_validation_sets(cfg)
@@ -176,3 +177,39 @@ def _check_validation_sets(cfg: Config) -> list[str]:
             raise ConfigError(f"validation.sets[{i}].name", f"{entry.name!r} is used by another set")
         names.append(entry.name)
     return names or ["val"]
+
+
+def _check_adapters(cfg: Config) -> None:
+    """model.adapters: sane values, and a run they mean something in: mode mrl with the trunk
+    frozen throughout, trained from audio (cached features are the base trunk's, which the
+    adapters change)."""
+    adapters, training = cfg.model.adapters, cfg.training
+    if adapters is None:
+        return
+    if adapters.rank < 1:
+        raise ConfigError("model.adapters.rank", f"must be >= 1, got {adapters.rank}")
+    if not adapters.alpha > 0:
+        raise ConfigError("model.adapters.alpha", f"must be > 0, got {adapters.alpha}")
+    if not 0 <= adapters.dropout < 1:
+        raise ConfigError("model.adapters.dropout", f"must be in [0, 1), got {adapters.dropout}")
+    if not adapters.target_modules:
+        raise ConfigError("model.adapters.target_modules", "is empty; name module types or name patterns")
+    if training.mode != "mrl":
+        raise ConfigError("model.adapters", f"train in training.mode: mrl, not {training.mode!r}")
+    if not training.freeze_backbone or training.unfreeze_after_steps is not None:
+        raise ConfigError(
+            "model.adapters",
+            "adapt a trunk that stays frozen (training.freeze_backbone: true, unfreeze_after_steps: null); "
+            "to fine-tune the whole trunk, set model.adapters: null",
+        )
+    if cfg.data.features is not None:
+        raise ConfigError(
+            "data.features",
+            "cached pooled features are the base trunk's, and adapters change its output; "
+            "set data.features: null (train from audio) or model.adapters: null",
+        )
+    if adapters.batchnorm == "train" and training.freeze_bn_stats:
+        raise ConfigError(
+            "model.adapters.batchnorm",
+            "is 'train' but training.freeze_bn_stats is true; choose one BatchNorm policy",
+        )

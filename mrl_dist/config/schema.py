@@ -31,6 +31,8 @@ ModeName = Literal["mrl", "classifier", "distill"]  # the classes are in train/m
 MixedPrecision = Literal["no", "fp16", "bf16"]
 OptimizerName = Literal["adamw", "sgd"]
 Decay = Literal["cosine", "exponential", "none"]
+AdapterType = Literal["lora"]  # models/adapters.py
+AdapterBatchNorm = Literal["frozen", "train"]
 
 
 @dataclass
@@ -94,6 +96,39 @@ class FusionConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Low-rank adapters (LoRA) on the frozen trunk (models/adapters.py): with `training.mode: mrl`
+    they train beside the Matryoshka head; `best.pt` holds them merged, `RUN/adapter.pt` alone."""
+
+    type: AdapterType = option(
+        "lora", help="The adapter kind: `lora`, an adapted layer computes `W x + alpha / rank * B A x`."
+    )
+    rank: int = option(8, help="Rank r of each adapter: A is r x the layer's inputs (x its kernel), B outputs x r.")
+    alpha: float = option(16.0, help="Scale of the update, `alpha / rank` (B starts at zero: the base at step 0).")
+    dropout: float = option(0.0, help="Dropout on an adapted layer's input to its adapter (training only), in [0, 1).")
+    # conv2d + linear: the 2D blocks' convolutions and the 1D blocks' attention and feed-forward
+    # layers, a 6.7% (tiny) / 7.6% (b0) / 2.7% (b2) adapter file at rank 8; adding conv1d (the
+    # stages' 2D<->1D projections, the 1D pointwise convs, the pooling) makes it 19% of tiny and b0.
+    target_modules: list[str] = option(
+        factory=lambda: ["conv2d", "linear"],
+        help="The layers adapted: module types (`conv1d`, `conv2d`, `linear`) and glob patterns over module "
+        "names (`*.red_dim_conv.0`, `pool.linear1`); grouped (depthwise) convolutions are never adapted.",
+    )
+    stages: list[str] | None = option(
+        None,
+        help="Trunk parts adapted (`stem`, `stage0`, ..., `mfa`, `pool`: the backbone's parts and the pooling); "
+        "null: every part.",
+    )
+    # frozen: the base's statistics, so the adapted model starts equal to its base and small
+    # domain batches cannot shift every layer's normalisation (models/adapters.py has the why).
+    batchnorm: AdapterBatchNorm = option(
+        "frozen",
+        help="The trunk's BatchNorm statistics: `frozen` (the base's running statistics) or `train` (updated "
+        "on the new domain's batches and saved in the adapter file; affine weights stay frozen).",
+    )
+
+
+@dataclass
 class ModelConfig:
     """The trunk and its Matryoshka head."""
 
@@ -133,6 +168,11 @@ class ModelConfig:
         None,
         help="SSRFNet's fusion settings (`backbone: ssrfnet` or `ssrfnet-tiny`, `pretrained: null`); "
         "null: the preset's.",
+    )
+    adapters: AdapterConfig | None = option(
+        None,
+        help="LoRA adapters on the frozen trunk, trained with the head (`training.mode: mrl`, a pretrained "
+        "`backbone`); null: none.",
     )
 
 

@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapters import has_adapters, merge_adapters
 from .frontend import MelFrontend
 from .heads import NativeHead
 from .layers import (
@@ -105,7 +106,8 @@ def inference_form(model: _Model, *, channels_last: bool = True, compile: bool =
 
     `model` is deep-copied first and never modified (it may be in training, on any device). The
     result has the same class and interface, equal outputs within 1e-5 (float32), is in eval mode
-    for good and requires no grad. `trunk_frozen` (ReDimNetMRL) keeps the value of `model`.
+    for good and requires no grad. `trunk_frozen` (ReDimNetMRL) keeps the value of `model`, except
+    that adapters are merged into the copy's weights (the copy's trunk is then frozen).
     `channels_last=False` keeps the plain layouts (folding and the other rewrites still apply);
     `compile=True` wraps the backbone and the pooling in `torch.compile`.
     """
@@ -114,6 +116,8 @@ def inference_form(model: _Model, *, channels_last: bool = True, compile: bool =
             f"inference_form: expected a ReDimNet, ReDimNet2, SSRFNet or ReDimNetMRL, got {type(model).__name__}"
         )
     form = copy.deepcopy(model)
+    if has_adapters(form):  # LoRA wrappers (models/adapters.py) become the plain layers they equal
+        merge_adapters(form)
     form.eval()
     for param in form.parameters():
         param.grad = None

@@ -21,6 +21,7 @@ The pretrained embedding layer also stays as `native` (frozen) so validation can
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HEAD_INITS, HEAD_TYPES
+from .adapters import (
+    adapter_record,
+    has_adapters,
+    mark_merged,
+    merge_adapters,
+    merged_provenance,
+    set_adapter_training,
+)
 from .encoder import SpeakerEncoder, Trunk
 from .heads import MatryoshkaHead, NativeHead
 from .loading import (
@@ -199,9 +208,25 @@ class ReDimNetMRL(nn.Module):
             head.linear.bias[rows:] = 0.0
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> ReDimNetMRL:
-        """Load an MRL inference checkpoint written by `save_checkpoint` (eval mode)."""
-        return cls.from_payload(read_checkpoint(path, required=MRL_CHECKPOINT_KEYS), path)
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        head: str | os.PathLike | None = None,
+    ) -> ReDimNetMRL:
+        """Load an MRL inference checkpoint written by `save_checkpoint` (eval mode).
+
+        `adapter`: an adapter file (`RUN/adapter.pt`) applied, unmerged, onto the trunk of `path`,
+        which must be its base (an MRL checkpoint, or the official-format backbone its run named);
+        `head`: the MRL checkpoint whose head to use (the adapter run's `best.pt`; needed with an
+        official base). See models/adapter_files.py."""
+        if adapter is None and head is None:
+            return cls.from_payload(read_checkpoint(path, required=MRL_CHECKPOINT_KEYS), path)
+        if adapter is None:
+            raise ValueError("from_checkpoint: `head` replaces an adapted model's head; pass `adapter` too")
+        from .adapter_files import load_adapted_model  # it builds on this class: imported when used
+
+        return load_adapted_model(path, adapter, head)
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], source: str | os.PathLike = "checkpoint") -> ReDimNetMRL:
@@ -216,15 +241,25 @@ class ReDimNetMRL(nn.Module):
             head_init=mrl.get("head_init", "random"),
         )
         model.load_state_dict(official_to_local(payload["state_dict"]))
+        if "adapter" in payload:  # adapters merged into its trunk (models/adapter_files.py)
+            mark_merged(model, payload["adapter"])
         return model.eval()
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        """A rotation head is written as the linear head it equals: the files load everywhere."""
+        """A rotation head is written as the linear head it equals, and adapters merged into the
+        trunk's weights (what they were under `adapter`): the files load everywhere."""
+        if has_adapters(self):
+            merged = copy.deepcopy(self)
+            merge_adapters(merged)
+            return merged.checkpoint_payload()
         state = official_state_dict(self)
         if isinstance(self.head, RotationHead):
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
             state.update({f"head.{k}": v.cpu() for k, v in self.head.materialise().state_dict().items()})
-        return {"model_config": self.model_config, "mrl_config": self.mrl_config, "state_dict": state}
+        payload = {"model_config": self.model_config, "mrl_config": self.mrl_config, "state_dict": state}
+        if adapter_record(self) is not None:
+            payload["adapter"] = merged_provenance(self)
+        return payload
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write `{"model_config", "mrl_config", "state_dict"}` atomically (official key names)."""
@@ -283,7 +318,10 @@ class ReDimNetMRL(nn.Module):
 
     @property
     def trunk_frozen(self) -> bool:
-        return all(name in self._frozen for name in self.trunk_module_names() if name != "native")
+        """Whether the trunk's output cannot change: frozen, and no unmerged adapters on it."""
+        return not has_adapters(self) and all(
+            name in self._frozen for name in self.trunk_module_names() if name != "native"
+        )
 
     def train(self, mode: bool = True) -> ReDimNetMRL:
         super().train(mode)
@@ -293,6 +331,7 @@ class ReDimNetMRL(nn.Module):
         # The backbone container applies feature-aggregation dropout itself.
         if all(n in self._frozen for n in self.trunk_module_names() if n.startswith("backbone.")):
             self.backbone.eval()
+        set_adapter_training(self, mode)  # adapters inside frozen parts still train (models/adapters.py)
         return self
 
     # ------------------------------------------------------------------ inference

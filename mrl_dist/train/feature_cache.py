@@ -80,6 +80,11 @@ def check_trunk_is_frozen(cfg: Config, what: str) -> None:
             f"unfreeze_after_steps: null); got freeze_backbone={tcfg.freeze_backbone}, "
             f"unfreeze_after_steps={tcfg.unfreeze_after_steps}",
         )
+    if cfg.model.adapters is not None:  # they change the trunk's output as they train
+        raise ConfigError(
+            "model.adapters",
+            f"{what} caches the base trunk's features, which adapters change; set model.adapters: null",
+        )
 
 
 def cache_fields(

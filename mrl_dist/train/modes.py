@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.mix import first_manifest
 from ..losses import MatryoshkaAAMLoss
 from ..models import ReDimNetMRL, save_official_checkpoint
+from ..models.adapter_files import adapter_path_for, save_adapter
+from ..models.adapters import apply_adapters, has_adapters, is_adapter_parameter, named_trunk_batchnorms
 from ..models.encoder import SpeakerEncoder
 from ..models.loading import load_model_source, names_a_file
 from ..models.ssrfnet import fusion_overrides
@@ -46,14 +48,7 @@ log = logging.getLogger(__name__)
 
 def trunk_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers of the trunk (front-end, backbone, pooling) of a ReDimNet or ReDimNetMRL."""
-    parts = [getattr(model, name, None) for name in ("spec", "backbone", "pool")]
-    return [
-        m
-        for part in parts
-        if part is not None
-        for m in part.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    return list(named_trunk_batchnorms(model).values())
 
 
 def as_mrl_model(model: nn.Module) -> ReDimNetMRL:
@@ -229,6 +224,10 @@ def build_mrl_model(
         # The native layer is a fixed reference for validation, never trained: trainable but
         # unused parameters would also stall DDP's gradient reduction.
         model.freeze("native")
+    if cfg.model.adapters is not None:  # after freezing: the factors train, the trunk they wrap does not
+        layers = apply_adapters(model, cfg.model.adapters, seed=cfg.seed)
+        factors = sum(p.numel() for n, p in model.named_parameters() if is_adapter_parameter(n))
+        log.info("LoRA adapters on %d layers of the frozen trunk: %d parameters", len(layers), factors)
     return model
 
 
@@ -301,6 +300,12 @@ class MRLMode(Mode):
     def __init__(self, cfg: Config, resuming: bool = False, is_main: bool = True):
         super().__init__(cfg, resuming, is_main)
         self.head_plan = plan_head(cfg, resuming, is_main)
+        if cfg.model.adapters is not None and not backbone_is_pretrained(cfg):
+            raise ConfigError(
+                "model.adapters",
+                f"adapt a pretrained trunk; model.backbone {cfg.model.backbone!r} with model.pretrained: null is "
+                "randomly initialised (name a checkpoint file, or set model.pretrained)",
+            )
 
     def build_model(self, backbone: SpeakerEncoder, pooled_features: torch.Tensor | None) -> ReDimNetMRL:
         return build_mrl_model(self.cfg, self.head_plan, backbone, pooled_features)
@@ -309,10 +314,20 @@ class MRLMode(Mode):
         return make_loss(self.cfg, as_mrl_model(model).dims, num_classes)
 
     def trunk_parameters(self, module: TrainModule) -> set[int]:
-        return {id(p) for name, p in module.model.named_parameters() if not name.startswith("head.")}
+        # Adapter factors are new weights (B starts at zero): they train at the head's rate.
+        return {
+            id(p)
+            for name, p in module.model.named_parameters()
+            if not name.startswith("head.") and not is_adapter_parameter(name)
+        }
 
     def export(self, module: TrainModule, path: Path) -> None:
-        module.mrl_model.save_checkpoint(path)
+        """`path`: the MRL checkpoint (adapters merged into the trunk); the adapter alone goes
+        beside it (`best.pt` -> `adapter.pt`, `last.pt` -> `last.adapter.pt`)."""
+        model = module.mrl_model
+        model.save_checkpoint(path)
+        if has_adapters(model):
+            save_adapter(adapter_path_for(path), model)
 
     def unfreeze_if_due(self, module: TrainModule, step: int) -> bool:
         after = self.cfg.training.unfreeze_after_steps
