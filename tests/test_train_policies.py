@@ -421,3 +421,45 @@ def test_library_warnings_reach_the_run_folder_s_log(tmp_path):
     logging.getLogger("mrl_dist.data.manifest").warning("after the run: not in its log")
     log = (tmp_path / "train.log").read_text()
     assert "WARNING mrl_dist.data.manifest: skipped 3 samples so far" in log and "after the run" not in log
+
+
+# ---------------------------------------------------------------------------- head anchor
+
+
+def test_the_head_anchor_is_zero_at_the_start_and_the_relative_squared_drift_after(
+    demo_shards, pretrained_file, tmp_path
+):
+    sections = _mrl(pretrained_file, {"loss": {"head_anchor": 2.0}}, freeze_backbone=True)
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path / "run", demo_shards, **sections)))
+    module = trainer.accelerator.unwrap_model(trainer.module)
+    assert float(module.anchor_penalty().detach()) == 0.0
+    weight = module.mrl_model.head.linear.weight
+    start = {name: p.detach().clone() for name, p in module.mrl_model.head.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        weight.add_(0.01)
+    size = sum(float((p**2).sum()) for p in start.values())
+    expected = 2.0 * 0.01**2 * weight.numel() / size
+    assert float(module.anchor_penalty().detach()) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_an_anchored_run_logs_the_pull_and_resumes_towards_the_same_start(demo_shards, pretrained_file, tmp_path):
+    sections = _mrl(pretrained_file, {"loss": {"head_anchor": 1.0}}, freeze_backbone=True)
+    run_dir = tmp_path / "anchored"
+    Trainer(
+        config_from_dict(
+            tiny_config(run_dir, demo_shards, **{**sections, "training": {**sections["training"], "max_steps": 2}})
+        )
+    ).fit()
+    assert "head_anchor=" in (run_dir / "train.log").read_text()
+    resumed = Trainer(config_from_dict(tiny_config(run_dir, demo_shards, **sections)), resume="latest")
+    module = resumed.accelerator.unwrap_model(resumed.module)
+    saved = torch.load(run_dir / "checkpoints" / "step-2" / "pytorch_model.bin", weights_only=True)
+    anchors = {k: v for k, v in saved.items() if "head_anchor_" in k}
+    assert anchors and all(torch.equal(module.get_buffer(k), v) for k, v in anchors.items())
+    assert float(module.anchor_penalty().detach()) > 0  # the resumed head is the trained one, W0 the start
+
+
+def test_a_head_anchor_without_a_matryoshka_head_is_refused():
+    with pytest.raises(ConfigError, match="loss.head_anchor: pulls a Matryoshka head"):
+        config_from_dict({"training": {"mode": "classifier"}, "loss": {"head_anchor": 1.0}})

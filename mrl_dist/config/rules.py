@@ -129,6 +129,10 @@ def validate(cfg: Config) -> None:
         )
     _check_adapters(cfg)
 
+    if cfg.loss.head_anchor < 0:
+        raise ConfigError("loss.head_anchor", f"must be >= 0, got {cfg.loss.head_anchor!r}")
+    if cfg.loss.head_anchor > 0 and training.mode == "classifier":
+        raise ConfigError("loss.head_anchor", "pulls a Matryoshka head; training.mode classifier has none")
     _check_training_mix(cfg)
     set_names = _check_validation_sets(cfg)
     best = cfg.checkpoint.best_metric

@@ -385,6 +385,14 @@ class LossConfig:
     margin_warmup_steps: int = option(
         0, help="Optimizer steps over which the margin then rises linearly to `margin`; 0: the full margin throughout."
     )
+    # In-domain (the head trains on the speakers the trunk already separates) the head learns
+    # nothing new about unseen speakers and drifts worse the longer it trains: the pull keeps it
+    # near its start (docs/benchmarks.md, "MRL on real speech").
+    head_anchor: float = option(
+        0.0,
+        help="Pull of a Matryoshka head towards its initial weights (L2-SP): adds `head_anchor x |W - W0|^2 / "
+        "|W0|^2` over the head's parameters to the loss; 0: none.",
+    )
 
 
 @dataclass

@@ -158,6 +158,8 @@ class Trainer:
             self.collectives.broadcast_from_main(fitted, "receiving the PCA head from rank 0")
         if class_means_wanted(cfg, module.aam_loss, module.model, resuming=self.resume_dir is not None):
             self._init_class_weights(module)
+        if cfg.loss.head_anchor > 0:  # after the broadcast: every rank anchors to rank 0's head
+            module.anchor_head(cfg.loss.head_anchor)
         self.mode.unfreeze_if_due(module, self.state["step"])  # a resume past the unfreeze step
         module.train()  # the train/eval policy (TrainModule); a pretrained start arrives in eval mode
         return module

@@ -46,6 +46,11 @@ from .distill import (
 log = logging.getLogger(__name__)
 
 
+def anchor_buffer(parameter: str) -> str:
+    """The TrainModule buffer holding a head parameter's initial value (loss.head_anchor)."""
+    return "head_anchor_" + parameter.replace(".", "_")
+
+
 def trunk_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers of the trunk (front-end, backbone, pooling) of a ReDimNet or ReDimNetMRL."""
     return list(named_trunk_batchnorms(model).values())
@@ -88,6 +93,7 @@ class TrainModule(nn.Module):
         self.loss = loss
         self.freeze_bn_stats = freeze_bn_stats
         self.from_features = from_features
+        self.anchor_strength, self.anchor_names = 0.0, list[str]()  # loss.head_anchor: anchor_head
 
     def forward(self, inputs: torch.Tensor, label: torch.Tensor, **loss_inputs):
         """`inputs`: wave [B, T] float32 16 kHz, or pooled features [B, P] with `from_features`;
@@ -101,10 +107,33 @@ class TrainModule(nn.Module):
         else:
             embedding = self.model(inputs)
         loss, stats = self.loss(embedding, labels=label, **loss_inputs)
+        anchor = self.anchor_penalty()
+        if anchor is not None:
+            aux["head_anchor"] = anchor
         for name, value in aux.items():
             loss = loss + value
             stats[name] = value.detach()
         return loss, stats
+
+    def anchor_head(self, strength: float) -> None:
+        """loss.head_anchor: from now on the loss adds `strength x |W - W0|^2 / |W0|^2` over the
+        Matryoshka head's parameters, W0 their values now. W0 are buffers of this module, so a
+        checkpoint keeps them and a resumed run pulls towards the same start."""
+        head = self.mrl_model.head
+        self.anchor_strength = strength
+        self.anchor_names = [name for name, p in head.named_parameters() if p.requires_grad]
+        for name in self.anchor_names:
+            self.register_buffer(anchor_buffer(name), head.get_parameter(name).detach().clone())
+
+    def anchor_penalty(self) -> torch.Tensor | None:
+        """The head_anchor term of the loss, or None without one."""
+        if not self.anchor_names:
+            return None
+        head = self.mrl_model.head
+        starts = [self.get_buffer(anchor_buffer(name)) for name in self.anchor_names]
+        drift = torch.stack([((head.get_parameter(n) - w0) ** 2).sum() for n, w0 in zip(self.anchor_names, starts)])
+        size = torch.stack([(w0**2).sum() for w0 in starts])
+        return self.anchor_strength * drift.sum() / size.sum().clamp_min(1e-12)
 
     def train(self, mode: bool = True) -> TrainModule:
         super().train(mode)
