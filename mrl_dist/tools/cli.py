@@ -9,6 +9,7 @@ command that needs it so that one command's --help does not import every benchma
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -277,6 +278,48 @@ def bench_features_main(argv: list[str]) -> int:
 
 
 # --- gpu_check --------------------------------------------------------------------------------
+
+
+# --- bench_adapt ------------------------------------------------------------------------------
+
+
+def parse_bench_adapt_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from .bench_adapt import VARIANTS
+
+    parser = argparse.ArgumentParser(
+        prog=program_name("bench_adapt.py"),
+        description="Adapting a pretrained model to a new domain: the head alone, LoRA adapters of two ranks "
+        "and full fine-tuning, each a real run of the recipe, scored on the validation speakers.",
+    )
+    parser.add_argument("--config", type=Path, default=Path("configs/adapt-cpu.yaml"), help="the recipe")
+    parser.add_argument("--output", type=Path, required=True, help="folder of the variants' run folders")
+    parser.add_argument(
+        "--variants", nargs="+", default=["head", "lora-r4", "lora-r16", "full"], choices=list(VARIANTS)
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the recipe for every variant (data.train, data.val, model.backbone, ...)",
+    )
+    add_error_options(parser)
+    return parser.parse_args(argv)
+
+
+@command("bench_adapt.py")
+def bench_adapt_main(argv: list[str]) -> int:
+    """`launch/bench_adapt.py`: a Markdown table of docs/benchmarks.md's domain-adaptation section."""
+    args = parse_bench_adapt_args(argv)
+    if not args.config.is_file():
+        raise InputError(f"--config {args.config}: not found")
+    from .bench_adapt import bench_adapt
+
+    _, report = bench_adapt(args.config, args.output, args.variants, args.overrides)
+    print(bench_header())
+    print(report)
+    return 0
 
 
 @command("gpu_check.py")
