@@ -463,3 +463,16 @@ def test_an_anchored_run_logs_the_pull_and_resumes_towards_the_same_start(demo_s
 def test_a_head_anchor_without_a_matryoshka_head_is_refused():
     with pytest.raises(ConfigError, match="loss.head_anchor: pulls a Matryoshka head"):
         config_from_dict({"training": {"mode": "classifier"}, "loss": {"head_anchor": 1.0}})
+
+
+def test_a_classifier_from_a_pretrained_backbone_starts_at_the_speakers_mean_embeddings(
+    demo_shards, pretrained_file, tmp_path
+):
+    sections = {
+        "model": {"backbone": str(pretrained_file), "head_init": "pretrained"},
+        "training": {"mode": "classifier", "max_steps": 1},
+        "validation": {"at_start": False},
+        "loss": {"class_init": "mean", "class_init_batches": 2},
+    }
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path / "lmft", demo_shards, **sections)))
+    assert any(line.startswith("class weights: speaker means of 16 crops") for line in trainer.tracker_lines)

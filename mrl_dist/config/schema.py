@@ -372,8 +372,8 @@ class LossConfig:
     # directions per speaker (train/class_init.py has the numbers).
     class_init: ClassInit = option(
         "mean",
-        help="AAM class weights at the start: `mean` (each speaker's mean embedding under the initial head; "
-        "pretrained starts in `mrl` and `distill` modes) or `random` (Xavier).",
+        help="AAM class weights at the start: `mean` (each speaker's mean embedding under the initial head, or "
+        "in `classifier` mode the backbone's embedding; pretrained starts only) or `random` (Xavier).",
     )
     class_init_batches: int = option(
         64, help="Batches of the audio stream averaged for `class_init: mean` when there is no feature cache."

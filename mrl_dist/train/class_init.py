@@ -62,14 +62,9 @@ def set_class_weights(loss: MatryoshkaAAMLoss, means: torch.Tensor, counts: torc
 
 
 def class_means_wanted(cfg: Config, aam: MatryoshkaAAMLoss | None, model: torch.nn.Module, resuming: bool) -> bool:
-    """`loss.class_init: mean` applies: a fresh start of a pretrained model with a head and an AAM loss."""
-    return (
-        cfg.loss.class_init == "mean"
-        and not resuming
-        and backbone_is_pretrained(cfg)
-        and aam is not None
-        and hasattr(model, "head")
-    )
+    """`loss.class_init: mean` applies: a fresh start of a pretrained model (a Matryoshka head, or
+    in classifier mode the backbone's own embedding) with an AAM loss."""
+    return cfg.loss.class_init == "mean" and not resuming and backbone_is_pretrained(cfg) and aam is not None
 
 
 def start_at_class_means(

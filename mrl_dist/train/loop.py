@@ -32,7 +32,7 @@ from ..data.features import check_cache_fits, open_feature_cache, read_feature_f
 from ..data.mix import mix_weights
 from ..data.pipeline import TrainLoader, make_train_loader
 from ..eval.metrics import select_metric
-from ..models import collect_pooled, inference_form
+from ..models import ReDimNetMRL, collect_pooled, inference_form
 from ..models.encoder import SpeakerEncoder
 from ..precision import autocast_dtype
 from . import checkpointing as ckpt
@@ -230,7 +230,7 @@ class Trainer:
     def _init_class_weights(self, module: TrainModule) -> None:
         """loss.class_init: mean. Rank 0 averages the initial head's embeddings per speaker (every
         cached crop, or `loss.class_init_batches` batches of audio) and broadcasts the weights."""
-        aam, model = module.aam_loss, module.mrl_model
+        aam, model = module.aam_loss, module.model
         if aam is None:
             raise RuntimeError(
                 "loss.class_init: mean starts the AAM class weights, but this mode's loss has no AAM part"
@@ -240,12 +240,15 @@ class Trainer:
             device = self.accelerator.device
             if self.features is not None:
                 batches = ((p["pooled"].float(), p["labels"]) for p in map(read_feature_file, self.features.files))
-                embed = model.to(device).head
+                embed = module.mrl_model.to(device).head
             else:
                 loader = self._train_loader(0, CLASS_INIT_SEED_OFFSET, batches=self.cfg.loss.class_init_batches)
                 batches = ((batch["wave"], batch["label"]) for batch in loader)
                 fast = inference_form(model).to(device)
-                embed = lambda wave: fast.head(fast.pooled(wave))  # noqa: E731
+                if isinstance(fast, ReDimNetMRL):
+                    embed = lambda wave: fast.head(fast.pooled(wave))  # noqa: E731
+                else:  # classifier mode: the backbone's own embedding
+                    embed = fast
             self.tracker_lines.append(start_at_class_means(aam, model, embed, batches, device))
         self.collectives.broadcast_from_main(list(aam.parameters()), "receiving the class weights from rank 0")
 
