@@ -8,6 +8,8 @@ docs/data.md).
         --trials /data/voxceleb1/veri_test2.txt
 
 Writes `NAME-000000.tar ...`, `NAME.manifest.json` and, with --trials, `NAME.trials.txt`.
+`--codec pcm` stores 16-bit PCM `.wav` members instead of FLAC: crops without decoding, for more
+disk (docs/data.md, "Codecs: FLAC or PCM").
 Parallel, resumable, deterministic whatever --workers is; bad files are skipped and listed in
 the manifest with their reason. How: see mrl_dist/data/packing.py.
 """

@@ -20,7 +20,7 @@ Each `noise_snr` category with a subfolder in `noise_dir` is used (one category 
 per noisy sample); a `noise_dir` without such subfolders is the one category `noise`. Babble
 (`speech`) mixes 3-7 clips, each at its own SNR (`noise_count`), as Kaldi's recipe does.
 `noise_dir` may also be shards of noise audio (a `*.manifest.json` or a brace pattern of tars
-with `.flac` members); that is the one category `noise`. Noise files: wav/flac/ogg, any rate.
+with `.flac` or `.wav` members); that is the one category `noise`. Noise files: wav/flac/ogg, any rate.
 """
 
 from __future__ import annotations
@@ -34,10 +34,18 @@ import numpy as np
 import soundfile as sf
 
 from mrl_dist.config import AugmentConfig, config_from_dict
-from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, repeat_to_length, to_mono_16k
+from mrl_dist.data.audio import SAMPLE_RATE, AudioError, repeat_to_length, to_mono_16k
+from mrl_dist.data.codecs import read_member_crop
 from mrl_dist.data.crops import random_crop_start
 from mrl_dist.data.manifest import read_manifest
-from mrl_dist.data.shard_reader import SkipCounter, expand_urls, iter_tar_samples, resampled_shards
+from mrl_dist.data.shard_reader import (
+    AUDIO,
+    SkipCounter,
+    audio_member,
+    expand_urls,
+    iter_tar_samples,
+    resampled_shards,
+)
 
 SPEED_FACTORS = (1.0, 0.9, 1.1)  # index k: label offset k * num_speakers
 NOISE_FILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
@@ -175,22 +183,25 @@ class FolderNoise:
 
 
 class ShardNoise:
-    """Noise clips streamed from shards: a pool of FLAC blobs, one replaced after every draw.
+    """Noise clips streamed from shards: a pool of audio members (FLAC, or WAV from a split packed
+    with `--codec pcm`), one replaced after every draw.
 
-    Memory stays at `pool_size` compressed clips however large the noise corpus is.
+    Memory stays at `pool_size` stored clips however large the noise corpus is.
     """
 
     def __init__(self, source: str, rng: np.random.Generator, skips: SkipCounter, pool_size: int = 64):
         urls = read_manifest(source).urls if source.endswith(".manifest.json") else expand_urls(source)
         self._stream = iter_tar_samples(
-            resampled_shards(urls, rng), skips, want=frozenset({"flac"}), max_empty_shards=max(8, 2 * len(urls))
+            resampled_shards(urls, rng), skips, want=frozenset({AUDIO}), max_empty_shards=max(8, 2 * len(urls))
         )
-        self._pool = [next(self._stream)["flac"] for _ in range(pool_size)]
+        # (member extension, bytes) pairs: read_member_crop needs to know which kind it holds.
+        self._pool = [audio_member(next(self._stream)) for _ in range(pool_size)]
 
     def draw(self, frames: int, rng: np.random.Generator) -> np.ndarray:
         slot = int(rng.integers(len(self._pool)))
-        wave = read_flac_crop(self._pool[slot], None, frames, rng=rng)
-        self._pool[slot] = next(self._stream)["flac"]
+        member, data = self._pool[slot]
+        wave = read_member_crop(data, member, None, frames, rng=rng)
+        self._pool[slot] = audio_member(next(self._stream))
         return repeat_to_length(wave, frames)
 
 

@@ -41,13 +41,14 @@ import numpy as np
 import torch
 
 from mrl_dist.config import AugmentConfig
-from mrl_dist.data.audio import AudioError, read_flac_window, repeat_to_length
+from mrl_dist.data.audio import AudioError, crop_chooser, repeat_to_length
 from mrl_dist.data.augment import augment_stages
-from mrl_dist.data.crops import crop_rng, random_crop_start
+from mrl_dist.data.codecs import read_member_window
+from mrl_dist.data.crops import crop_rng
 from mrl_dist.data.frozen_outputs import read_outputs_file, write_outputs_file
 from mrl_dist.data.manifest import write_json_atomic
 from mrl_dist.data.mix import namespace
-from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples
+from mrl_dist.data.shard_reader import SkipCounter, audio_member, iter_tar_samples
 from mrl_dist.data.stages import parse_meta
 
 FEATURES_FORMAT = "mrl-dist-features/1"
@@ -85,21 +86,20 @@ def seeded_crops(
 ) -> Iterator[dict]:
     """Stage: K crops of every utterance, each at a start drawn from `crop_rng(seed, key, k)`.
 
-    Before: {"key", "url", "flac", "label"}. After: {"key", "label", "wave": [crop_frames]
+    Before: {"key", "url", "flac" or "wav", "label"}. After: {"key", "label", "wave": [crop_frames]
     float32, "start": int, "augment_id": k}. Short utterances are tiled (start 0).
     """
     for sample in samples:
+        member, audio = audio_member(sample)
         for index in range(crops_per_utterance):
             rng = crop_rng(seed, sample["key"], index)
             try:
-                wave, start = read_flac_window(
-                    sample["flac"], crop_frames, lambda total, rng=rng: random_crop_start(rng, total, crop_frames)
-                )
+                wave, start = read_member_window(audio, member, crop_frames, crop_chooser(None, crop_frames, rng))
             except AudioError as error:
                 skips.skip(error.reason, sample["url"], sample["key"], error.detail)
                 break
             if len(wave) == 0:
-                skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
+                skips.skip("empty", sample["url"], sample["key"], "audio member has no samples")
                 break
             wave = repeat_to_length(wave, crop_frames) if len(wave) < crop_frames else wave
             yield {"key": sample["key"], "label": sample["label"], "wave": wave, "start": start, "augment_id": index}

@@ -6,8 +6,9 @@
 
 A sample's speaker label lives in its `.json` tar member (shard_reader.py), and the classifier
 needs labels 0..K-1; removing speakers from a split leaves gaps. So both subsets get shards of
-their own (`PREFIX-000000.tar ...`, `PREFIX.rest-000000.tar ...`): each sample's FLAC bytes are
-copied unchanged and its JSON gets the label of its speaker in the subset (sorted speaker ids ->
+their own (`PREFIX-000000.tar ...`, `PREFIX.rest-000000.tar ...`): each sample's audio member
+(`.flac`, or `.wav` in a split packed with `--codec pcm`) is copied unchanged, so the subsets keep
+the split's codec, and its JSON gets the label of its speaker in the subset (sorted speaker ids ->
 0..K-1, as packing.py numbers them). Loaders and evaluation then read the subsets as they read any
 packed split, with no filter to honour. Output is deterministic for the same split and seed.
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, read_manifest, write_json_atomic
 from .remote import local_shard_path
-from .shard_reader import SkipCounter, iter_tar_samples
+from .shard_reader import SkipCounter, audio_member, iter_tar_samples
 from .shard_writer import encode_sample_json, sha256_file, tar_member
 from .trials import balanced_trials, write_trials
 
@@ -108,7 +109,8 @@ class _ShardSetWriter:
         self._open: tuple[tarfile.TarFile, BinaryIO] | None = None  # the shard being written
         self._shard_name, self._temporary, self._samples = "", folder, 0
 
-    def add(self, key: str, flac: bytes, meta: bytes) -> None:
+    def add(self, key: str, member: str, audio: bytes, meta: bytes) -> None:
+        """Appends one sample: `<key>.<member>` (its audio, "flac" or "wav") and `<key>.json`."""
         if self._open is not None and self._open[1].tell() >= self.shard_bytes:
             self._finish()
         if self._open is None:
@@ -117,7 +119,7 @@ class _ShardSetWriter:
             handle = open(self._temporary, "wb")
             self._open = (tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT), handle)
             self._samples = 0
-        for extension, data in (("flac", flac), ("json", meta)):
+        for extension, data in ((member, audio), ("json", meta)):
             self._open[0].addfile(tar_member(f"{key}.{extension}", len(data)), io.BytesIO(data))
         self._samples += 1
 
@@ -251,7 +253,7 @@ def make_holdout(
             is_held = speaker in held
             meta["label"] = (holdout_labels if is_held else rest_labels)[speaker]
             # Compact with sorted keys, as packed: the same split gives the same bytes.
-            writers[is_held].add(key, sample["flac"], encode_sample_json(meta))
+            writers[is_held].add(key, *audio_member(sample), encode_sample_json(meta))
             counts[is_held][speaker] += 1
             seconds[is_held] += float(meta.get("seconds", 0.0))
             if is_held:
@@ -287,17 +289,18 @@ def make_holdout(
         "seed": seed,
         "target_pairs": "all" if target_pairs is None else target_pairs,
     }
-    version = {"version": manifest.version} if manifest.version else {}
+    # The audio members are copied, so the subsets have the split's codec.
+    inherited = {"codec": manifest.codec, **({"version": manifest.version} if manifest.version else {})}
     write_json_atomic(
         rest_path,
         _manifest_payload(
-            rest_name, shards[False], counts[False], seconds[False], trials=None, holdout=origin, **version
+            rest_name, shards[False], counts[False], seconds[False], trials=None, holdout=origin, **inherited
         ),
     )
     write_json_atomic(
         manifest_path,
         _manifest_payload(
-            name, shards[True], counts[True], seconds[True], trials=trials_path.name, holdout=origin, **version
+            name, shards[True], counts[True], seconds[True], trials=trials_path.name, holdout=origin, **inherited
         ),
     )
     return HoldoutResult(

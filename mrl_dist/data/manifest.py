@@ -46,6 +46,7 @@ class Manifest:
     trials_path: Path | None
     skipped: list[dict] = field(default_factory=list)
     version: str = ""
+    codec: str = "flac"  # how its samples store audio (data/codecs.py); manifests without one are FLAC
 
     @property
     def num_speakers(self) -> int:
@@ -118,6 +119,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             trials_path=trials_path,
             skipped=list(payload.get("skipped", [])),
             version=str(payload.get("version", "")),
+            codec=str(payload.get("codec", "flac")),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ManifestError(f"manifest {where}: missing or invalid field {error}") from error

@@ -8,7 +8,9 @@ samples), corpus.py (pass 1: decoding them), shard_writer.py (pass 2: planning a
         --trials /data/voxceleb1/veri_test2.txt
 
 Writes `NAME-000000.tar ...`, `NAME.manifest.json` (written last: its presence means the split is
-complete) and, with --trials, `NAME.trials.txt`.
+complete) and, with --trials, `NAME.trials.txt`. `--codec pcm` stores each sample's audio as a
+16-bit PCM `.wav` member instead of FLAC: crops are sliced, not decoded, for 1.4-1.8x the disk
+(codecs.py; docs/data.md "Codecs: FLAC or PCM"). The codec is part of the run's identity.
 
 Two passes. Pass 1 decodes every file (in parallel) to a FLAC cache in `OUTPUT/.NAME.tmp/`, logging
 one record per file to `decoded.jsonl` there. Pass 2 shuffles the good files with a fixed seed,
@@ -58,6 +60,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import __version__
+from .codecs import CODECS, DEFAULT_CODEC
 from .corpus import SourceFile, cache_path, decode_in_processes, decode_to_cache, fingerprint, skip_entry
 from .layouts import LAYOUTS, list_sources
 from .manifest import MANIFEST_FORMAT, MANIFEST_SUFFIX, write_json_atomic
@@ -139,6 +142,16 @@ def decode_all(sources, state_dir: Path, workers: int, progress: bool) -> list[d
     return [done[source.key] for source in sources]
 
 
+def _same_identity(payload: dict, identity: dict) -> bool:
+    """Whether a manifest (final or in progress) was written by a run of `identity`. Manifests
+    written before `--codec` existed name no codec: they hold FLAC."""
+    stored = {key: payload.get(key) for key in identity}
+    arguments = stored.get("arguments")
+    if isinstance(arguments, dict) and "codec" not in arguments:
+        stored["arguments"] = {**arguments, "codec": "flac"}
+    return stored == identity
+
+
 def _known_sha256(output: Path, split: str, identity: dict) -> dict[str, tuple[int, str]]:
     """{shard name: (samples, sha256)} from a manifest (in progress or final) of the same input."""
     known = {}
@@ -147,7 +160,7 @@ def _known_sha256(output: Path, split: str, identity: dict) -> dict[str, tuple[i
             payload = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if {key: payload.get(key) for key in identity} != identity:
+        if not _same_identity(payload, identity):
             continue
         for shard in payload.get("shards", []):
             if shard.get("sha256"):
@@ -161,7 +174,7 @@ def _finished_manifest(output: Path, split: str, identity: dict, trials) -> dict
         manifest = json.loads((output / f"{split}{MANIFEST_SUFFIX}").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if {key: manifest.get(key) for key in identity} != identity:
+    if not _same_identity(manifest, identity):
         return None
     for shard in manifest["shards"]:
         path = output / shard["name"]
@@ -195,8 +208,10 @@ def run_identity(
     sources: Sequence[SourceFile],
     skipped: Sequence[dict],
     layout: str = "voxceleb",
+    codec: str = DEFAULT_CODEC,
 ) -> dict:
-    """What determines a split's content: format, arguments, input fingerprint, version.
+    """What determines a split's content: format, arguments (the codec among them), input
+    fingerprint, version.
 
     A resume reuses only the work of a run with an equal identity; the manifest starts with it.
     """
@@ -209,6 +224,7 @@ def run_identity(
             "trials": str(Path(trials).absolute()) if trials else None,
             "shard_size_mb": shard_size_mb,
             "min_seconds": min_seconds,
+            "codec": codec,
         },
         "inputs_sha256": fingerprint(sources, skipped),
         "version": __version__,
@@ -244,11 +260,13 @@ def plan_split(identity: dict, records: Sequence[dict], skipped: Sequence[dict])
         )
     speaker_counts = Counter(speaker_of(record) for record in valid)
     speakers = {name: label for label, name in enumerate(sorted(speaker_counts))}
-    plans = plan_shards(valid, speakers, split, int(arguments["shard_size_mb"] * 2**20))
+    codec = arguments.get("codec", DEFAULT_CODEC)
+    plans = plan_shards(valid, speakers, split, int(arguments["shard_size_mb"] * 2**20), codec)
     manifest = {
         **identity,
         "split": split,
         "sample_rate": 16000,
+        "codec": codec,
         "shards": [{"name": p.name, "samples": len(p.records), "sha256": None} for p in plans],
         "total_samples": len(valid),
         "total_hours": round(sum(r["seconds"] for r in valid) / 3600, 6),
@@ -273,13 +291,16 @@ def pack_split(
     min_seconds: float = 0.5,
     progress: bool = True,
     layout: str = "voxceleb",
+    codec: str = DEFAULT_CODEC,
 ) -> dict:
-    """Packs the audio of `inputs` (in `layout`, see layouts.LAYOUTS) into `output/split-*.tar`;
-    returns the manifest dict.
+    """Packs the audio of `inputs` (in `layout`, see layouts.LAYOUTS) into `output/split-*.tar`
+    with `codec` members (codecs.CODECS); returns the manifest dict.
 
-    Raises PackError when no file is valid or a trial utterance is not in the split, CorpusError
-    when a corpus list (kaldi, table) cannot be read.
+    Raises PackError when no file is valid, a trial utterance is not in the split or the codec is
+    unknown, CorpusError when a corpus list (kaldi, table) cannot be read.
     """
+    if codec not in CODECS:
+        raise PackError(f"--codec {codec!r}: choose one of {', '.join(CODECS)}")
     output = Path(output).absolute()
     output.mkdir(parents=True, exist_ok=True)
     workers = workers or len(os.sched_getaffinity(0))
@@ -287,7 +308,7 @@ def pack_split(
         for stale in output.glob(pattern):
             stale.unlink()  # temporaries of a killed run; never renamed, so never valid
     sources, skipped = list_sources(inputs, exclude=output, layout=layout)
-    identity = run_identity(inputs, split, trials, shard_size_mb, min_seconds, sources, skipped, layout)
+    identity = run_identity(inputs, split, trials, shard_size_mb, min_seconds, sources, skipped, layout, codec)
     if trials:
         missing = _missing_trial_utterances(Path(trials), {s.key for s in sources}, skipped)
         if missing:  # fail before hours of decoding
@@ -387,7 +408,8 @@ def _missing_message(trials, missing: list[str]) -> str:
 def summary(manifest: dict, output: Path) -> str:
     lines = [
         f"packed {manifest['total_samples']} utterances ({manifest['total_hours']:.2f} h, "
-        f"{manifest['num_speakers']} speakers) into {len(manifest['shards'])} shards: "
+        f"{manifest['num_speakers']} speakers) into {len(manifest['shards'])} shards "
+        f"({manifest.get('codec', 'flac')} members): "
         f"{output / (manifest['split'] + MANIFEST_SUFFIX)}"
     ]
     if manifest["skipped"]:

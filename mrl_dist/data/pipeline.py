@@ -11,7 +11,8 @@ With several corpora (data/mix.py) each has its own stream up to parse_meta, nam
 Every worker of every rank draws shards with replacement from an RNG seeded by
 (seed, epoch, rank, worker), so streams never end and never coincide, and an epoch is a fixed
 number of batches on every rank (no DDP rank waits at an epoch end for another that ran dry).
-Only the crop's FLAC frames are decoded.
+Only the crop's FLAC frames are decoded (a split packed with `--codec pcm` is sliced, not
+decoded: codecs.py).
 
 Evaluation (`make_eval_loader`): each shard once, the trial-list utterances only, whole
 (optionally capped) utterances sorted by length into padded batches.
@@ -47,7 +48,7 @@ from mrl_dist.data.mix import (
 )
 
 __all__ = ["TrainLoader", "EvalLoader", "make_train_loader", "make_eval_loader", "resolve_source"]
-from mrl_dist.data.shard_reader import SkipCounter, iter_tar_samples, resampled_shards
+from mrl_dist.data.shard_reader import AUDIO, SkipCounter, iter_tar_samples, resampled_shards
 from mrl_dist.data.stages import (
     batch_crops,
     decode_crop,
@@ -248,7 +249,7 @@ class EvalStream(IterableDataset):
         part = self.rank * num_workers + worker
         urls = self.urls[part :: self.world_size * num_workers]
         skips = SkipCounter(f"eval loader rank {self.rank} worker {worker}")
-        samples = iter_tar_samples(urls, skips, want=frozenset({"flac"}))
+        samples = iter_tar_samples(urls, skips, want=frozenset({AUDIO}))
         if self.keys is not None:
             samples = (s for s in samples if s["key"] in self.keys)
         samples = decode_whole(samples, self.max_frames, skips)

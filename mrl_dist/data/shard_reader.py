@@ -2,8 +2,9 @@
 tar stream, and a count of every sample skipped on the way.
 
 Shards may be local, on an HTTP(S) server or behind a `pipe:` command (remote.py). Each sample
-is two tar members, `<speaker>/<video>/<utt>.flac` (16 kHz mono 16-bit FLAC) and
-`<speaker>/<video>/<utt>.json` (speaker, label, video, seconds, frames, source,
+is two tar members: its audio, `<speaker>/<video>/<utt>.flac` (16 kHz mono 16-bit FLAC) or, in a
+split packed with `--codec pcm`, `<speaker>/<video>/<utt>.wav` (the same samples as 16-bit PCM;
+codecs.py), and `<speaker>/<video>/<utt>.json` (speaker, label, video, seconds, frames, source,
 original_sample_rate, original_channels). The split's index of its shards: manifest.py; writing
 shards: shard_writer.py.
 """
@@ -15,12 +16,27 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from .codecs import AUDIO_MEMBERS
 from .remote import open_stream
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+
+# In iter_tar_samples' `want`: the sample's audio member, whichever codec wrote it (AUDIO_MEMBERS).
+AUDIO = "audio"
+
+
+def audio_member(sample: dict) -> tuple[str, bytes]:
+    """(extension, bytes) of a sample's audio member: ("flac", ...) or ("wav", ...).
+
+    Raises KeyError naming the sample when it has none (iter_tar_samples with AUDIO in `want`
+    never yields such a sample)."""
+    for extension in AUDIO_MEMBERS:
+        if extension in sample:
+            return extension, sample[extension]
+    raise KeyError(f"sample {sample.get('key')} has no audio member ({', '.join(AUDIO_MEMBERS)})")
 
 
 def expand_urls(source: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -159,18 +175,20 @@ def resampled_shards(urls: Sequence[str], rng: np.random.Generator) -> Iterator[
 def iter_tar_samples(
     urls: Iterable[str],
     skips: SkipCounter,
-    want: frozenset[str] = frozenset({"flac", "json"}),
+    want: frozenset[str] = frozenset({AUDIO, "json"}),
     max_empty_shards: int | None = None,
 ) -> Iterator[dict]:
     """Stage: shard URLs -> raw samples, streaming each tar once.
 
-    Before: url strings. After: {"key": str, "url": str, "flac": bytes, "json": bytes} (the
-    member extensions in `want`). A shard that cannot be opened or is truncated, and a sample
+    Before: url strings. After: {"key": str, "url": str, "flac" or "wav": bytes, "json": bytes}
+    (the member extensions in `want`; AUDIO there stands for whichever audio member the sample
+    has, read it with `audio_member`). A shard that cannot be opened or is truncated, and a sample
     that lacks one of its members, is skipped and counted in `skips`; iteration goes on with the
     rest of the shard or the next shard. With `max_empty_shards`, that many shards in a row
     without a good sample raise RuntimeError: an endless resampled stream over broken shards
     would otherwise spin forever.
     """
+    keep = (want - {AUDIO}) | (frozenset(AUDIO_MEMBERS) if AUDIO in want else frozenset())
     empty_in_row = 0
     for url in urls:
         if max_empty_shards is not None and empty_in_row >= max_empty_shards:
@@ -193,7 +211,7 @@ def iter_tar_samples(
                         empty_in_row = 0
                         yield current
                     current = None
-                if extension not in want:
+                if extension not in keep:
                     continue
                 if current is None:
                     current = {"key": key, "url": url}
@@ -206,7 +224,7 @@ def iter_tar_samples(
             skips.skip("truncated-shard", url, where, f"{type(error).__name__}: {error}")
             # tar_members only hands over fully read members: a sample whose members all
             # arrived before the damage is intact.
-            if current is not None and not want - current.keys():
+            if current is not None and not _missing(current, want):
                 empty_in_row = 0
                 yield current
         finally:
@@ -216,8 +234,16 @@ def iter_tar_samples(
                 skips.skip("unreadable-shard", url, None, f"{type(error).__name__}: {error}")
 
 
+def _missing(sample: dict, want: frozenset[str]) -> list[str]:
+    """The members of `want` the sample lacks, sorted (AUDIO: it has no audio member of any kind)."""
+    missing = [extension for extension in want - {AUDIO} if extension not in sample]
+    if AUDIO in want and not any(extension in sample for extension in AUDIO_MEMBERS):
+        missing.append(AUDIO)
+    return sorted(missing)
+
+
 def _complete(sample: dict, want: frozenset[str], skips: SkipCounter) -> bool:
-    missing = sorted(want - sample.keys())
+    missing = _missing(sample, want)
     if missing:
         skips.skip("incomplete-sample", sample["url"], sample["key"], f"no {missing} member")
     return not missing

@@ -1,5 +1,7 @@
 """Writing tar shards (pass 2 of `launch/make_shards.py`): plan shards from the decode records,
 write each as a deterministic tar from the FLAC cache, record its sha256, release its cache files.
+With `--codec pcm` each sample's FLAC is turned into a `.wav` member here (lossless, codecs.py);
+pass 1 and its cache are the same for both codecs.
 
 Determinism: the shard plan depends only on the sorted source list and each file's FLAC bytes
 (reproducible: same audio, same bytes), never on worker count or completion order; tar headers
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mrl_dist.data.audio import decode_file, encode_flac
+from mrl_dist.data.codecs import DEFAULT_CODEC, codec_member, flac_to_wav, member_size
 from mrl_dist.data.corpus import SourceFile, cache_path, decode_source
 
 SHUFFLE_SEED = 0
@@ -72,14 +75,19 @@ def _member_bytes(name: str, size: int) -> int:
 class ShardPlan:
     name: str
     records: list[dict]  # decode records in write order, each with "label"
+    codec: str = DEFAULT_CODEC  # how the samples store audio (codecs.CODECS)
 
 
-def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str, shard_bytes: int) -> list[ShardPlan]:
-    """Cuts the valid records, in a fixed-seed shuffled order, into shards of about `shard_bytes`.
+def plan_shards(
+    records: Sequence[dict], labels: dict[str, int], split: str, shard_bytes: int, codec: str = DEFAULT_CODEC
+) -> list[ShardPlan]:
+    """Cuts the valid records, in a fixed-seed shuffled order, into shards of about `shard_bytes`
+    of `codec` members.
 
     records must be sorted by key; the shuffle mixes speakers in every shard and depends only on
     the record list, so any worker count gives the same plan.
     """
+    member = codec_member(codec)
     # RandomState's stream is frozen by NumPy's compatibility policy: the plan stays the same
     # across NumPy versions, unlike Generator methods.
     order = np.random.RandomState(SHUFFLE_SEED).permutation(len(records))
@@ -88,16 +96,17 @@ def plan_shards(records: Sequence[dict], labels: dict[str, int], split: str, sha
     size = 0
     for index in order:
         record = {**records[index], "label": labels[speaker_of(records[index])]}
-        cost = _member_bytes(record["key"] + ".flac", record["bytes"]) + _member_bytes(
+        audio_bytes = member_size(codec, record["frames"], record["bytes"])
+        cost = _member_bytes(f"{record['key']}.{member}", audio_bytes) + _member_bytes(
             record["key"] + ".json", len(sample_json(record, record["label"]))
         )
         if current and size + cost > shard_bytes:
-            shards.append(ShardPlan(f"{split}-{len(shards):06d}.tar", current))
+            shards.append(ShardPlan(f"{split}-{len(shards):06d}.tar", current, codec))
             current, size = [], 0
         current.append(record)
         size += cost
     if current:
-        shards.append(ShardPlan(f"{split}-{len(shards):06d}.tar", current))
+        shards.append(ShardPlan(f"{split}-{len(shards):06d}.tar", current, codec))
     return shards
 
 
@@ -150,8 +159,8 @@ def write_shard(task: tuple) -> tuple[str, str, int]:
     """Pass-2 worker: writes one shard atomically from the cache; returns (name, sha256, bytes).
 
     task = (output folder, plan, cache folder[, records folder, plan digest]). Members per sample,
-    in plan order: `<key>.flac`, `<key>.json`. A cache file that went missing is decoded again
-    from its source (same audio, same bytes).
+    in plan order: `<key>.flac` (`<key>.wav` when plan.codec is "pcm"), `<key>.json`. A cache file
+    that went missing is decoded again from its source (same audio, same bytes).
 
     With a records folder, the sha256 of the finished temporary is first recorded there, in
     `NAME.tar.json` with the plan digest (see plan_digest), and only then is the temporary renamed
@@ -162,13 +171,16 @@ def write_shard(task: tuple) -> tuple[str, str, int]:
     """
     output, plan, cache_dir, *recording = task
     target = Path(output) / plan.name
+    member = codec_member(plan.codec)
     temporary = target.with_name(f".{plan.name}.tmp.{os.getpid()}")
     with open(temporary, "wb") as handle:
         with tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for record in plan.records:
-                flac = _cached_flac(record, Path(cache_dir))
+                audio = _cached_flac(record, Path(cache_dir))
+                if member == "wav":
+                    audio = flac_to_wav(audio)
                 meta = sample_json(record, record["label"])
-                for extension, data in (("flac", flac), ("json", meta)):
+                for extension, data in ((member, audio), ("json", meta)):
                     tar.addfile(tar_member(f"{record['key']}.{extension}", len(data)), io.BytesIO(data))
         handle.flush()
         os.fsync(handle.fileno())

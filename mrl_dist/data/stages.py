@@ -6,6 +6,7 @@ augment.py holds the augmentation stages.
     evaluation:  decode_whole -> length_sorted_batches
 
 A sample that cannot be decoded is skipped and counted (`SkipCounter`), never silently.
+A sample's audio is its `"flac"` or `"wav"` member (codecs.py); "flac" below stands for either.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import soxr
 import torch
 from torch.utils.data import get_worker_info
 
-from mrl_dist.data.audio import SAMPLE_RATE, AudioError, read_flac_crop, read_flac_window, repeat_to_length
+from mrl_dist.data.audio import SAMPLE_RATE, AudioError, repeat_to_length
+from mrl_dist.data.codecs import read_member_crop, read_member_window
 from mrl_dist.data.crops import fixed_crop_start, random_crop_start
-from mrl_dist.data.shard_reader import SkipCounter
+from mrl_dist.data.shard_reader import SkipCounter, audio_member
 
 # An endless stream of undecodable samples would otherwise spin forever without a batch.
 MAX_FAILURES_IN_ROW = 1000
@@ -57,8 +59,9 @@ def parse_meta(samples: Iterable[dict], skips: SkipCounter):
     """Stage: reads the `.json` member.
 
     Before: {"key", "url", "flac": bytes, "json": bytes}. After: {"key", "url", "flac", "label":
-    int}. A sample whose JSON is broken is skipped and counted; one without a "label" (audio
-    packed without speaker labels, usable for label-free distillation) gets label -1.
+    int} ("wav" instead of "flac" for a PCM sample). A sample whose JSON is broken is skipped and
+    counted; one without a "label" (audio packed without speaker labels, usable for label-free
+    distillation) gets label -1.
     """
     for sample in samples:
         try:
@@ -66,13 +69,15 @@ def parse_meta(samples: Iterable[dict], skips: SkipCounter):
         except (ValueError, AttributeError, TypeError) as error:
             skips.skip("bad-json", sample["url"], sample["key"], f"{type(error).__name__}: {error}")
             continue
-        yield {"key": sample["key"], "url": sample["url"], "flac": sample["flac"], "label": label}
+        member, audio = audio_member(sample)
+        yield {"key": sample["key"], "url": sample["url"], member: audio, "label": label}
 
 
 def decode_crop(
     samples: Iterable[dict], crop_frames: int, rng: np.random.Generator, skips: SkipCounter, fixed: bool = False
 ):
-    """Stage: decodes a random crop, seeking into the FLAC so only the crop's frames are decoded.
+    """Stage: decodes a random crop, seeking into the FLAC so only the crop's frames are decoded
+    (a PCM sample's crop is a slice of its bytes).
 
     Before: {"key", "url", "flac", "label"[, "speed"]}. After: {"key", "label", "wave":
     [crop_frames] float32 16 kHz, "start": int (-1 for random crops)}. Utterances shorter than
@@ -95,13 +100,14 @@ def decode_crop(
             else functools.partial(random_crop_start, rng, crop_frames=wanted)
         )
         try:
-            wave, start = read_flac_window(sample["flac"], wanted, choose)
+            member, audio = audio_member(sample)
+            wave, start = read_member_window(audio, member, wanted, choose)
         except AudioError as error:
             skips.skip(error.reason, sample["url"], sample["key"], error.detail)
             failures_in_row += 1
             continue
         if len(wave) == 0:
-            skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
+            skips.skip("empty", sample["url"], sample["key"], "audio member has no samples")
             failures_in_row += 1
             continue
         failures_in_row = 0
@@ -140,12 +146,13 @@ def decode_whole(samples: Iterable[dict], max_frames: int | None, skips: SkipCou
     """
     for sample in samples:
         try:
-            wave = read_flac_crop(sample["flac"], 0, max_frames)
+            member, audio = audio_member(sample)
+            wave = read_member_crop(audio, member, 0, max_frames)
         except AudioError as error:
             skips.skip(error.reason, sample["url"], sample["key"], error.detail)
             continue
         if len(wave) == 0:
-            skips.skip("empty", sample["url"], sample["key"], "FLAC member has no samples")
+            skips.skip("empty", sample["url"], sample["key"], "audio member has no samples")
             continue
         yield {"key": sample["key"], "wave": wave}
 

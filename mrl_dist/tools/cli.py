@@ -90,7 +90,8 @@ def bench_train_main(argv: list[str]) -> int:
 def parse_bench_loader_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=program_name("bench_loader.py"),
-        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit.",
+        description="Crops per second of one loader worker: shard pipeline vs naive per-file loading vs raw limit, "
+        "per shard codec (FLAC, PCM), with the disk each codec takes.",
     )
     parser.add_argument("--utterances", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=8.0, help="utterance length")
@@ -99,6 +100,15 @@ def parse_bench_loader_args(argv: list[str] | None = None) -> argparse.Namespace
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved runs")
     parser.add_argument("--no-m4a", action="store_true", help="skip the naive m4a row")
+    parser.add_argument(
+        "--decode-paths", action="store_true", help="also time other ways of cutting a crop out of stored audio"
+    )
+    parser.add_argument(
+        "--storage-corpus",
+        type=Path,
+        help="also pack this VoxCeleb-layout folder (real speech) with each codec and report its bytes per "
+        "second of audio",
+    )
     add_error_options(parser)
     return parser.parse_args(argv)
 
@@ -108,27 +118,62 @@ def bench_loader_main(argv: list[str]) -> int:
     """`launch/bench_loader.py`: a Markdown table of the loaders of mrl_dist/tools/bench_loader.py."""
     args = parse_bench_loader_args(argv)
     torch.set_num_threads(1)  # one loader worker is one core
-    from .bench_loader import measure_loaders
+    if args.storage_corpus is not None and not args.storage_corpus.is_dir():
+        raise InputError(f"--storage-corpus {args.storage_corpus}: not a folder (a VoxCeleb-layout corpus)")
+    from . import bench_loader as bench
 
-    whole, best = measure_loaders(
+    whole, best, storage = bench.measure_loaders(
         args.utterances, args.seconds, args.crop_seconds, args.crops, args.batch_size, args.repeats, m4a=not args.no_m4a
     )
-    pipeline, raw = best["(a) shard pipeline"], best["(c) raw limit"]
-    naive = best["(b) naive per-file FLAC"]
+    pipeline, raw = best[bench.pipeline_row("flac")], best[bench.raw_row("flac")]
     print(bench_header())
     print(
         f"# {args.utterances} x {args.seconds:g} s utterances, {args.crop_seconds:g} s crops, "
         f"batch {args.batch_size}, one worker, best of {args.repeats}"
     )
-    print("| loader | crops/s (best 4-batch window) | crops/s (whole run) | time per crop vs raw |")
+    print("| loader | crops/s (best 4-batch window) | crops/s (whole run) | time per crop vs FLAC raw |")
     print("| --- | ---: | ---: | ---: |")
     for name in best:
         print(f"| {name} | {best[name]:,.0f} | {whole[name]:,.0f} | {raw / best[name]:.2f}x |")
     print(
-        f"\npipeline: {raw / pipeline:.2f}x the raw limit's time per crop (target <= 1.5x), "
-        f"{pipeline / naive:.2f}x the naive FLAC loader's crops/s (target >= 2x)"
+        f"\nflac pipeline: {raw / pipeline:.2f}x the raw limit's time per crop (target <= 1.5x), "
+        f"{pipeline / best[bench.NAIVE_FLAC]:.2f}x the naive FLAC loader's crops/s (target >= 2x)\n"
     )
+    print(_codec_table(bench, best, storage, f"VoxCeleb2 dev ({bench.VOXCELEB2_HOURS:,} h), estimate"))
+    if args.storage_corpus is not None:
+        real = bench.measure_storage(args.storage_corpus)
+        print(f"\n# storage of {args.storage_corpus} packed with each codec (real speech)")
+        print("| codec | bytes per audio second | bytes per crop | VoxCeleb2 dev, estimate |")
+        print("| --- | ---: | ---: | ---: |")
+        for codec, measured in real.items():
+            print(
+                f"| {codec} | {measured.bytes_per_audio_second:,.0f} | {measured.bytes_per_crop / 1e3:,.1f} kB "
+                f"| {measured.voxceleb2_dev_bytes / 1e9:,.0f} GB |"
+            )
+    if args.decode_paths:
+        print(f"\n# one {args.seconds:g} s utterance in memory, a random {args.crop_seconds:g} s crop each time")
+        print("| way to get a crop | us per crop | crops/s per core |")
+        print("| --- | ---: | ---: |")
+        paths = bench.measure_decode_paths(args.seconds, args.crop_seconds, args.crops, args.repeats)
+        for name, micros in paths.items():
+            print(f"| {name} | {micros:,.1f} | {1e6 / micros:,.0f} |")
     return 0
+
+
+def _codec_table(bench, best: dict[str, float], storage: dict, disk_header: str) -> str:
+    """The per-codec summary: crops/s per core (pipeline and raw), bytes read per crop, disk."""
+    lines = [
+        f"| codec | crops/s per core, pipeline | crops/s per core, raw | bytes read per crop | "
+        f"bytes per audio second | {disk_header} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for codec, measured in storage.items():
+        lines.append(
+            f"| {codec} | {best[bench.pipeline_row(codec)]:,.0f} | {best[bench.raw_row(codec)]:,.0f} "
+            f"| {measured.bytes_per_crop / 1e3:,.1f} kB | {measured.bytes_per_audio_second:,.0f} "
+            f"| {measured.voxceleb2_dev_bytes / 1e9:,.0f} GB |"
+        )
+    return "\n".join(lines)
 
 
 # --- bench_inference --------------------------------------------------------------------------
