@@ -36,7 +36,16 @@ def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
-    parser.add_argument("--num-classes", type=int, default=VOXCELEB2_SPEAKERS)
+    parser.add_argument("--num-classes", type=int, default=VOXCELEB2_SPEAKERS, help="speaker classes of the AAM loss")
+    parser.add_argument(
+        "--sampled-classes", type=int, help="loss.sampled_classes: classes scored per step (default: every class)"
+    )
+    parser.add_argument("--compile", action="store_true", help="training.compile: the step's forward via torch.compile")
+    parser.add_argument(
+        "--from-features",
+        action="store_true",
+        help="mrl-frozen only: the head's step on pooled features, as data.features trains (no trunk)",
+    )
     parser.add_argument(
         "--estimate-memory",
         nargs="+",
@@ -58,7 +67,13 @@ def bench_train_main(argv: list[str]) -> int:
     if args.estimate_memory:
         from .memory import config_memory_tables
 
-        training, validation = config_memory_tables(args.estimate_memory)
+        training, validation = config_memory_tables(
+            args.estimate_memory, num_classes=args.num_classes, sampled_classes=args.sampled_classes
+        )
+        classes = f"{args.num_classes:,} classes" + (
+            f", {args.sampled_classes:,} sampled per step" if args.sampled_classes else ""
+        )
+        print(f"\n# AAM loss over {classes}")
         print("\nTraining step, estimated peak memory per device (CPU-measured, see mrl_dist/tools/memory.py):\n")
         print(training)
         print("\nValidation on rank 0, estimated peak memory (batch of utterances padded to the length shown):\n")
@@ -77,10 +92,17 @@ def bench_train_main(argv: list[str]) -> int:
         device=args.device,
         precision=args.precision,
         num_classes=args.num_classes,
+        compile=args.compile,
+        from_features=args.from_features,
+        sampled_classes=args.sampled_classes,
     )
     print(ThroughputResult.MARKDOWN_HEADER)
     print(result.markdown_row())
     print("# crops/s per repeat: " + ", ".join(f"{rate:.1f}" for rate in result.crops_per_second))
+    step = "compiled (training.compile)" if args.compile else "eager"
+    inputs = "pooled features" if args.from_features else f"{args.crop_seconds:g} s waves"
+    classes = f"{args.num_classes:,} classes" + (f", {args.sampled_classes:,} sampled" if args.sampled_classes else "")
+    print(f"# {step} step on {inputs}, {classes}; first step {result.first_step_seconds:.2f} s")
     return 0
 
 
@@ -328,7 +350,11 @@ def bench_features_main(argv: list[str]) -> int:
 # --- bench_adapt ------------------------------------------------------------------------------
 
 
+ADAPT_RECIPE = "configs/adapt-cpu.yaml"
+
+
 def parse_bench_adapt_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from ..train.cli import add_config_arguments
     from .bench_adapt import VARIANTS
 
     parser = argparse.ArgumentParser(
@@ -336,18 +362,10 @@ def parse_bench_adapt_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Adapting a pretrained model to a new domain: the head alone, LoRA adapters of two ranks "
         "and full fine-tuning, each a real run of the recipe, scored on the validation speakers.",
     )
-    parser.add_argument("--config", type=Path, default=Path("configs/adapt-cpu.yaml"), help="the recipe")
+    add_config_arguments(parser, "the recipe each variant changes (default configs/adapt-cpu.yaml)", ADAPT_RECIPE)
     parser.add_argument("--output", type=Path, required=True, help="folder of the variants' run folders")
     parser.add_argument(
         "--variants", nargs="+", default=["head", "lora-r4", "lora-r16", "full"], choices=list(VARIANTS)
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the recipe for every variant (data.train, data.val, model.backbone, ...)",
     )
     add_error_options(parser)
     return parser.parse_args(argv)
@@ -357,11 +375,11 @@ def parse_bench_adapt_args(argv: list[str] | None = None) -> argparse.Namespace:
 def bench_adapt_main(argv: list[str]) -> int:
     """`launch/bench_adapt.py`: a Markdown table of docs/benchmarks.md's domain-adaptation section."""
     args = parse_bench_adapt_args(argv)
-    if not args.config.is_file():
+    if not Path(args.config).is_file():
         raise InputError(f"--config {args.config}: not found")
     from .bench_adapt import bench_adapt
 
-    _, report = bench_adapt(args.config, args.output, args.variants, args.overrides)
+    _, report = bench_adapt(Path(args.config), args.output, args.variants, args.overrides)
     print(bench_header())
     print(report)
     return 0

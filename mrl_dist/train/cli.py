@@ -12,9 +12,10 @@ from .launcher import refuse_single_process_cpu_launch, use_cpu_when_no_gpu
 from .preflight import check_feature_cache_inputs, check_training_inputs
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """`--config FILE` and repeatable `--set KEY=VALUE`, as every job that reads a run config takes them."""
-    parser.add_argument("--config", required=True, help=config_help)
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, default: str | None = None) -> None:
+    """`--config FILE` (required unless it has a `default`) and repeatable `--set KEY=VALUE`, as
+    every job that reads a run config takes them."""
+    parser.add_argument("--config", required=default is None, default=default, help=config_help)
     parser.add_argument(
         "--set",
         dest="overrides",
