@@ -21,7 +21,7 @@ from mrl_dist.data.pipeline import make_eval_loader
 from mrl_dist.demo.run import prepare_demo_shards
 from mrl_dist.eval.extract import evaluate_model
 from mrl_dist.losses import MatryoshkaAAMLoss, aam_logits
-from mrl_dist.models import build_preset, save_official_checkpoint
+from mrl_dist.models import ReDimNetMRL, build_preset, save_official_checkpoint
 from mrl_dist.train import ds_config
 from mrl_dist.train.loop import Trainer
 from mrl_dist.train.modes import trunk_batchnorms
@@ -476,3 +476,30 @@ def test_a_classifier_from_a_pretrained_backbone_starts_at_the_speakers_mean_emb
     }
     trainer = Trainer(config_from_dict(tiny_config(tmp_path / "lmft", demo_shards, **sections)))
     assert any(line.startswith("class weights: speaker means of 16 crops") for line in trainer.tracker_lines)
+
+
+# ---------------------------------------------------------------------------- head from a run
+
+
+@pytest.mark.slow
+def test_a_run_starts_its_head_from_an_earlier_run_on_the_same_trunk_and_refuses_another(
+    demo_shards, pretrained_file, tmp_path
+):
+    first = tmp_path / "head-only"
+    sections = _mrl(pretrained_file, {"model": {"head_init": "pca", "pca_batches": 1}}, freeze_backbone=True)
+    Trainer(
+        config_from_dict(
+            tiny_config(first, demo_shards, **{**sections, "training": {**sections["training"], "max_steps": 1}})
+        )
+    ).fit()
+    earlier = ReDimNetMRL.from_checkpoint(first / "last.pt")
+    sections["model"]["head_from"] = str(first / "last.pt")
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path / "next", demo_shards, **sections)))
+    head = trainer.accelerator.unwrap_model(trainer.module).mrl_model.head
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), earlier.head.state_dict().values()))
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    save_official_checkpoint(build_preset("tiny").eval(), other)
+    sections["model"]["backbone"] = str(other)
+    with pytest.raises(ValueError, match="was trained on another trunk than model.backbone"):
+        Trainer(config_from_dict(tiny_config(tmp_path / "wrong", demo_shards, **sections)))

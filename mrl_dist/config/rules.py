@@ -133,6 +133,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.head_anchor", f"must be >= 0, got {cfg.loss.head_anchor!r}")
     if cfg.loss.head_anchor > 0 and training.mode == "classifier":
         raise ConfigError("loss.head_anchor", "pulls a Matryoshka head; training.mode classifier has none")
+    if cfg.model.head_from is not None:
+        if training.mode == "classifier":
+            raise ConfigError("model.head_from", "starts a Matryoshka head; training.mode classifier has none")
+        if cfg.model.head_type != "linear":
+            raise ConfigError(
+                "model.head_from", "loads a linear head (checkpoints hold heads as linear); set model.head_type: linear"
+            )
     _check_training_mix(cfg)
     set_names = _check_validation_sets(cfg)
     best = cfg.checkpoint.best_metric

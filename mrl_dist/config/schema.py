@@ -174,6 +174,11 @@ class ModelConfig:
         help="LoRA adapters on the frozen trunk, trained with the head (`training.mode: mrl`, a pretrained "
         "`backbone`); null: none.",
     )
+    head_from: str | None = option(
+        None,
+        help="Start the Matryoshka head from this MRL checkpoint's head (a run on the same `backbone`: a "
+        "head-only stage before adapters, or a run before its large-margin fine-tuning); null: `head_init`.",
+    )
 
 
 @dataclass

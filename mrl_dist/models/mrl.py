@@ -228,6 +228,27 @@ class ReDimNetMRL(nn.Module):
 
         return load_adapted_model(path, adapter, head)
 
+    def load_head_from(self, path: str | os.PathLike) -> None:
+        """Start this model's Matryoshka head from the head of the MRL checkpoint `path` (a run on
+        the same trunk: a head-only run before adapters, LMFT after a run). Refuses another
+        trunk (naming the first weight that differs) or other dims."""
+        payload = read_checkpoint(path, required=MRL_CHECKPOINT_KEYS)
+        dims = list(payload["mrl_config"].get("dims", []))
+        if dims != list(self.dims):
+            raise ValueError(f"model.head_from: {path} has dims {dims}; this model's are {list(self.dims)}")
+        state = official_to_local(payload["state_dict"])
+        mine = self.state_dict()
+        for key, value in state.items():
+            if key.startswith(("head.", "native.")) or key not in mine:
+                continue
+            if mine[key].shape != value.shape or not torch.equal(mine[key].cpu(), value.cpu().to(mine[key].dtype)):
+                raise ValueError(
+                    f"model.head_from: {path} was trained on another trunk than model.backbone "
+                    f"({key} differs); its head only fits its own trunk"
+                )
+        head = {key.removeprefix("head."): value for key, value in state.items() if key.startswith("head.")}
+        self.head.load_state_dict(head)
+
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], source: str | os.PathLike = "checkpoint") -> ReDimNetMRL:
         """The eval model of an MRL checkpoint dict already read (`read_checkpoint`): what

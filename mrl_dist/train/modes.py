@@ -219,7 +219,8 @@ def plan_head(cfg: Config, resuming: bool = False, is_main: bool = True) -> Head
             "pretrained backbone): using a linear head"
         )
         head_type = "linear"
-    fitted_on_main = head_init == "pca" and not resuming
+    # A head from another run (model.head_from) replaces whatever head_init would fit.
+    fitted_on_main = head_init == "pca" and not resuming and cfg.model.head_from is None
     return HeadPlan(
         head_init,
         head_type,
@@ -245,8 +246,11 @@ def build_mrl_model(
         keep_native=plan.keep_native,
         head_type=plan.head_type,
         train_extra_dims=cfg.model.train_extra_dims,
-        weights_arrive_later=plan.weights_arrive_later,
+        weights_arrive_later=plan.weights_arrive_later or cfg.model.head_from is not None,
     )
+    if cfg.model.head_from is not None and not plan.weights_arrive_later:  # a fresh start: its head
+        model.load_head_from(cfg.model.head_from)
+        log.info("Matryoshka head from %s", cfg.model.head_from)
     if cfg.training.freeze_backbone:
         model.freeze_backbone()
     elif model.native is not None:
