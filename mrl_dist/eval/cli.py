@@ -6,8 +6,9 @@
         --asnorm-cohort shards/train.manifest.json
 
 Several `--checkpoint`s (files, or run folders meaning RUN/best.pt) are scored on identical trials:
-one table with a column per checkpoint and a row per dim, and one DET plot with a curve per
-checkpoint and dim. `--asnorm-cohort TRAIN_MANIFEST` adds AS-norm rows (`asnorm@<dim>`) beside the
+one table with a column per checkpoint and a row per dim, a DET plot (a panel per checkpoint;
+the smallest, middle and largest dim and native unless `--det-all-dims`) and EER / minDCF against
+the dim (`<stem>.dims.png`, eval/plots.py). `--asnorm-cohort TRAIN_MANIFEST` adds AS-norm rows (`asnorm@<dim>`) beside the
 raw ones: a cohort of one mean embedding per training speaker, the top `--asnorm-top` (300)
 cohort scores of each side (eval/score_norm.py).
 
@@ -50,9 +51,8 @@ from mrl_dist.eval.calibration import (
     extraction_note,
     overlap_problem,
 )
-from mrl_dist.eval.det_plot import plot_det
 from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, evaluate_model, extract_embeddings
-from mrl_dist.eval.metrics import det_curve, format_table, verification_report
+from mrl_dist.eval.metrics import format_table, verification_report
 from mrl_dist.eval.score_norm import normalise_all
 from mrl_dist.eval.windows import check_window_options, embed_files_in_windows
 from mrl_dist.models.checkpoints import load_any_checkpoint, model_from_payload
@@ -91,6 +91,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     parser.add_argument("--det", type=Path, help="DET plot PNG (default: <checkpoint stem>.det.png beside it)")
     parser.add_argument("--no-det", action="store_true", help="do not draw the DET plot")
+    parser.add_argument("--det-all-dims", action="store_true", help="DET: every dim (default: min, mid, max, native)")
+    parser.add_argument("--no-dims-plot", action="store_true", help="do not draw EER/minDCF vs dim (<stem>.dims.png)")
     parser.add_argument("--max-seconds", type=float, help="use only the first N seconds of each utterance")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
     parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
@@ -263,16 +265,6 @@ def merge_reports(report: dict, other: dict, prefix: str) -> dict:
     return merged
 
 
-def write_det_plot(scores: dict, labels, path: Path, title: str) -> Path | None:
-    """One DET curve per name; None (and a note on stderr) when matplotlib is missing."""
-    curves = {name: det_curve(values, labels)[:2] for name, values in scores.items()}
-    try:
-        return plot_det(curves, path, title=title)
-    except ImportError as error:
-        print(f"evaluate: {error}; skipped the DET plot (the table is complete)", file=sys.stderr)
-        return None
-
-
 def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, trials: Path) -> tuple[dict, dict, Any]:
     """(result, scores by row name, labels) of one checkpoint: raw rows, then `ensemble@` and
     `asnorm@` rows when asked for."""
@@ -355,10 +347,12 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         results.append(result)
         prefix = f"{label}:" if len(args.checkpoint) > 1 else ""
         all_scores.update({prefix + name: values for name, values in scores.items()})
-    det_path = None
-    if not args.no_det:
-        title = f"{' vs '.join(labels_by_checkpoint)} on {trials.name}"
-        det_path = write_det_plot(all_scores, labels, det_target(args), title)
+    if labels is None:  # argparse asks for at least one --checkpoint
+        raise InputError("no --checkpoint given")
+    from mrl_dist.eval.plots import write_evaluation_plots  # the DET plot, and EER / minDCF vs dim beside it
+
+    title = f"{' vs '.join(labels_by_checkpoint)} on {trials.name}"
+    det_path = write_evaluation_plots(args, all_scores, labels, results, labels_by_checkpoint, det_target(args), title)
     det = str(det_path) if det_path else None
     if len(results) == 1:
         return {**results[0], "det_plot": det}

@@ -56,7 +56,7 @@ class EmbeddingExport(nn.Module):
         if self.family in UNSUPPORTED_FAMILIES:
             raise ExportError(f"{self.family} models cannot be exported: {UNSUPPORTED_FAMILIES[self.family]}")
         self.dim = check_dim(model, dim)
-        self.dims = list(model.dims) if isinstance(model, ReDimNetMRL) else [model.embed_dim]
+        self.dims = export_dims(model)
         spec = model.spec
         self.spec = ExportableMelFrontend(spec) if isinstance(spec, MelFrontend) else copy.deepcopy(spec)
         self.backbone = copy.deepcopy(model.backbone)
@@ -83,6 +83,11 @@ def check_dim(model: ReDimNetMRL | SpeakerEncoder, dim: int) -> int:
             "(a plain checkpoint's --dim keeps that many leading values)"
         )
     return int(dim)
+
+
+def export_dims(model: ReDimNetMRL | SpeakerEncoder) -> list[int]:
+    """Every dim an export of `model` is meant for: an MRL model's dims, or a plain one's embed_dim."""
+    return [int(dim) for dim in model.dims] if isinstance(model, ReDimNetMRL) else [int(model.embed_dim)]
 
 
 def default_dim(model: ReDimNetMRL | SpeakerEncoder) -> int:
