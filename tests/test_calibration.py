@@ -212,3 +212,13 @@ def test_evaluate_adds_a_calibration_table_only_for_a_calibrated_checkpoint(setu
         setup, capsys, setup.calibrated
     )
     assert "Cllr" not in evaluate_output(setup, capsys, setup.checkpoint)
+
+
+def test_an_export_of_a_calibrated_checkpoint_carries_its_dim_s_map_and_thresholds(tmp_path):
+    from mrl_dist.export.model import build_export, describe
+
+    calibrated = hand_calibrated(tiny_checkpoint(tmp_path / "tiny.pt"), tmp_path / "cal.pt", ["id00001"])
+    module, _, _ = build_export(calibrated, dim=128)
+    stored = torch.load(calibrated, weights_only=True)["calibration"]
+    assert describe(module)["calibration"]["dim"] == stored["dims"]["128"]
+    assert describe(build_export(tmp_path / "tiny.pt", dim=128)[0])["calibration"] is None

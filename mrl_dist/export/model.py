@@ -50,6 +50,8 @@ class EmbeddingExport(nn.Module):
     front-end (an exportable equal of MelFrontend where the model has one), the trunk, the
     pooling and the one head that gives `dim` (an MRL file's native head is left out)."""
 
+    calibration: dict[str, Any] | None = None  # build_export: the checkpoint's calibration of `dim`
+
     def __init__(self, model: ReDimNetMRL | SpeakerEncoder, dim: int):
         super().__init__()
         self.family = model_family(model.model_config)
@@ -119,9 +121,16 @@ def build_export(
     except (CheckpointError, ValueError, TypeError) as err:
         raise ExportError(f"--checkpoint {checkpoint}: {err}") from err
     try:
-        return EmbeddingExport(model, default_dim(model) if dim is None else dim), model, description
+        module = EmbeddingExport(model, default_dim(model) if dim is None else dim)
     except ExportError as err:
         raise ExportError(f"{err} ({checkpoint})") from err
+    calibration = read_checkpoint(checkpoint).get("calibration")  # launch/calibrate.py's, if any
+    if calibration is not None:  # the exported dim's map and thresholds go into the file's metadata
+        module.calibration = {
+            "dim": calibration["dims"].get(str(module.dim)),
+            "far_targets": calibration.get("far_targets"),
+        }
+    return module, model, description
 
 
 def reference_embedding(model: ReDimNetMRL | SpeakerEncoder, wave: torch.Tensor, dim: int) -> torch.Tensor:
@@ -141,4 +150,7 @@ def describe(module: EmbeddingExport) -> dict[str, Any]:
         "input": "wave [B, T] float32 16 kHz",
         "output": f"embedding [B, {module.dim}] float32, L2-normalised",
         "min_samples": MIN_SAMPLES,
+        # launch/calibrate.py's map of this dim: llr = slope * cosine + offset, and score thresholds
+        # per target false-acceptance rate; null when the checkpoint was not calibrated.
+        "calibration": getattr(module, "calibration", None),
     }
