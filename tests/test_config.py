@@ -144,7 +144,7 @@ def test_unknown_key_names_file_and_dotted_key_and_suggests_the_close_match(tmp_
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     message, _ = _error(tmp_path, "loss: {zzz: 1}\n")
     assert (
-        "loss.zzz: unknown key (valid keys here: margin, scale, subcenters, dim_weights, tied, "
+        "loss.zzz: unknown key (valid keys here: margin, scale, subcenters, dim_weights, tied, sampled_classes, "
         "class_init, class_init_batches, margin_warmup_start, margin_warmup_steps, head_anchor)"
     ) in message
 

@@ -35,6 +35,7 @@ _POSITIVE = (
     "training.collective_timeout_minutes",
     "validation.timeout_minutes",
     "loss.class_init_batches",
+    "loss.sampled_classes",
     "model.fusion.inject_stages",
     "model.fusion.group_size",
     "model.fusion.proj_kernel",
@@ -129,6 +130,13 @@ def validate(cfg: Config) -> None:
         )
     _check_adapters(cfg)
 
+    sampled = cfg.loss.sampled_classes
+    if sampled is not None and sampled < training.batch_size:
+        raise ConfigError(
+            "loss.sampled_classes",
+            f"is {sampled}, fewer than training.batch_size {training.batch_size}: every crop's class must be "
+            "among the sampled ones; raise it (or null: every class)",
+        )
     if cfg.loss.head_anchor < 0:
         raise ConfigError("loss.head_anchor", f"must be >= 0, got {cfg.loss.head_anchor!r}")
     if cfg.loss.head_anchor > 0 and training.mode == "classifier":

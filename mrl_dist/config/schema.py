@@ -356,6 +356,13 @@ class TrainingConfig:
         10.0,
         help="Minutes a per-step collective waits for the slowest rank before the run fails, naming the rank.",
     )
+    # Off by default: on the CPU measured the compiled step was slower (0.6-0.7x) after a first
+    # step of 1-3 minutes' compilation (docs/benchmarks.md, "Compiled training step"); a GPU may differ.
+    compile: bool = option(
+        False,
+        help="Run the training step's forward (trunk, head, loss) through `torch.compile` (static shapes; "
+        "the first step compiles); keep the launcher's `--dynamo_backend no`.",
+    )
     optimizer: OptimizerConfig = option(factory=OptimizerConfig, help="The optimizer.")
     schedule: ScheduleConfig = option(factory=ScheduleConfig, help="The learning-rate schedule.")
 
@@ -372,6 +379,13 @@ class LossConfig:
     )
     tied: bool = option(
         True, help="One class matrix whose column prefixes serve every dim; `false`: one matrix per dim."
+    )
+    # For 100k+ speakers: the logits [batch, classes] per dim dominate the head's step there
+    # (docs/configs.md, "Many speakers: 100k+ classes", has the numbers and the accuracy cost).
+    sampled_classes: int | None = option(
+        None,
+        help="Score each step's crops against their own classes plus random others, this many classes in "
+        "all (>= `training.batch_size`; partial-FC style), not every class; null: every class.",
     )
     # "mean": the head starts where the loss is already low instead of being pulled towards random
     # directions per speaker (train/class_init.py has the numbers).

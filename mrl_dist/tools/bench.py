@@ -25,10 +25,11 @@ import torch
 
 from ..config import Config, config_from_dict
 from ..data.audio import seconds_to_samples
+from ..models import build_preset
 from ..precision import autocast_dtype
 from ..train.modes import Mode, TrainModule, describe_parameters, load_backbone, make_mode
 from ..train.setup import make_optimizer, make_scheduler
-from ..train.step import SingleDevice, TrainingStep
+from ..train.step import SingleDevice, TrainingStep, compile_forward
 
 BENCH_MODES = ("classifier", "mrl-frozen", "mrl-unfrozen")
 VOXCELEB2_SPEAKERS = 5994
@@ -41,8 +42,11 @@ def bench_config(
     crop_seconds: float = 2.0,
     precision: str = "no",
     mrl_dims: Sequence[int] = (64, 128, 192, 256),
+    compile: bool = False,
+    sampled_classes: int | None = None,
 ) -> Config:
-    """The trainer config of one bench case (defaults elsewhere: AdamW, grad_clip 5.0, AAM 0.2/30)."""
+    """The trainer config of one bench case (defaults elsewhere: AdamW, grad_clip 5.0, AAM 0.2/30);
+    `compile`: training.compile, `sampled_classes`: loss.sampled_classes."""
     if mode not in BENCH_MODES:
         raise ValueError(f"bench mode {mode!r}: expected one of {', '.join(BENCH_MODES)}")
     return config_from_dict(
@@ -54,7 +58,9 @@ def bench_config(
                 "freeze_backbone": mode == "mrl-frozen",
                 "batch_size": batch_size,
                 "mixed_precision": precision,
+                "compile": compile,
             },
+            "loss": {"sampled_classes": sampled_classes},
         },
         source=f"bench {preset} {mode}",
     )
@@ -77,7 +83,7 @@ def with_random_weights(cfg: Config) -> Config:
             "grad_clip": cfg.training.grad_clip,
         },
         "data": {"crop_seconds": cfg.data.crop_seconds},
-        "loss": {"subcenters": cfg.loss.subcenters, "tied": cfg.loss.tied},
+        "loss": {"subcenters": cfg.loss.subcenters, "tied": cfg.loss.tied, "sampled_classes": cfg.loss.sampled_classes},
     }
     return config_from_dict(data, source=f"{cfg.run_dir} (random weights)")
 
@@ -108,6 +114,8 @@ def build_training_step(
     module = mode.build(load_backbone(cfg), num_classes, from_features=from_features).to(device)
     module.train()
     optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
+    if tcfg.compile:  # where the trainer compiles it: before the engine prepares the module
+        compile_forward(module)
     engine = SingleDevice(device, tcfg.mixed_precision, tcfg.grad_accum)
     engine.prepare(module)
     mode.place_on_device(device, autocast_dtype(tcfg.mixed_precision), rank=0)
@@ -150,6 +158,7 @@ class ThroughputResult:
     trainable: int
     peak_allocated_bytes: int | None  # CUDA only
     peak_reserved_bytes: int | None
+    first_step_seconds: float | None = None  # the first warm-up step: with training.compile, the compile
 
     @property
     def best(self) -> float:
@@ -189,16 +198,36 @@ def measure_throughput(
     precision: str = "no",
     num_classes: int = VOXCELEB2_SPEAKERS,
     seed: int = 0,
+    compile: bool = False,
+    from_features: bool = False,
+    sampled_classes: int | None = None,
 ) -> ThroughputResult:
     """Crops per second of `steps` consecutive training steps after `warmup` untimed ones, `repeats`
-    times on the same model (the batch stays on the device: this is the model step alone)."""
+    times on the same model (the batch stays on the device: this is the model step alone).
+    `compile`: training.compile (the first warm-up step, timed apart, compiles); `from_features`:
+    the head's step on pooled features [B, P] (data.features; mrl modes); `sampled_classes`:
+    loss.sampled_classes."""
+    if from_features and mode != "mrl-frozen":
+        raise ValueError(
+            f"bench mode {mode!r}: pooled features (from_features) train a frozen trunk's head: mrl-frozen"
+        )
     torch.manual_seed(seed)
     target = torch.device(device)
-    cfg = bench_config(preset, mode, batch_size, crop_seconds, precision)
-    step = build_training_step(cfg, num_classes, target)
+    cfg = bench_config(
+        preset, mode, batch_size, crop_seconds, precision, compile=compile, sampled_classes=sampled_classes
+    )
+    step = build_training_step(cfg, num_classes, target, from_features=from_features)
     batch = synthetic_batch(batch_size, crop_seconds, num_classes, target, seed)
-    for _ in range(warmup):  # allocator, autotuning and AdamW state settle here
-        step(batch)
+    if from_features:
+        pooled_dim = build_preset(preset).pool_out_dim
+        batch = {"pooled": torch.randn(batch_size, pooled_dim, device=target), "label": batch["label"]}
+    first_step_seconds = None
+    for index in range(warmup):  # allocator, autotuning, compilation and AdamW state settle here
+        start = time.perf_counter()
+        loss = step(batch)
+        if index == 0:
+            float(loss)  # waits for the device
+            first_step_seconds = time.perf_counter() - start
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
     rates = []
@@ -230,4 +259,5 @@ def measure_throughput(
         sizes["trainable"],
         peak_allocated,
         peak_reserved,
+        first_step_seconds,
     )

@@ -36,7 +36,16 @@ def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
-    parser.add_argument("--num-classes", type=int, default=VOXCELEB2_SPEAKERS)
+    parser.add_argument("--num-classes", type=int, default=VOXCELEB2_SPEAKERS, help="speaker classes of the AAM loss")
+    parser.add_argument(
+        "--sampled-classes", type=int, help="loss.sampled_classes: classes scored per step (default: every class)"
+    )
+    parser.add_argument("--compile", action="store_true", help="training.compile: the step's forward via torch.compile")
+    parser.add_argument(
+        "--from-features",
+        action="store_true",
+        help="mrl-frozen only: the head's step on pooled features, as data.features trains (no trunk)",
+    )
     parser.add_argument(
         "--estimate-memory",
         nargs="+",
@@ -58,7 +67,13 @@ def bench_train_main(argv: list[str]) -> int:
     if args.estimate_memory:
         from .memory import config_memory_tables
 
-        training, validation = config_memory_tables(args.estimate_memory)
+        training, validation = config_memory_tables(
+            args.estimate_memory, num_classes=args.num_classes, sampled_classes=args.sampled_classes
+        )
+        classes = f"{args.num_classes:,} classes" + (
+            f", {args.sampled_classes:,} sampled per step" if args.sampled_classes else ""
+        )
+        print(f"\n# AAM loss over {classes}")
         print("\nTraining step, estimated peak memory per device (CPU-measured, see mrl_dist/tools/memory.py):\n")
         print(training)
         print("\nValidation on rank 0, estimated peak memory (batch of utterances padded to the length shown):\n")
@@ -66,6 +81,8 @@ def bench_train_main(argv: list[str]) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but torch sees no CUDA device")
+    if args.from_features and args.mode != "mrl-frozen":
+        raise InputError(f"--from-features trains a frozen trunk's head: use --mode mrl-frozen, not {args.mode}")
     result = measure_throughput(
         args.preset,
         args.mode,
@@ -77,10 +94,17 @@ def bench_train_main(argv: list[str]) -> int:
         device=args.device,
         precision=args.precision,
         num_classes=args.num_classes,
+        compile=args.compile,
+        from_features=args.from_features,
+        sampled_classes=args.sampled_classes,
     )
     print(ThroughputResult.MARKDOWN_HEADER)
     print(result.markdown_row())
     print("# crops/s per repeat: " + ", ".join(f"{rate:.1f}" for rate in result.crops_per_second))
+    step = "compiled (training.compile)" if args.compile else "eager"
+    inputs = "pooled features" if args.from_features else f"{args.crop_seconds:g} s waves"
+    classes = f"{args.num_classes:,} classes" + (f", {args.sampled_classes:,} sampled" if args.sampled_classes else "")
+    print(f"# {step} step on {inputs}, {classes}; first step {result.first_step_seconds:.2f} s")
     return 0
 
 

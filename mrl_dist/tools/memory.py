@@ -334,12 +334,14 @@ GPU_TARGETS = {
 }
 
 
-def _cases(cfg: Config, target: CardTarget) -> list[tuple[str, Config, int]]:
+def _cases(cfg: Config, target: CardTarget, sampled_classes: int | None = None) -> list[tuple[str, Config, int]]:
     """(label, config, batch): the config as shipped and, for a frozen mrl run, unfrozen at the
-    shipped batch and at the documented unfrozen batch."""
+    shipped batch and at the documented unfrozen batch; `sampled_classes` replaces loss.sampled_classes."""
     from .bench import with_random_weights
 
     base = with_random_weights(cfg)
+    if sampled_classes is not None:
+        base.loss.sampled_classes = sampled_classes
     frozen = cfg.training.mode == "mrl" and cfg.training.freeze_backbone
     cases: list[tuple[str, Config, int]] = [("frozen" if frozen else cfg.training.mode, base, cfg.training.batch_size)]
     if frozen:
@@ -352,11 +354,16 @@ def _cases(cfg: Config, target: CardTarget) -> list[tuple[str, Config, int]]:
 
 
 def config_memory_tables(
-    config_paths: Sequence[str], margin: float = 0.15, padded_seconds: Sequence[float] = (20.0, 60.0)
+    config_paths: Sequence[str],
+    margin: float = 0.15,
+    padded_seconds: Sequence[float] = (20.0, 60.0),
+    num_classes: int = VOXCELEB2_SPEAKERS,
+    sampled_classes: int | None = None,
 ) -> tuple[str, str]:
     """Markdown tables of estimated peak memory for the shipped GPU configs among `config_paths`:
     training (as shipped, and with the backbone unfrozen) and validation (rank 0, no_grad, a
-    batch of utterances padded to each of `padded_seconds`)."""
+    batch of utterances padded to each of `padded_seconds`); the AAM loss over `num_classes`
+    speakers, `sampled_classes` of them per step where given (else the config's)."""
     from ..config import load_config
 
     steps: dict[tuple, StepMemory] = {}
@@ -377,7 +384,7 @@ def config_memory_tables(
             continue
         target, cfg = GPU_TARGETS[name], load_config(path)
         card_bytes = target.memory_gib * GIB
-        for label, case, batch in _cases(cfg, target):
+        for label, case, batch in _cases(cfg, target, sampled_classes):
             key = (
                 case.model.backbone,
                 case.training.mode,
@@ -386,7 +393,7 @@ def config_memory_tables(
                 case.training.mixed_precision,
             )
             if key not in steps:
-                steps[key] = measure_step_memory(case)
+                steps[key] = measure_step_memory(case, num_classes)
             estimate = estimate_gpu_peak(steps[key], batch)
             largest = largest_fitting_batch(steps[key], card_bytes, margin=margin)
             training.append(
@@ -394,7 +401,7 @@ def config_memory_tables(
                 f"| {batch} | {estimate.saved_method_bytes / GIB:.1f} GiB | {estimate.live_method_bytes / GIB:.1f} GiB "
                 f"| **{estimate.bytes / GIB:.1f} GiB** | {100 * estimate.bytes / card_bytes:.0f} % | {largest} |"
             )
-        shipped = _cases(cfg, target)[0][1]
+        shipped = _cases(cfg, target, sampled_classes)[0][1]
         resident = steps[
             (
                 shipped.model.backbone,

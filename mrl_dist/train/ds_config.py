@@ -41,6 +41,12 @@ NOT_GUARDED_NOTE = (
 
 def check_deepspeed_supported(cfg: Config) -> None:
     """Refuse, before anything is built, the settings this trainer cannot run under DeepSpeed."""
+    if cfg.training.compile:
+        raise ConfigError(
+            "training.compile",
+            "is not supported under DeepSpeed (its engine wraps the module; compiling inside it is untested "
+            "here); set it false, or use the DDP launcher configs/accelerate/multi-gpu.yaml",
+        )
     if cfg.training.unfreeze_after_steps is not None:
         raise ConfigError(
             "training.unfreeze_after_steps",

@@ -50,7 +50,7 @@ from .setup import (
     make_scheduler,
     rewrap_ddp,
 )
-from .step import TrainingStep
+from .step import TrainingStep, compile_forward
 from .tracking import Tracker
 from .validation import Validator
 
@@ -168,6 +168,8 @@ class Trainer:
         cfg, acc, tcfg = self.cfg, self.accelerator, self.cfg.training
         self.raw_optimizer = make_optimizer(cfg, module, self.mode.trunk_parameters(module))
         self.raw_scheduler = make_scheduler(cfg, self.raw_optimizer)
+        if tcfg.compile:  # in place, before the DDP wrapper (step.compile_forward says why)
+            compile_forward(module)
         self.module, self.optimizer, self.scheduler = acc.prepare(module, self.raw_optimizer, self.raw_scheduler)
         self.training_step = TrainingStep(acc, self.optimizer, self.scheduler, self.mode, tcfg, acc.device)
         self.autocast_dtype = autocast_dtype(tcfg.mixed_precision)

@@ -185,6 +185,7 @@ def make_loss(cfg: Config, dims: list[int], num_classes: int) -> MatryoshkaAAMLo
         subcenters=cfg.loss.subcenters,
         dim_weights=weights,
         tied=cfg.loss.tied,
+        sampled_classes=cfg.loss.sampled_classes,
     )
 
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, DynamoBackend, InitProcessGroupKwargs
 
-from ..config import Config
+from ..config import Config, ConfigError
 from . import ds_config
 from .collectives import Collectives
 from .modes import TrainModule
@@ -55,6 +55,13 @@ def make_accelerator(cfg: Config) -> Accelerator:
             DistributedDataParallelKwargs(find_unused_parameters=False),
         ],
     )
+    launcher_backend = accelerator.state.dynamo_plugin.backend
+    if cfg.training.compile and launcher_backend != DynamoBackend.NO:
+        raise ConfigError(
+            "training.compile",
+            f"is true and the launcher compiles too (--dynamo_backend {launcher_backend.value.lower()}); "
+            "keep one: launch with --dynamo_backend no (training.compile compiles the module itself)",
+        )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds_config.check_deepspeed_supported(cfg)
         ds_config.apply_to_accelerator(accelerator, cfg)

@@ -7,6 +7,9 @@
 The engine is the run's `Accelerator` in training (DDP, DeepSpeed, mixed precision) or
 `SingleDevice` in the benchmarks: the same four calls, without Accelerate's process-wide state,
 so that one process can build many configurations one after another.
+
+`training.compile`: `compile_forward` compiles the TrainModule's forward (trunk, head, loss) in
+place, before the engine prepares it; the step itself is unchanged.
 """
 
 from __future__ import annotations
@@ -64,6 +67,24 @@ class SingleDevice:
 
     def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+def compile_forward(module: nn.Module, backend: str = "inductor") -> nn.Module:
+    """training.compile: `module`'s forward (the TrainModule: trunk, head, loss) through
+    `torch.compile` with static shapes (crops have a fixed length), in place, and `module`.
+
+    In place (`nn.Module.compile`), before `accelerator.prepare` wraps it in DDP: the module keeps
+    its class and state-dict names (checkpoints, `unwrap_model`, the DDP rebuild after unfreezing
+    are unchanged), the forward that prepare wraps in autocast is traced with it, and its first
+    call, inside DDP's forward, is split at DDP's gradient buckets (dynamo's DDP optimizer) so
+    all-reduces still overlap the backward. Accelerate's own `--dynamo_backend` would compile the
+    DDP wrapper instead; keep it `no` (configs/accelerate/, launch/slurm/ do).
+
+    The first step compiles (minutes on a CPU); a change of what the graph depends on
+    (the train/eval flags, which parameters require grad) compiles once more.
+    """
+    module.compile(dynamic=False, backend=backend)
+    return module
 
 
 def flatten_stats(parts: dict) -> Stats:
