@@ -37,8 +37,8 @@ from mrl_dist.eval.calibration import (
     rate_key,
     trial_speakers,
 )
-from mrl_dist.eval.cli import resolve_trials, trial_list_problem
-from mrl_dist.eval.extract import CROP_TOLERANCE, evaluate_embeddings, extract_embeddings
+from mrl_dist.eval.cli import add_extraction_arguments, check_extraction_arguments, resolve_trials, trial_list_problem
+from mrl_dist.eval.extract import evaluate_embeddings, extract_embeddings
 from mrl_dist.models.checkpoints import model_from_payload
 from mrl_dist.models.inference import inference_form
 from mrl_dist.models.loading import atomic_save, read_checkpoint
@@ -59,23 +59,9 @@ def parse_calibrate_args(argv: Sequence[str] | None = None) -> argparse.Namespac
     )
     parser.add_argument("--trials", type=Path, help="VoxCeleb-format calibration trial list (default: the manifest's)")
     parser.add_argument("--output", required=True, type=Path, help="OUT.pt: the checkpoint plus its calibration")
-    parser.add_argument("--max-seconds", type=float, help="use only the first N seconds of each utterance")
-    parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
-    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument(
-        "--crop-tolerance",
-        type=float,
-        default=CROP_TOLERANCE,
-        help=f"as launch/evaluate.py's (default {CROP_TOLERANCE}; 0 = whole utterances)",
-    )
+    add_extraction_arguments(parser)  # as launch/evaluate.py embeds its trials
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        parser.error("--max-seconds must be > 0")
-    if not 0 <= args.crop_tolerance < 1:
-        parser.error("--crop-tolerance must be in [0, 1)")
+    check_extraction_arguments(parser, args)
     if args.checkpoint.is_dir():
         args.checkpoint = args.checkpoint / "best.pt"
     return args

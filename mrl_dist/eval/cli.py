@@ -69,6 +69,31 @@ from mrl_dist.preflight import (
 )
 
 
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """How trial utterances are embedded, the same for evaluate and calibrate (a calibration
+    holds only for scores extracted the way it was fitted)."""
+    parser.add_argument("--max-seconds", type=float, help="use only the first N seconds of each utterance")
+    parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
+    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument(
+        "--crop-tolerance",
+        type=float,
+        default=CROP_TOLERANCE,
+        help="share of its samples an utterance may lose to share a batch pass "
+        f"(default {CROP_TOLERANCE}; 0 = whole utterances)",
+    )
+
+
+def check_extraction_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        parser.error("--max-seconds must be > 0")
+    if not 0 <= args.crop_tolerance < 1:
+        parser.error("--crop-tolerance must be in [0, 1)")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=program_name("evaluate.py"),
@@ -93,10 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-det", action="store_true", help="do not draw the DET plot")
     parser.add_argument("--det-all-dims", action="store_true", help="DET: every dim (default: min, mid, max, native)")
     parser.add_argument("--no-dims-plot", action="store_true", help="do not draw EER/minDCF vs dim (<stem>.dims.png)")
-    parser.add_argument("--max-seconds", type=float, help="use only the first N seconds of each utterance")
-    parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
-    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    add_extraction_arguments(parser)
     parser.add_argument(
         "--autocast",
         choices=["none", "bf16", "fp16"],
@@ -116,20 +138,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=4.0,
         help="first N seconds of each cohort utterance (default 4; the cohort's cost)",
     )
-    parser.add_argument(
-        "--crop-tolerance",
-        type=float,
-        default=CROP_TOLERANCE,
-        help="share of its samples an utterance may lose to share a batch pass "
-        f"(default {CROP_TOLERANCE}; 0 = whole utterances)",
-    )
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        parser.error("--max-seconds must be > 0")
-    if not 0 <= args.crop_tolerance < 1:
-        parser.error("--crop-tolerance must be in [0, 1)")
+    check_extraction_arguments(parser, args)
     if args.asnorm_top < 1:
         parser.error("--asnorm-top must be >= 1")
     args.checkpoint = [path / "best.pt" if path.is_dir() else path for path in args.checkpoint]
