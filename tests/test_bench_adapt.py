@@ -26,7 +26,7 @@ def test_every_variant_is_a_valid_change_of_the_recipe(name):
 
 def test_the_shipped_recipe_trains_lora_adapters_and_the_head():
     cfg = config_from_dict(copy.deepcopy(RECIPE))
-    assert cfg.model.adapters is not None and cfg.model.adapters.rank == 8
+    assert cfg.model.adapters is not None and cfg.model.adapters.rank == 16
     assert cfg.training.freeze_backbone and cfg.data.features is None
 
 
