@@ -91,7 +91,10 @@ def report(script: str, error: BaseException, show_traceback: bool = False) -> i
     sys.stdout.flush()  # what the command printed so far comes before the error
     if show_traceback:
         traceback.print_exception(type(error), error, error.__traceback__)
-    print(f"{program_name(script)}: error: {rank_tag()}{one_line(error)}", file=sys.stderr, flush=True)
+    # One write with its newline: print() writes the text and the newline separately, and the
+    # ranks of `accelerate launch` share a stderr, so two ranks' lines could run into one.
+    sys.stderr.write(f"{program_name(script)}: error: {rank_tag()}{one_line(error)}\n")
+    sys.stderr.flush()
     return USER_ERROR_STATUS
 
 

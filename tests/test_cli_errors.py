@@ -89,7 +89,7 @@ def test_under_several_ranks_each_rank_reports_its_error_once(tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error: ")]
     assert sorted(line.split(": ")[2] for line in errors) == ["rank 0/2", "rank 1/2"], result.stderr[-3000:]
-    assert all("b2-vox2-ft_lm.pt" in line for line in errors)
+    assert all("b2-vox2-ft_lm.pt" in line and line.count("train.py: error: ") == 1 for line in errors)
 
 
 # --- evaluate, make_shards ---------------------------------------------------------------------
