@@ -88,7 +88,6 @@ class FeatureLoader:
                 )
             self.groups = [mine(corpora[name]) for name in corpus_weights]
             self.weights = list(corpus_weights.values())
-        self.files = [path for group in self.groups for path in group]
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
         self.seed, self.rank, self.epoch = seed, rank, epoch
         self.num_classes = cache.num_speakers

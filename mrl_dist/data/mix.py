@@ -60,7 +60,6 @@ class CorpusPart:
     key_prefix: str  # put before its utterance keys ("" for a single corpus)
     num_speakers: int | None
     total_samples: int | None
-    trials_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -83,14 +82,6 @@ class TrainingMix:
     def total_samples(self) -> int | None:
         counts = [part.total_samples for part in self.parts]
         return None if any(n is None for n in counts) else sum(n for n in counts if n is not None)
-
-    @property
-    def weights(self) -> list[float]:
-        return [part.weight for part in self.parts]
-
-    @property
-    def trials_path(self) -> Path | None:
-        return self.parts[0].trials_path if len(self.parts) == 1 else None
 
     def part_of_url(self) -> dict[str, CorpusPart]:
         return {url: part for part in self.parts for url in part.urls}
@@ -161,7 +152,6 @@ def resolve_training_mix(source: str | Sequence[str] | Sequence[TrainCorpusConfi
                 key_prefix="" if single else f"{name}/",
                 num_speakers=manifest.num_speakers,
                 total_samples=manifest.total_samples,
-                trials_path=manifest.trials_path,
             )
         )
         offset += manifest.num_speakers
@@ -178,7 +168,6 @@ def _single_part(source: str | Sequence[str]) -> CorpusPart:
         key_prefix="",
         num_speakers=shards.num_speakers,
         total_samples=shards.total_samples,
-        trials_path=shards.trials_path,
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..config import apply_overrides, config_from_dict
+from ..data.manifest import read_manifest
 from ..data.trials import read_trials
 from ..train.loop import train
 
@@ -138,8 +139,6 @@ def bench_adapt(
     output.mkdir(parents=True, exist_ok=True)
     results = [run_variant(recipe, name, output, overrides) for name in variants]
     cfg = config_from_dict(apply_overrides(copy.deepcopy(recipe), overrides))
-    from ..data.manifest import read_manifest
-
     val = read_manifest(cfg.data.val)
     train_manifest = read_manifest(cfg.data.train) if isinstance(cfg.data.train, str) else None
     lines = [
