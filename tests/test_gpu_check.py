@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrl_dist.tools.gpu_check import runner
-from mrl_dist.tools.gpu_check.bench import BENCH_CASES
-from mrl_dist.tools.gpu_check.check import SectionError
+from mrl_dist.tools.gpu_check import bench, runner
+from mrl_dist.tools.gpu_check.bench import BENCH_CASES, COMPILED_CASE, bench_schedule, section_bench
+from mrl_dist.tools.gpu_check.check import Check, OutOfTime, SectionError
 from mrl_dist.tools.gpu_check.flops import count_flops, device_peak_flops, model_flops_utilisation
-from mrl_dist.tools.gpu_check.plan import SECTIONS, bench_sizes_from_configs, make_plan, parse_args, shipped_gpu_configs
+from mrl_dist.tools.gpu_check.plan import (
+    SECTIONS,
+    bench_sizes_from_configs,
+    make_plan,
+    parse_args,
+    shipped_gpu_configs,
+)
 from mrl_dist.tools.gpu_check.report import JSON_NAME, MARKDOWN_NAME, render_markdown
 from mrl_dist.tools.gpu_check.runner import main, run_all
 from mrl_dist.tools.gpu_check.trainlog import expected_unfreeze_lines, parse_train_log, steps_per_second
@@ -55,6 +61,82 @@ def test_the_full_pass_benches_each_shipped_gpu_batch_size_once():
     by_shape = {(s.batch_size, s.crop_seconds): s.configs for s in sizes}
     assert "a100" in by_shape[(256, 2.0)] and "distill-b0-b2-b6" in by_shape[(128, 2.0)]
     assert not any(name.startswith(("cpu-", "distill-cpu")) for s in sizes for name in s.configs)
+
+
+def test_the_bench_runs_its_cases_in_order_of_value():
+    sizes = bench_sizes_from_configs(shipped_gpu_configs())
+    schedule = bench_schedule(sizes, "inductor")
+    main = (256, 2.0)  # the size most GPU configs train at
+    first = [(c.kind, c.size.batch_size, c.size.crop_seconds, c.compile_backend) for c in schedule[:5]]
+    assert first == [
+        ("mrl-frozen", *main, None),
+        ("mrl-unfrozen", *main, None),
+        ("classifier", *main, None),
+        ("distill", 128, 2.0, None),  # distillation at its own configs' size
+        (COMPILED_CASE, *main, "inductor"),
+    ]
+    rest = schedule[5:]
+    assert not any(c.compile_backend for c in rest)
+    assert len(rest) == len(sizes) * len(BENCH_CASES) - 4  # every other (mode, size) once, eager
+    assert [c.compile_backend for c in bench_schedule(sizes, "none")].count(None) == len(schedule) - 1
+
+
+def fake_check(tmp_path, argv, remaining_s):
+    args = parse_args(argv)
+    now = time.monotonic()
+    return Check(args, make_plan(args), tmp_path, deadline=now + remaining_s, started=now, peak_flops=None)
+
+
+def test_the_bench_holds_time_back_for_the_training_run_and_the_loader(monkeypatch, tmp_path):
+    ran = []
+
+    def instant_case(check, case, eager_row=None, timeout_s=None):
+        ran.append((case.kind, case.size.batch_size, case.compile_backend, timeout_s))
+        check.deadline -= 60 if case.compile_backend else 20  # what the case "took"
+        return {"case": case.kind, "batch_size": case.size.batch_size, "status": "ok", "crops_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "bench_case", instant_case)
+    check = fake_check(tmp_path, [], remaining_s=200 + 150)  # 200 s held for train-run and loader
+    section = section_bench(check)
+    assert [(kind, batch, backend) for kind, batch, backend, _ in ran] == [
+        ("mrl-frozen", 256, None),
+        ("mrl-unfrozen", 256, None),
+        ("classifier", 256, None),
+        ("distill", 128, None),
+        ("mrl-unfrozen", 256, "inductor"),
+    ]
+    assert 69 < ran[-1][3] <= 70  # the compile may use what is left above the reserve
+    skipped = [c for c in section["cases"] if c["status"] == "skipped"]
+    assert skipped and all(c["reason"] == "time budget (200 s held for train-run, loader)" for c in skipped)
+    assert section["status"] == "ok" and f"{len(skipped)} skipped" in section["summary"]
+
+    ran.clear()  # the bench alone holds nothing back
+    section_bench(fake_check(tmp_path, ["--sections", "bench"], remaining_s=150))
+    assert len(ran) == 5
+
+
+def test_a_compile_that_outlasts_its_time_is_skipped_not_failed(monkeypatch, tmp_path):
+    def too_long(check, case, flops_per_crop, timeout_s):
+        raise OutOfTime(f"the compiled step: killed after {timeout_s:.0f} s (time budget)", "compiling...")
+
+    def eager(check, case):
+        return {
+            "crops_per_s": [10.0],
+            "flops_per_crop": 1e9,
+            "peak_allocated_bytes": None,
+            "peak_reserved_bytes": None,
+            "parameters": 1,
+            "trainable": 1,
+            "first_step_s": 0.1,
+        }
+
+    monkeypatch.setattr(bench, "_measure_compiled", too_long)
+    monkeypatch.setattr(bench, "_measure_eager", eager)
+    check = fake_check(tmp_path, ["--device", "cpu", "--quick", "--sections", "bench"], remaining_s=60)
+    section = section_bench(check)
+    compiled = [c for c in section["cases"] if c.get("compile_backend")]
+    assert [c["status"] for c in compiled] == ["skipped"] and "killed after" in compiled[0]["reason"]
+    assert section["status"] == "ok"
 
 
 # ---------------------------------------------------------------------------- FLOPs, peaks, MFU
@@ -172,11 +254,33 @@ def hand_made_report() -> dict:
                         "crops_per_s": 3000.0,
                         "crops_per_s_median": 2950.0,
                         "ms_per_step": 85.3,
+                        "first_step_s": 1.5,
                         "peak_allocated_bytes": 6 * 2**30,
                         "peak_reserved_bytes": 7 * 2**30,
                         "flops_per_crop": 2.76e9,
                         "achieved_flops": 8.28e12,
                         "mfu": 8.28e12 / 989e12,
+                    },
+                    {
+                        "case": "mrl-unfrozen",
+                        "preset": "b2",
+                        "teachers": None,
+                        "compile_backend": "inductor",
+                        "batch_size": 256,
+                        "crop_seconds": 2.0,
+                        "precision": "bf16",
+                        "configs": ["a100", "h100"],
+                        "status": "ok",
+                        "crops_per_s": 2000.0,
+                        "crops_per_s_median": 1990.0,
+                        "speedup_over_eager": 1.25,
+                        "ms_per_step": 128.0,
+                        "first_step_s": 95.0,
+                        "peak_allocated_bytes": 20 * 2**30,
+                        "peak_reserved_bytes": 21 * 2**30,
+                        "flops_per_crop": 8.4e9,
+                        "achieved_flops": 16.8e12,
+                        "mfu": 16.8e12 / 989e12,
                     },
                     {
                         "case": "distill",
@@ -223,16 +327,30 @@ def hand_made_report() -> dict:
                 "pin_memory": True,
                 "rows": [
                     {
+                        "codec": "pcm",
                         "num_workers": 8,
                         "batch_size": 256,
                         "crop_seconds": 2.0,
                         "crops_per_s": 7000.0,
+                        "crops_per_s_per_core": 875.0,
                         "batches_timed": 140,
                         "warmup_s": 2.0,
                         "status": "ok",
                     },
-                    {"num_workers": 16, "status": "skipped", "reason": "time budget"},
+                    {"codec": "pcm", "num_workers": 16, "status": "skipped", "reason": "time budget"},
                 ],
+                "end_to_end": {
+                    "codec": "pcm",
+                    "num_workers": 8,
+                    "batch_size": 256,
+                    "crop_seconds": 2.0,
+                    "crops_per_s": 6500.0,
+                    "batches_timed": 120,
+                    "preset": "b2",
+                    "step": "b2 mrl-frozen (bf16)",
+                    "goal_crops_per_s": 20000,
+                    "status": "ok",
+                },
             },
             "deepspeed": {"status": "skipped", "reason": "deepspeed not installed", "elapsed_s": 0.4},
         },
@@ -262,16 +380,33 @@ def test_markdown_has_a_row_per_section_with_failures_and_skips():
 def test_markdown_bench_loader_and_run_tables():
     lines = render_markdown(hand_made_report()).splitlines()
     assert (
-        "| mrl-frozen | b2 | 256 | 2 s | bf16 | 3,000.0 | 2,950.0 | 85 | 6.00 GiB | 2.76 | 8.28 | 0.8 % | a100, h100 |"
+        "| mrl-frozen | b2 | 256 | 2 s | bf16 | 3,000.0 | 2,950.0 | 85 | 1.5 s | 6.00 GiB | 2.76 | 8.28 | 0.8 % "
+        "| a100, h100 |"
+    ) in lines
+    assert (
+        "| mrl-unfrozen, compiled (inductor) | b2 | 256 | 2 s | bf16 | 2,000.0 (1.25x eager) | 1,990.0 | 128 "
+        "| 95.0 s | 20.00 GiB | 8.40 | 16.80 | 1.7 % | a100, h100 |"
     ) in lines
     assert (
         "| distill | b0+b2 -> b2 | 256 | 2 s | bf16 | failed: OutOfMemoryError: CUDA out of memory "
-        "| - | - | - | - | - | - | a100 |"
+        "| - | - | - | - | - | - | - | a100 |"
     ) in lines
-    assert "| 8 | 256 | 2 s | 7,000 | 140 | 2.0 s |" in lines
-    assert "| 16 | - | - | skipped: time budget | - | - |" in lines
+    assert "| pcm | 8 | 256 | 2 s | 7,000 | 875 | 140 | 2.0 s |" in lines
+    assert "| pcm | 16 | - | - | skipped: time budget | - | - | - |" in lines
+    assert (
+        "End to end: pcm shards, 8 loader workers, batch 256 through the b2 mrl-frozen (bf16) training step: "
+        "6,500 crops/s (120 batches timed)."
+    ) in lines
     assert "| mrl, SIGTERM | 0 | 0 | 31 | 12 (1) | 9.50 | 40 s |" in lines
     assert "- FAILED: unfreeze_logged_once_per_crossing (41 lines)" in lines
+
+
+def test_markdown_weighs_the_measured_figures_against_the_gpu_goals():
+    lines = render_markdown(hand_made_report()).splitlines()
+    assert (
+        "- b2 mrl-frozen (bf16) fed from pcm shards by 8 workers: 6,500 crops/s against a goal of 20,000: not met"
+    ) in lines
+    assert "- mrl-unfrozen, compiled (inductor) b2, batch 256: MFU 1.7 % against a goal of 25 %: not met" in lines
 
 
 def test_markdown_says_na_for_an_unknown_peak():
@@ -398,13 +533,21 @@ def test_cpu_quick_pass_writes_json_and_markdown_and_fails_nothing(tmp_path):
     assert sections["deepspeed"]["status"] == "skipped" and "CUDA" in sections["deepspeed"]["reason"]
     assert result.returncode == 0, result.stderr[-4000:]
 
-    bench = sections["bench"]["cases"]
-    assert {c["case"] for c in bench} == set(BENCH_CASES)
-    assert all(c["flops_per_crop"] > 0 and c["mfu"] is None and c["crops_per_s"] > 0 for c in bench)
+    cases = sections["bench"]["cases"]
+    assert {c["case"] for c in cases} == set(BENCH_CASES)
+    assert all(c["flops_per_crop"] > 0 and c["mfu"] is None and c["crops_per_s"] > 0 for c in cases)
+    compiled = [c for c in cases if c["compile_backend"]]  # training.compile, traced by aot_eager
+    assert [(c["case"], c["compile_backend"]) for c in compiled] == [(COMPILED_CASE, "aot_eager")]
+    assert compiled[0]["speedup_over_eager"] > 0 and compiled[0]["first_step_s"] > 0
     run = sections["train-run"]
     assert run["finished"] and run["validations"][-1] == run["max_steps"]
     assert run["unfreeze_lines"] == 1, run["launches"]  # once, in the launch that crossed the step
-    assert all(row["crops_per_s"] > 0 for row in sections["loader"]["rows"])
+    loader = sections["loader"]
+    assert {(row["codec"], row["num_workers"]) for row in loader["rows"]} == {
+        (codec, workers) for codec in ("flac", "pcm") for workers in (0, 2)
+    }
+    assert all(row["crops_per_s"] > 0 and row["crops_per_s_per_core"] > 0 for row in loader["rows"])
+    assert loader["end_to_end"]["status"] == "ok" and loader["end_to_end"]["crops_per_s"] > 0
 
     markdown = (output / "gpu-check.md").read_text()
     assert "| deepspeed | skipped |" in markdown and "- Command: `python launch/gpu_check.py --device cpu" in markdown

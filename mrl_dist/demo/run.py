@@ -83,16 +83,19 @@ def demo_config(run_dir: Path, shards: Path, mode: str, steps: int, backbone: st
     return config
 
 
-def prepare_demo_shards(root: Path, speakers: int, utterances: int, seed: int, shard_size_mb: float = 8) -> Path:
-    """Synthetic corpus (train and test speakers) packed into `root/shards`; reused if present."""
-    shards = root / "shards"
+def prepare_demo_shards(
+    root: Path, speakers: int, utterances: int, seed: int, shard_size_mb: float = 8, codec: str = "flac"
+) -> Path:
+    """Synthetic corpus (train and test speakers) packed into `root/shards` (another `codec` than
+    FLAC: `root/shards-CODEC`); reused if present."""
+    shards = root / ("shards" if codec == "flac" else f"shards-{codec}")
     if (shards / "train.manifest.json").is_file() and (shards / "val.manifest.json").is_file():
         return shards
     corpus = make_demo_corpus(root / "audio", speakers=speakers, utterances=utterances, seed=seed)
-    pack_split([corpus.train_dir], shards, "train", workers=1, shard_size_mb=shard_size_mb, progress=False)
-    pack_split(
-        [corpus.test_dir], shards, "val", trials=corpus.trials, workers=1, shard_size_mb=shard_size_mb, progress=False
-    )
+    for folder, split, trials in ((corpus.train_dir, "train", None), (corpus.test_dir, "val", corpus.trials)):
+        pack_split(
+            [folder], shards, split, trials=trials, workers=1, shard_size_mb=shard_size_mb, progress=False, codec=codec
+        )
     return shards
 
 

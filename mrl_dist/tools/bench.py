@@ -103,11 +103,16 @@ class BenchStep:
 
 
 def build_training_step(
-    cfg: Config, num_classes: int = VOXCELEB2_SPEAKERS, device: str | torch.device = "cpu", from_features: bool = False
+    cfg: Config,
+    num_classes: int = VOXCELEB2_SPEAKERS,
+    device: str | torch.device = "cpu",
+    from_features: bool = False,
+    compile_backend: str = "inductor",
 ) -> BenchStep:
     """What the trainer builds for `cfg` (mode, module, optimizer, schedule, the train/eval policy)
     on `device`, stepped by `SingleDevice` instead of an Accelerator; `from_features`: the module
-    takes pooled features, as the trainer's does with data.features."""
+    takes pooled features, as the trainer's does with data.features; `compile_backend`: the
+    torch.compile backend when training.compile is on (the trainer's is inductor)."""
     device = torch.device(device)
     tcfg = cfg.training
     mode = make_mode(cfg)
@@ -115,7 +120,7 @@ def build_training_step(
     module.train()
     optimizer = make_optimizer(cfg, module, mode.trunk_parameters(module))
     if tcfg.compile:  # where the trainer compiles it: before the engine prepares the module
-        compile_forward(module)
+        compile_forward(module, backend=compile_backend)
     engine = SingleDevice(device, tcfg.mixed_precision, tcfg.grad_accum)
     engine.prepare(module)
     mode.place_on_device(device, autocast_dtype(tcfg.mixed_precision), rank=0)
@@ -201,10 +206,12 @@ def measure_throughput(
     compile: bool = False,
     from_features: bool = False,
     sampled_classes: int | None = None,
+    compile_backend: str = "inductor",
 ) -> ThroughputResult:
     """Crops per second of `steps` consecutive training steps after `warmup` untimed ones, `repeats`
     times on the same model (the batch stays on the device: this is the model step alone).
-    `compile`: training.compile (the first warm-up step, timed apart, compiles); `from_features`:
+    `compile`: training.compile (the first warm-up step, timed apart, compiles; `compile_backend`
+    the torch.compile backend); `from_features`:
     the head's step on pooled features [B, P] (data.features; mrl modes); `sampled_classes`:
     loss.sampled_classes."""
     if from_features and mode != "mrl-frozen":
@@ -216,7 +223,7 @@ def measure_throughput(
     cfg = bench_config(
         preset, mode, batch_size, crop_seconds, precision, compile=compile, sampled_classes=sampled_classes
     )
-    step = build_training_step(cfg, num_classes, target, from_features=from_features)
+    step = build_training_step(cfg, num_classes, target, from_features=from_features, compile_backend=compile_backend)
     batch = synthetic_batch(batch_size, crop_seconds, num_classes, target, seed)
     if from_features:
         pooled_dim = build_preset(preset).pool_out_dim

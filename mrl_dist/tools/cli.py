@@ -346,9 +346,6 @@ def bench_features_main(argv: list[str]) -> int:
     return 0
 
 
-# --- gpu_check --------------------------------------------------------------------------------
-
-
 # --- bench_adapt ------------------------------------------------------------------------------
 
 
@@ -385,6 +382,9 @@ def bench_adapt_main(argv: list[str]) -> int:
     print(bench_header())
     print(report)
     return 0
+
+
+# --- gpu_check --------------------------------------------------------------------------------
 
 
 @command("gpu_check.py")

@@ -26,6 +26,10 @@ class SectionError(RuntimeError):
         self.details = details or {}
 
 
+class OutOfTime(SectionError):
+    """A subprocess killed at its time limit: the budget ran out, the code did not fail."""
+
+
 @dataclass
 class Check:
     args: argparse.Namespace
@@ -34,7 +38,7 @@ class Check:
     deadline: float  # time.monotonic() value
     started: float
     peak_flops: float | None
-    _shards: Path | None = field(default=None, repr=False)
+    _shards: dict[str, Path] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> str:
@@ -50,21 +54,22 @@ class Check:
     def progress(self, text: str) -> None:
         print(f"[gpu-check {time.monotonic() - self.started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
-    def shards(self) -> Path:
-        """Demo shards shared by the train-run, loader and deepspeed sections, made once."""
-        if self._shards is None:
+    def shards(self, codec: str = "flac") -> Path:
+        """Demo shards shared by the train-run, loader and deepspeed sections, made once per codec."""
+        if codec not in self._shards:
             from ...demo.run import prepare_demo_shards
 
             began = time.monotonic()
-            self._shards = prepare_demo_shards(
+            self._shards[codec] = prepare_demo_shards(
                 self.work_dir / "demo",
                 speakers=self.plan.corpus_speakers,
                 utterances=self.plan.corpus_utterances,
                 seed=0,
                 shard_size_mb=1,
+                codec=codec,
             )
-            self.progress(f"demo shards ready in {time.monotonic() - began:.1f} s: {self._shards}")
-        return self._shards
+            self.progress(f"demo shards ({codec}) ready in {time.monotonic() - began:.1f} s: {self._shards[codec]}")
+        return self._shards[codec]
 
 
 def _free_device_memory(device: str) -> None:

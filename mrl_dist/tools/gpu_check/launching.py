@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .check import Check, SectionError
+from .check import Check, OutOfTime
 from .plan import REPO
 from .trainlog import last_logged_step
 
@@ -99,7 +99,7 @@ def run_logged(command: list[str], log: Path, timeout_s: float, env: dict[str, s
             return process.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
             _kill_tree(process)
-            raise SectionError(f"{what}: killed after {timeout_s:.0f} s (time budget)", output_tail(log)) from None
+            raise OutOfTime(f"{what}: killed after {timeout_s:.0f} s (time budget)", output_tail(log)) from None
 
 
 def trainer_processes(launcher_pid: int) -> list[int]:
@@ -143,9 +143,7 @@ def run_and_sigterm(
             return process.wait(timeout=max(1.0, deadline - time.monotonic())), signalled_at
         except subprocess.TimeoutExpired:
             _kill_tree(process)
-            raise SectionError(
-                f"{command[-1]}: killed after {timeout_s:.0f} s (time budget)", output_tail(log)
-            ) from None
+            raise OutOfTime(f"{command[-1]}: killed after {timeout_s:.0f} s (time budget)", output_tail(log)) from None
 
 
 def run_config(check: Check, run_dir: Path, shards: Path, **sections: dict) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-SECTIONS = ("bench", "train-run", "loader", "deepspeed")
+SECTIONS = ("bench", "train-run", "loader", "deepspeed")  # in order of value: what a short budget keeps
+COMPILE_BACKENDS = ("inductor", "aot_eager", "none")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,6 +55,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="loader worker counts to time (default 0 2 4 8; --quick: 0 2)",
     )
     parser.add_argument(
+        "--loader-codecs",
+        nargs="+",
+        choices=("flac", "pcm"),
+        default=["flac", "pcm"],
+        help="shard codecs the loader section times (make_shards --codec)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default=None,
+        help="torch.compile backend of the bench's compiled step (training.compile); none leaves it out "
+        "(default: inductor; --quick: aot_eager, which traces without generating kernels)",
+    )
+    parser.add_argument(
         "--configs",
         nargs="+",
         default=None,
@@ -73,6 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.precision = "bf16" if args.device == "cuda" else "no"
     if args.loader_workers is None:
         args.loader_workers = [0, 2] if args.quick else [0, 2, 4, 8]
+    if args.compile_backend is None:
+        args.compile_backend = "aot_eager" if args.quick else "inductor"
     return args
 
 
@@ -81,6 +98,7 @@ class BenchSize:
     batch_size: int
     crop_seconds: float
     configs: tuple[str, ...]  # config files (stems) that train at this size
+    modes: tuple[str, ...] = ()  # their training.mode values ("mrl", "classifier", "distill")
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,12 @@ class Plan:
     deepspeed_steps: int
     loader_batch: int
     loader_crop: float
-    loader_seconds: float  # timed per worker count, after the warm-up batches
+    loader_seconds: float  # timed per codec and worker count, after the warm-up batches
+    bench_case_s: float  # what one eager bench case takes (model build, FLOP count, warm-up, timed blocks)
+    compile_timeout_s: float  # the compiled bench case's subprocess is killed after this
+    # Seconds the bench leaves for these later sections (the DeepSpeed check, last in value, gets
+    # what is left), so that a slow bench cannot crowd out the real training run.
+    reserve_s: tuple[tuple[str, float], ...] = ()
     corpus_speakers: int = 8
     corpus_utterances: int = 6
 
@@ -120,15 +143,19 @@ def bench_sizes_from_configs(paths: Sequence[str]) -> tuple[BenchSize, ...]:
     """One BenchSize per distinct (training.batch_size, data.crop_seconds) of the GPU configs."""
     from ...config import load_config
 
-    sizes: dict[tuple[int, float], list[str]] = {}
+    sizes: dict[tuple[int, float], list[tuple[str, str]]] = {}
     for path in paths:
         cfg = load_config(path)
         if cfg.training.mixed_precision == "no":
             continue  # a CPU config
-        sizes.setdefault((cfg.training.batch_size, cfg.data.crop_seconds), []).append(Path(path).stem)
+        key = (cfg.training.batch_size, cfg.data.crop_seconds)
+        sizes.setdefault(key, []).append((Path(path).stem, cfg.training.mode))
     if not sizes:
         raise ValueError(f"no GPU config (mixed_precision bf16/fp16) among {list(paths)}")
-    return tuple(BenchSize(b, c, tuple(names)) for (b, c), names in sorted(sizes.items()))
+    return tuple(
+        BenchSize(b, c, tuple(name for name, _ in found), tuple(sorted({mode for _, mode in found})))
+        for (b, c), found in sorted(sizes.items())
+    )
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -154,6 +181,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             loader_batch=4,
             loader_crop=1.0,
             loader_seconds=1.0,
+            bench_case_s=2.0,
+            compile_timeout_s=90.0,
+            reserve_s=(("train-run", 30.0), ("loader", 8.0)),
         )
     return Plan(
         preset="b2",
@@ -175,5 +205,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         deepspeed_steps=30,
         loader_batch=256,
         loader_crop=2.0,
-        loader_seconds=5.0,
+        loader_seconds=3.0,
+        bench_case_s=20.0,
+        compile_timeout_s=180.0,
+        # Three trainer launches of well under a minute each on a GPU; 2 codecs x 4 worker counts
+        # of 3 s + warm-up, and the end-to-end row.
+        reserve_s=(("train-run", 150.0), ("loader", 50.0)),
     )

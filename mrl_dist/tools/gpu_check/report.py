@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT_FORMAT = "mrl-dist-gpu-check/1"
+GOAL_PRESET = "b2"  # the GPU goals are set for ReDimNet-b2
 JSON_NAME, MARKDOWN_NAME = "gpu-check.json", "gpu-check.md"
 
 
@@ -65,29 +66,40 @@ def _section_result(section: dict[str, Any]) -> str:
     return _cell(section.get("error", ""))
 
 
+def _case_name(row: dict[str, Any]) -> str:
+    if not row.get("compile_backend"):
+        return row["case"]
+    return f"{row['case']}, compiled ({row['compile_backend']})"
+
+
 def _bench_table(cases: Iterable[dict[str, Any]]) -> list[str]:
     lines = [
-        "| case | model | batch | crop | precision | crops/s (best) | crops/s (median) | ms/step "
+        "| case | model | batch | crop | precision | crops/s (best) | crops/s (median) | ms/step | first step "
         "| peak alloc | GFLOP/crop | TFLOP/s | MFU | configs |",
-        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for row in cases:
         model = row.get("preset", "")
         if row.get("teachers"):
             model = "+".join(row["teachers"]) + " -> " + model
         head = (
-            f"| {row['case']} | {model} | {row['batch_size']} | {row['crop_seconds']:g} s | {row.get('precision', '-')}"
+            f"| {_case_name(row)} | {model} | {row['batch_size']} | {row['crop_seconds']:g} s "
+            f"| {row.get('precision', '-')}"
         )
         if row["status"] != "ok":
             note = row.get("reason") if row["status"] == "skipped" else row.get("error")
             lines.append(
-                f"{head} | {row['status']}: {_cell(note, 120)} | - | - | - | - | - | - | "
+                f"{head} | {row['status']}: {_cell(note, 120)} | - | - | - | - | - | - | - | "
                 f"{', '.join(row.get('configs') or []) or '-'} |"
             )
             continue
+        rate = _rate(row["crops_per_s"])
+        if row.get("speedup_over_eager"):
+            rate += f" ({row['speedup_over_eager']:.2f}x eager)"
+        first = "-" if row.get("first_step_s") is None else f"{row['first_step_s']:,.1f} s"
         lines.append(
-            f"{head} | {_rate(row['crops_per_s'])} | {_rate(row['crops_per_s_median'])} "
-            f"| {row['ms_per_step']:,.0f} | {_gib(row['peak_allocated_bytes'])} "
+            f"{head} | {rate} | {_rate(row['crops_per_s_median'])} "
+            f"| {row['ms_per_step']:,.0f} | {first} | {_gib(row['peak_allocated_bytes'])} "
             f"| {row['flops_per_crop'] / 1e9:.2f} | {row['achieved_flops'] / 1e12:.2f} | {_mfu(row['mfu'])} "
             f"| {', '.join(row['configs'])} |"
         )
@@ -132,21 +144,62 @@ def _train_run_lines(section: dict[str, Any]) -> list[str]:
 def _loader_table(section: dict[str, Any]) -> list[str]:
     lines = [
         f"Batches from `make_train_loader` on the demo shards, copied to {section.get('into')}"
-        f"{' from pinned memory' if section.get('pin_memory') else ''}.",
+        f"{' from pinned memory' if section.get('pin_memory') else ''}; per core: crops/s over the "
+        "worker processes (the main process decodes when there are none).",
         "",
-        "| loader workers | batch | crop | crops/s | batches timed | warm-up |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| codec | loader workers | batch | crop | crops/s | crops/s per core | batches timed | warm-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in section.get("rows", []):
+        codec = row.get("codec", "flac")
         if row["status"] != "ok":
             note = row.get("reason") if row["status"] == "skipped" else row.get("error")
-            lines.append(f"| {row['num_workers']} | - | - | {row['status']}: {_cell(note, 120)} | - | - |")
+            lines.append(
+                f"| {codec} | {row['num_workers']} | - | - | {row['status']}: {_cell(note, 120)} | - | - | - |"
+            )
             continue
+        per_core = row.get("crops_per_s_per_core", row["crops_per_s"] / max(1, row["num_workers"]))
         lines.append(
-            f"| {row['num_workers']} | {row['batch_size']} | {row['crop_seconds']:g} s "
-            f"| {_rate(row['crops_per_s'], 0)} | {row['batches_timed']} | {row['warmup_s']:.1f} s |"
+            f"| {codec} | {row['num_workers']} | {row['batch_size']} | {row['crop_seconds']:g} s "
+            f"| {_rate(row['crops_per_s'], 0)} | {_rate(per_core, 0)} | {row['batches_timed']} "
+            f"| {row['warmup_s']:.1f} s |"
         )
+    end = section.get("end_to_end")
+    if end:
+        lines.append("")
+        if end.get("status") == "ok":
+            lines.append(
+                f"End to end: {end['codec']} shards, {end['num_workers']} loader workers, batch {end['batch_size']} "
+                f"through the {end['step']} training step: {_rate(end['crops_per_s'], 0)} crops/s "
+                f"({end['batches_timed']} batches timed)."
+            )
+        else:
+            note = end.get("reason") if end.get("status") == "skipped" else end.get("error")
+            lines.append(f"End to end: {end.get('status')}: {_cell(note, 200)}.")
     return lines
+
+
+def _goal_lines(sections: dict[str, Any]) -> list[str]:
+    """The GPU goals against what was measured on a GPU with b2 (not --quick's tiny model): the
+    frozen-trunk step fed from shards, and the unfrozen step's model FLOP utilisation (eager and
+    compiled; an MFU exists only for a device of known peak)."""
+    lines = []
+    end = sections.get("loader", {}).get("end_to_end", {})
+    if end.get("status") == "ok" and end.get("preset") == GOAL_PRESET:
+        goal = end.get("goal_crops_per_s", 20_000)
+        verdict = "met" if end["crops_per_s"] >= goal else "not met"
+        lines.append(
+            f"- {end['step']} fed from {end['codec']} shards by {end['num_workers']} workers: "
+            f"{end['crops_per_s']:,.0f} crops/s against a goal of {goal:,}: {verdict}"
+        )
+    for row in sections.get("bench", {}).get("cases", []):
+        if row.get("case") == "mrl-unfrozen" and row.get("preset") == GOAL_PRESET and row.get("mfu") is not None:
+            verdict = "met" if row["mfu"] >= 0.25 else "not met"
+            lines.append(
+                f"- {_case_name(row)} {row['preset']}, batch {row['batch_size']}: MFU {_mfu(row['mfu'])} "
+                f"against a goal of 25 %: {verdict}"
+            )
+    return ["", "#### GPU goals", "", *lines] if lines else []
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -178,6 +231,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {section.get('status')} | {_section_result(section)} | {section.get('elapsed_s', 0):.0f} s |"
         )
+    if settings.get("device") == "cuda":
+        lines += _goal_lines(sections)
     if sections.get("bench", {}).get("cases"):
         lines += ["", "#### Training step, synthetic batch on the device (`mrl_dist/tools/bench.py`)", ""]
         lines += _bench_table(sections["bench"]["cases"])
