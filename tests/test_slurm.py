@@ -109,13 +109,18 @@ def job_environment(**extra: str) -> dict[str, str]:
     return {"MRL_DIST_PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def wait_for_line(path: Path, pattern: str, timeout: float) -> re.Match:
+def wait_for_line(
+    path: Path, pattern: str, timeout: float, slurm: SlurmCluster | None = None, job: str = ""
+) -> re.Match:
+    """The first match of `pattern` in `path`, polled for `timeout` s; the failure names the job's
+    state and the daemons' logs when `slurm` and `job` are given."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if path.exists() and (match := re.search(pattern, path.read_text())):
             return match
         time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} did not appear in {path} within {timeout:.0f} s")
+    state = f"; job {job}: {slurm.job(job)}\n{slurm.logs()}" if slurm is not None and job else ""
+    raise AssertionError(f"{pattern!r} did not appear in {path} within {timeout:.0f} s{state}")
 
 
 @pytest.mark.slow
@@ -137,17 +142,28 @@ def test_packing_job_packs_a_corpus_with_one_worker_per_cpu(slurm, tmp_path):
     assert manifest["total_samples"] == len(list(corpus.train_dir.rglob("*.wav")))
 
 
-def release_requeued(slurm: SlurmCluster, job: str, restarts: int, log: Path) -> None:
-    """Wait until the job is pending again after its `restarts`-th requeue, then let it start now:
-    SLURM holds a requeued batch job for 2 minutes (the credential lifetime) before it may start."""
+def release_requeued(slurm: SlurmCluster, job: str, restarts: int, log: Path, timeout: float = 240) -> None:
+    """Wait until the job has been requeued `restarts` times, then let it start now: SLURM holds a
+    requeued batch job for 2 minutes (the credential lifetime) before it may start. The hold can be
+    set again while the job's last processes end, so the release is repeated until the job runs."""
     slurm.wait_for_job(
         job,
-        lambda r: r["JobState"] == "PENDING" and int(r["Restarts"]) == restarts,
+        lambda r: int(r["Restarts"]) == restarts and r["JobState"] != "COMPLETING",
         120,
-        f"pending after requeue {restarts}",
+        f"requeued {restarts} time(s)",
         log,
     )
-    slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now")
+    deadline = time.time() + timeout
+    record = slurm.job(job)
+    while record["JobState"] == "PENDING":
+        if time.time() > deadline:
+            raise AssertionError(
+                f"job {job}: pending {timeout:.0f} s after requeue {restarts}: {record}\n{slurm.logs()}"
+            )
+        if record.get("Reason") == "BeginTime":
+            slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now")
+        time.sleep(2)
+        record = slurm.job(job)
 
 
 @pytest.mark.slow
@@ -175,13 +191,13 @@ def test_training_job_requeued_by_its_time_limit_and_by_scontrol_resumes_each_ti
     train_log = run_dir / "train.log"
 
     # What `--signal=B:USR1@300` sends 300 s before the time limit: the job checkpoints and requeues itself.
-    wait_for_line(train_log, r"step 2 loss=", 300)
+    wait_for_line(train_log, r"step 2 loss=", 300, slurm, job)
     slurm.command("scancel", "--batch", "--signal=USR1", job)
     release_requeued(slurm, job, 1, job_log)
 
     # Preemption and an administrator's requeue: SLURM sends SIGTERM itself and requeues the job.
-    resumed_at = int(wait_for_line(train_log, r"start_step=([1-9]\d*)", 300).group(1))
-    wait_for_line(train_log, rf"step {resumed_at + 2} loss=", 120)
+    resumed_at = int(wait_for_line(train_log, r"start_step=([1-9]\d*)", 300, slurm, job).group(1))
+    wait_for_line(train_log, rf"step {resumed_at + 2} loss=", 120, slurm, job)
     slurm.command("scontrol", "requeue", job)
     release_requeued(slurm, job, 2, job_log)
 
