@@ -105,7 +105,7 @@ def test_the_bench_holds_time_back_for_the_training_run_and_the_loader(monkeypat
         ("distill", 128, None),
         ("mrl-unfrozen", 256, "inductor"),
     ]
-    assert 69 < ran[-1][3] <= 70  # the compile may use what is left above the reserve
+    assert 55 < ran[-1][3] <= 70  # the compile may use what is left above the reserve (70 s, less set-up)
     skipped = [c for c in section["cases"] if c["status"] == "skipped"]
     assert skipped and all(c["reason"] == "time budget (200 s held for train-run, loader)" for c in skipped)
     assert section["status"] == "ok" and f"{len(skipped)} skipped" in section["summary"]

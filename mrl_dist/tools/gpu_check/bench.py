@@ -241,7 +241,7 @@ def _measure_compiled(check: Check, case: BenchCase, flops_per_crop: float | Non
         *("--batch-size", str(size.batch_size), "--crop-seconds", str(size.crop_seconds)),
         *("--steps", str(plan.bench_steps), "--warmup", str(plan.bench_warmup), "--repeats", str(plan.bench_repeats)),
         *("--device", check.device, "--precision", check.precision, "--backend", str(case.compile_backend)),
-        *("--output", str(result_file)),
+        *("--threads", str(torch.get_num_threads()), "--output", str(result_file)),
     ]
     rc = run_logged(command, log, timeout_s, subprocess_env(check), f"the compiled {case.kind} step")
     if rc != 0 or not result_file.is_file():

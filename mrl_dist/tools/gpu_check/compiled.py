@@ -29,13 +29,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--backend", default="inductor", help="the torch.compile backend")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--output", type=Path, required=True, help="the JSON file to write")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
     from ..bench import measure_throughput
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # as many as the eager cases had: a fair comparison on CPU
 
     result = measure_throughput(
         args.preset,
