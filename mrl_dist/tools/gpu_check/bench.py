@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from .check import Check, OutOfTime, SectionError, _free_device_memory, _synchro
 from .flops import count_flops, model_flops_utilisation
 from .launching import output_tail, run_logged, subprocess_env
 from .plan import BenchSize, bench_sizes_from_configs, shipped_gpu_configs
+
+if TYPE_CHECKING:  # the training code is imported when a case runs, not by --help
+    from ...tools.bench import ThroughputResult
 
 BENCH_CASES = ("mrl-frozen", "mrl-unfrozen", "classifier", "distill")
 # The case run compiled too (training.compile): the unfrozen MRL step, whose model FLOP
@@ -214,9 +217,14 @@ def _measure_eager(check: Check, case: BenchCase) -> dict[str, Any]:
         device=device,
         precision=precision,
     )
+    return _measured(result, flops)
+
+
+def _measured(result: ThroughputResult, flops_per_crop: float) -> dict[str, Any]:
+    """A bench row's measured fields from `measure_throughput`'s result."""
     return {
         "crops_per_s": result.crops_per_second,
-        "flops_per_crop": flops,
+        "flops_per_crop": flops_per_crop,
         "peak_allocated_bytes": result.peak_allocated_bytes,
         "peak_reserved_bytes": result.peak_reserved_bytes,
         "parameters": result.parameters,
@@ -246,20 +254,14 @@ def _measure_compiled(check: Check, case: BenchCase, flops_per_crop: float | Non
     rc = run_logged(command, log, timeout_s, subprocess_env(check), f"the compiled {case.kind} step")
     if rc != 0 or not result_file.is_file():
         raise SectionError(f"the compiled {case.kind} step exited {rc}", output_tail(log))
-    result = json.loads(result_file.read_text())
+    from ...tools.bench import ThroughputResult
+
+    result = ThroughputResult(**json.loads(result_file.read_text()))
     if flops_per_crop is None:
         flops_per_crop = _flops_per_crop_of_bench_mode(
             plan.preset, case.kind, size.batch_size, size.crop_seconds, check.device, check.precision
         )
-    return {
-        "crops_per_s": result["crops_per_second"],
-        "flops_per_crop": flops_per_crop,
-        "peak_allocated_bytes": result["peak_allocated_bytes"],
-        "peak_reserved_bytes": result["peak_reserved_bytes"],
-        "parameters": result["parameters"],
-        "trainable": result["trainable"],
-        "first_step_s": result["first_step_seconds"],
-    }
+    return _measured(result, flops_per_crop)
 
 
 def bench_case(
