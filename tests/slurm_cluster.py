@@ -108,11 +108,16 @@ class SlurmCluster:
             if any(daemon.poll() is not None for daemon in self.daemons):
                 break
             states = self._run(["sinfo", "--noheader", "--Node", "--format=%N %t"], check=False).stdout
-            if sorted(states.split()) == sorted([*NODES, *["idle"] * len(NODES)]):
+            if self.all_idle():
                 return
             time.sleep(0.5)
         self.stop()
         raise SlurmUnavailable(f"SLURM did not start within {timeout:.0f} s (sinfo: {states.strip()!r}): {self.logs()}")
+
+    def all_idle(self) -> bool:
+        """Every node is idle: no job on it, none still completing."""
+        states = self._run(["sinfo", "--noheader", "--Node", "--format=%N %t"], check=False).stdout
+        return sorted(states.split()) == sorted([*NODES, *["idle"] * len(NODES)])
 
     def _daemon(self, command: list[str], log: str) -> None:
         with open(self.root / log, "w") as sink:

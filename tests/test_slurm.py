@@ -144,16 +144,23 @@ def test_packing_job_packs_a_corpus_with_one_worker_per_cpu(slurm, tmp_path):
 
 def release_requeued(slurm: SlurmCluster, job: str, restarts: int, log: Path, timeout: float = 240) -> None:
     """Wait until the job has been requeued `restarts` times, then let it start now: SLURM holds a
-    requeued batch job for 2 minutes (the credential lifetime) before it may start. The hold can be
-    set again while the job's last processes end, so the release is repeated until the job runs."""
+    requeued batch job for 2 minutes (the credential lifetime) before it may start.
+
+    Not too soon: a node refuses a job credential issued in the same second as the one revoked
+    when the job's last run was killed ("Job credential revoked"), and the job then fails for
+    good. So the release waits until the nodes are idle and 2 s more, and is repeated while the
+    job is still held (the hold can be set again while the job's last processes end)."""
     slurm.wait_for_job(
         job,
-        lambda r: int(r["Restarts"]) == restarts and r["JobState"] != "COMPLETING",
+        lambda r: int(r["Restarts"]) == restarts and r["JobState"] == "PENDING",
         120,
-        f"requeued {restarts} time(s)",
+        f"pending after requeue {restarts}",
         log,
     )
     deadline = time.time() + timeout
+    while not slurm.all_idle() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
     record = slurm.job(job)
     while record["JobState"] == "PENDING":
         if time.time() > deadline:
