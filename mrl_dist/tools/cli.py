@@ -9,6 +9,8 @@ command that needs it so that one command's --help does not import every benchma
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -41,6 +43,13 @@ def parse_bench_train_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sampled-classes", type=int, help="loss.sampled_classes: classes scored per step (default: every class)"
     )
     parser.add_argument("--compile", action="store_true", help="training.compile: the step's forward via torch.compile")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="with --compile: the torch.compile backend (the trainer's is inductor; aot_eager traces without "
+        "generating kernels)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the result's fields to this JSON file")
     parser.add_argument(
         "--from-features",
         action="store_true",
@@ -97,11 +106,14 @@ def bench_train_main(argv: list[str]) -> int:
         compile=args.compile,
         from_features=args.from_features,
         sampled_classes=args.sampled_classes,
+        compile_backend=args.compile_backend,
     )
+    if args.json:
+        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
     print(ThroughputResult.MARKDOWN_HEADER)
     print(result.markdown_row())
     print("# crops/s per repeat: " + ", ".join(f"{rate:.1f}" for rate in result.crops_per_second))
-    step = "compiled (training.compile)" if args.compile else "eager"
+    step = f"compiled (training.compile, {args.compile_backend})" if args.compile else "eager"
     inputs = "pooled features" if args.from_features else f"{args.crop_seconds:g} s waves"
     classes = f"{args.num_classes:,} classes" + (f", {args.sampled_classes:,} sampled" if args.sampled_classes else "")
     print(f"# {step} step on {inputs}, {classes}; first step {result.first_step_seconds:.2f} s")

@@ -53,9 +53,9 @@ What the figures mean:
 """
 
 # The package's layout: plan (arguments, Plan, bench sizes from the configs), flops (FLOPs, MFU,
-# peaks, machine facts), check (the shared Check state, SectionError), bench (compiled: its
-# compiled case's process), trainlog (train.log parsing), launching (trainer subprocesses,
-# SIGTERM), train_run, deepspeed_run, loader, report
+# peaks, machine facts), check (the shared Check state, SectionError), bench (its compiled case
+# runs launch/bench_train.py --compile), trainlog (train.log parsing), launching (trainer
+# subprocesses, SIGTERM), train_run, deepspeed_run, loader, report
 # (JSON + Markdown) and runner (the section table, run_all, main). The command line needs only
 # `main`; everything else is imported from its module.
 

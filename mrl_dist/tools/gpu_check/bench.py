@@ -18,7 +18,7 @@ import torch
 from .check import Check, OutOfTime, SectionError, _free_device_memory, _synchronize
 from .flops import count_flops, model_flops_utilisation
 from .launching import output_tail, run_logged, subprocess_env
-from .plan import BenchSize, bench_sizes_from_configs, shipped_gpu_configs
+from .plan import REPO, BenchSize, bench_sizes_from_configs, shipped_gpu_configs
 
 if TYPE_CHECKING:  # the training code is imported when a case runs, not by --help
     from ...tools.bench import ThroughputResult
@@ -234,8 +234,9 @@ def _measured(result: ThroughputResult, flops_per_crop: float) -> dict[str, Any]
 
 
 def _measure_compiled(check: Check, case: BenchCase, flops_per_crop: float | None, timeout_s: float) -> dict[str, Any]:
-    """The compiled step in its own process (compiled.py), killed after `timeout_s`; the FLOPs per
-    crop are the eager case's (compiling changes the kernels, not the model's arithmetic)."""
+    """The compiled step in its own process (launch/bench_train.py --compile: a compile cannot be
+    interrupted inside a process), killed after `timeout_s`; the FLOPs per crop are the eager
+    case's (compiling changes the kernels, not the model's arithmetic)."""
     plan, size = check.plan, case.size
     folder = check.work_dir / "bench-compiled"
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,13 +244,14 @@ def _measure_compiled(check: Check, case: BenchCase, flops_per_crop: float | Non
     result_file.unlink(missing_ok=True)
     command = [
         sys.executable,
-        "-m",
-        "mrl_dist.tools.gpu_check.compiled",
+        str(REPO / "launch" / "bench_train.py"),
         *("--preset", plan.preset, "--mode", case.kind),
         *("--batch-size", str(size.batch_size), "--crop-seconds", str(size.crop_seconds)),
         *("--steps", str(plan.bench_steps), "--warmup", str(plan.bench_warmup), "--repeats", str(plan.bench_repeats)),
-        *("--device", check.device, "--precision", check.precision, "--backend", str(case.compile_backend)),
-        *("--threads", str(torch.get_num_threads()), "--output", str(result_file)),
+        *("--device", check.device, "--precision", check.precision),
+        *("--compile", "--compile-backend", str(case.compile_backend)),
+        # As many threads as the eager cases had: a fair comparison on a CPU.
+        *("--threads", str(torch.get_num_threads()), "--json", str(result_file)),
     ]
     rc = run_logged(command, log, timeout_s, subprocess_env(check), f"the compiled {case.kind} step")
     if rc != 0 or not result_file.is_file():
