@@ -181,6 +181,39 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes(demo_shards, tmp_path
     assert read_metrics(run_dir)[-1]["step"] == stopped_at + 2
 
 
+def test_a_signal_after_the_step_s_all_reduce_stops_at_the_next_step_not_this_one(demo_shards, tmp_path):
+    """Every rank stops at the step whose all-reduce carried the signal. One that arrives on a
+    rank just after that all-reduce must wait for the next: had that rank stopped at once, the
+    others would have gone on into the next step's collectives and the job hung (a flake of the
+    SLURM requeue test, run with 2 nodes)."""
+    config = tiny_config(
+        tmp_path / "run",
+        demo_shards,
+        training={"max_steps": 6},
+        validation={"every_steps": 1000},
+        checkpoint={"every_steps": 1000},
+    )
+    trainer = Trainer(config_from_dict(config))
+    agree = trainer._agree
+
+    def agree_then_signal(finite):
+        decision = agree(finite)
+        if trainer.state["step"] == 2:  # inside step 3, just after its all-reduce
+            signal.raise_signal(signal.SIGUSR1)
+        return decision
+
+    trainer._agree = agree_then_signal
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        result = trainer.fit()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert result["status"] == "stopped" and result["step"] == 4
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 4: stop requested by signal" in log and "step 3: stop" not in log
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_with_gloo_train_validate_and_checkpoint(demo_shards, tmp_path):
     run_dir = tmp_path / "ddp"

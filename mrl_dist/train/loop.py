@@ -292,13 +292,13 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def _agree(self, finite: torch.Tensor) -> bool:
         """One all-reduce decides for every rank together: skip, stop, or go on."""
-        stop = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
+        stop = torch.tensor(float(self.stop.received), device=self.accelerator.device)
         decision = self.collectives.sum(
             torch.stack([(~finite).float(), stop]),
             f"step {self.state['step'] + 1}: all-reduce of the skip/stop decision",
         )
         bad_ranks, stop_ranks = decision.tolist()
-        self.stop.requested = stop_ranks > 0
+        self.stop.agree(stop_ranks)
         return bad_ranks == 0
 
     # ------------------------------------------------------------------ the loop
@@ -359,7 +359,7 @@ class Trainer:
                     values["margin"] = margin_at(step - 1, cfg.loss)
                 window, window_steps = {}, 0
             self.tracker.step(step, crops_per_step, values)
-            if self.stop.requested:
+            if self.stop.agreed:
                 self.tracker.write_line(f"step {step}: stop requested by signal, saving a checkpoint")
                 self.save_checkpoint()
                 status = "stopped"

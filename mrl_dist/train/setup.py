@@ -18,10 +18,17 @@ from .schedule import lr_multiplier
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (preemption) into a flag the loop checks between steps."""
+    """Turns SIGTERM/SIGUSR1 (preemption) into a stop every rank takes at the same step.
+
+    The handler only sets `received`, on the rank it reached, at any moment. The loop stops on
+    `agreed`, which changes only in `agree`, inside the per-step all-reduce that every rank joins:
+    had the loop read the handler's flag, a signal landing on one rank after that all-reduce
+    would make it stop and save while the others went on to the next step's collectives, and
+    the job would hang until it was killed, losing the checkpoint."""
 
     def __init__(self):
-        self.requested = False
+        self.received = False
+        self.agreed = False
         self.signal_name = ""
 
     def install(self) -> None:
@@ -29,8 +36,12 @@ class StopRequest:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
-        self.requested = True
+        self.received = True
         self.signal_name = signal.Signals(signum).name
+
+    def agree(self, ranks_received: float) -> None:
+        """Record the all-reduced count of ranks whose handler has run."""
+        self.agreed = ranks_received > 0
 
 
 class BadStepError(RuntimeError):
