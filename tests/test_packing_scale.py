@@ -1,5 +1,9 @@
-"""make_shards at VoxCeleb2 scale: the disk peak stays near the final size, planning a
-1,092,009-file listing takes under a minute and 2 GB."""
+"""make_shards at VoxCeleb2 scale: the disk peak stays near the final size; planning an eighth of
+a VoxCeleb2 listing keeps within an eighth of the full listing's targets (under a minute and 2 GB).
+
+Planning time and memory grow linearly with the listing (measured at 1/8, 1/4 and the whole), so
+the eighth checks the targets in 5 s instead of 40. The whole 1,092,009-file listing is measured
+by `python launch/bench_packing.py` (docs/benchmarks.md, "Packing VoxCeleb2")."""
 
 from __future__ import annotations
 
@@ -65,19 +69,25 @@ def test_peak_disk_of_two_workers_stays_within_a_shard_per_worker(many_small_fil
     assert final <= sampler.peak <= 1.1 * final + 2 * largest, (sampler.peak, final, largest)
 
 
+# What the interpreter and its imports hold before any record (0.12 GiB measured): not part of
+# what grows with the listing.
+INTERPRETER_RSS = 0.15 * 2**30
+
+
 @pytest.mark.slow
-def test_a_voxceleb2_sized_listing_plans_in_under_a_minute_and_2_gb_and_reads_back(tmp_path):
-    result = measure_planning(tmp_path, VOXCELEB2_UTTERANCES, VOXCELEB2_SPEAKERS)
+def test_an_eighth_of_a_voxceleb2_listing_plans_within_an_eighth_of_the_targets_and_reads_back(tmp_path):
+    utterances, speakers = VOXCELEB2_UTTERANCES // 8, VOXCELEB2_SPEAKERS // 8
+    result = measure_planning(tmp_path, utterances, speakers)
     planning = {
         stage: seconds for stage, seconds in result["seconds"].items() if stage != "pass-1 log"
     }  # written during pass 1's hours of decoding
-    assert sum(planning.values()) < 60, result["seconds"]
-    assert result["peak_rss"] < 2 * 2**30, result
+    assert sum(planning.values()) < 60 / 8, result["seconds"]
+    assert result["peak_rss"] < INTERPRETER_RSS + 2 * 2**30 / 8, result
     manifest = read_manifest(tmp_path / "train.manifest.json")
-    assert manifest.total_samples == VOXCELEB2_UTTERANCES
-    assert sum(shard.samples for shard in manifest.shards) == VOXCELEB2_UTTERANCES
-    assert manifest.num_speakers == VOXCELEB2_SPEAKERS
-    assert len(manifest.shards) == result["shards"] > 500  # 256 MiB shards of ~150 GB
+    assert manifest.total_samples == utterances
+    assert sum(shard.samples for shard in manifest.shards) == utterances
+    assert manifest.num_speakers == speakers
+    assert len(manifest.shards) == result["shards"] > 500 / 8  # 256 MiB shards of ~150 GB / 8
 
 
 def test_packing_benchmark_prints_every_table(capsys):
