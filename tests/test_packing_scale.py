@@ -1,15 +1,17 @@
-"""make_shards at VoxCeleb2 scale: the disk peak stays near the final size; planning an eighth of
-a VoxCeleb2 listing keeps within an eighth of the full listing's targets (under a minute and 2 GB).
+"""make_shards at VoxCeleb2 scale: the disk peak stays near the final size; planning a VoxCeleb2
+listing keeps within its targets (under a minute and 2 GB), extrapolated from an eighth of it.
 
-Planning time and memory grow linearly with the listing (measured at 1/8, 1/4 and the whole), so
-the eighth checks the targets in 5 s instead of 40. The whole 1,092,009-file listing is measured
-by `python launch/bench_packing.py` (docs/benchmarks.md, "Packing VoxCeleb2")."""
+Planning time and the memory above the interpreter grow linearly with the listing (measured at
+1/8, 1/4 and the whole), so the eighth checks the targets in 5 s instead of 40. The whole
+1,092,009-file listing is measured by `python launch/bench_packing.py` (docs/benchmarks.md,
+"Packing VoxCeleb2")."""
 
 from __future__ import annotations
 
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tone, write_wav
 
@@ -69,20 +71,20 @@ def test_peak_disk_of_two_workers_stays_within_a_shard_per_worker(many_small_fil
     assert final <= sampler.peak <= 1.1 * final + 2 * largest, (sampler.peak, final, largest)
 
 
-# What the interpreter and its imports hold before any record (0.12 GiB measured): not part of
-# what grows with the listing.
-INTERPRETER_RSS = 0.15 * 2**30
-
-
 @pytest.mark.slow
-def test_an_eighth_of_a_voxceleb2_listing_plans_within_an_eighth_of_the_targets_and_reads_back(tmp_path):
+def test_an_eighth_of_a_voxceleb2_listing_extrapolates_within_the_targets_and_reads_back(tmp_path):
     utterances, speakers = VOXCELEB2_UTTERANCES // 8, VOXCELEB2_SPEAKERS // 8
+    # The fresh process reports its own peak, not its parent's: a suite run is ~0.9 GB by now,
+    # and half a GiB held here makes sure of a parent far larger than the bound.
+    held = np.ones(2**29, dtype=np.uint8)
     result = measure_planning(tmp_path, utterances, speakers)
+    del held
     planning = {
         stage: seconds for stage, seconds in result["seconds"].items() if stage != "pass-1 log"
     }  # written during pass 1's hours of decoding
-    assert sum(planning.values()) < 60 / 8, result["seconds"]
-    assert result["peak_rss"] < INTERPRETER_RSS + 2 * 2**30 / 8, result
+    assert 8 * sum(planning.values()) < 60, result["seconds"]
+    interpreter = result["rss_start"]  # what the process held before the listing
+    assert interpreter + 8 * (result["peak_rss"] - interpreter) < 2 * 2**30, result
     manifest = read_manifest(tmp_path / "train.manifest.json")
     assert manifest.total_samples == utterances
     assert sum(shard.samples for shard in manifest.shards) == utterances

@@ -27,7 +27,7 @@ from mrl_dist.data.audio import AudioError, DecodedAudio, decode_file, encode_fl
 PIPE_STDERR_TAIL = 400  # characters of a failing pipe command's stderr kept in its skip entry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """One sample to pack: a whole audio file, the part [start, end) seconds of one, or (pipe) the
     WAV/FLAC bytes a shell command writes to stdout (a Kaldi `wav.scp` entry `recid cmd ... |`).

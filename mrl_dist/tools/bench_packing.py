@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import resource
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -292,6 +293,22 @@ def measure_listing(root: Path, files: int = 20_000) -> float:
     return elapsed / files
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started its program.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a
+    process spawned from a large one (a long pytest session, ~0.9 GB) would report its parent's
+    size. ru_maxrss where /proc is missing (macOS counts it in bytes, Linux in KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def planning_at_scale(folder: str | os.PathLike, utterances: int, speakers: int) -> dict:
     """Times the packer's planning path over synthetic_listing; returns stage seconds and sizes.
 
@@ -301,7 +318,7 @@ def planning_at_scale(folder: str | os.PathLike, utterances: int, speakers: int)
     Runs in this process; measure_planning runs it in a fresh one for its peak memory.
     """
     folder = Path(folder)
-    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_start = peak_rss_bytes()
     sources, records = synthetic_listing(utterances, speakers)
     seconds = {}
     start = time.perf_counter()
@@ -354,7 +371,7 @@ def measure_planning(folder: Path, utterances: int = VOXCELEB2_UTTERANCES, speak
 
 def _planning_with_rss(folder: str, utterances: int, speakers: int) -> dict:
     result = planning_at_scale(folder, utterances, speakers)
-    return {**result, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {**result, "peak_rss": peak_rss_bytes()}
 
 
 def voxceleb2_estimate(
