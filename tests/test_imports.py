@@ -68,11 +68,16 @@ def test_the_gpu_check_front_exports_only_its_entry_point():
     assert gpu_check.__all__ == ["main"]
 
 
-def test_no_module_reads_proc():
+# The one /proc file a module may read: the packing benchmark's own peak memory (VmHWM), which
+# getrusage cannot give a process forked from a larger one.
+OWN_PROC_READS = {"mrl_dist/tools/bench_packing.py": ["/proc/self/status"]}
+
+
+def test_no_module_reads_proc_but_its_own_peak_memory():
     # Launch facts come from what the launcher exports (train/launcher.py), never from another
     # process's /proc entries.
     readers = {
         str(path.relative_to(REPO)): sorted(set(re.findall(r"/proc/[^\s\"')]*", path.read_text())))
         for path in (REPO / "mrl_dist").rglob("*.py")
     }
-    assert {path: found for path, found in readers.items() if found} == {}
+    assert {path: found for path, found in readers.items() if found} == OWN_PROC_READS
