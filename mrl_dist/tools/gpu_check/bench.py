@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .check import Check, OutOfTime, SectionError, _free_device_memory, _synchronize
+from .check import Check, OutOfTime, SectionError, _free_device_memory, _synchronize, error_text
 from .flops import count_flops, model_flops_utilisation
 from .launching import output_tail, run_logged, subprocess_env
 from .plan import REPO, BenchSize, bench_sizes_from_configs, shipped_gpu_configs
@@ -316,9 +316,10 @@ def section_bench(check: Check) -> dict[str, Any]:
         # A compiled case needs room for its compile; it may use what is left up to its timeout.
         needs = min(plan.compile_timeout_s, 3 * plan.bench_case_s) if case.compile_backend else plan.bench_case_s
         available = check.remaining() - held_back
+        described = _case_row(case, plan.preset, plan.teachers)
         if available < needs:
             reason = "time budget" + (f" ({held_back:.0f} s held for {', '.join(later)})" if later else "")
-            rows.append({**_case_row(case, plan.preset, plan.teachers), "status": "skipped", "reason": reason})
+            rows.append({**described, "status": "skipped", "reason": reason})
             continue
         check.progress(f"bench: {case.label}")
         try:
@@ -326,15 +327,10 @@ def section_bench(check: Check) -> dict[str, Any]:
                 check, case, eager.get((case.kind, case.size)), timeout_s=min(plan.compile_timeout_s, available)
             )
         except OutOfTime as error:  # a compile longer than the budget allows: not a failure of the code
-            row = {**_case_row(case, plan.preset, plan.teachers), "status": "skipped", "reason": str(error)}
-            row["output_tail"] = error.output_tail
+            row = {**described, "status": "skipped", "reason": str(error), "output_tail": error.output_tail}
             check.progress(f"bench: {case.label} skipped: {error}")
         except Exception as error:  # one case (an OOM, a compile error) must not end the others
-            row = {
-                **_case_row(case, plan.preset, plan.teachers),
-                "status": "failed",
-                "error": f"{type(error).__name__}: {error}"[:500],
-            }
+            row = {**described, "status": "failed", "error": error_text(error)}
             if isinstance(error, SectionError) and error.output_tail:
                 row["output_tail"] = error.output_tail
             check.progress(f"bench: {case.label} failed: {type(error).__name__}: {error}")

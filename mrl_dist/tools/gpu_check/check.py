@@ -26,6 +26,11 @@ class SectionError(RuntimeError):
         self.details = details or {}
 
 
+def error_text(error: BaseException, limit: int = 500) -> str:
+    """A failed row's `error` field: the exception's type and message, cut to `limit` characters."""
+    return f"{type(error).__name__}: {error}"[:limit]
+
+
 class OutOfTime(SectionError):
     """A subprocess killed at its time limit: the budget ran out, the code did not fail."""
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import torch
 
-from .check import Check, _free_device_memory, _synchronize
+from .check import Check, _free_device_memory, _synchronize, error_text
 
 END_TO_END_GOAL = 20_000  # crops/s per GPU, b2 frozen-trunk MRL step fed from shards
 
@@ -115,14 +115,7 @@ def section_loader(check: Check) -> dict[str, Any]:
                 )
                 rows.append({**row, "codec": codec})
             except Exception as error:
-                rows.append(
-                    {
-                        "codec": codec,
-                        "num_workers": workers,
-                        "status": "failed",
-                        "error": f"{type(error).__name__}: {error}"[:500],
-                    }
-                )
+                rows.append({"codec": codec, "num_workers": workers, "status": "failed", "error": error_text(error)})
     failed = [r for r in rows if r["status"] == "failed"]
     done = [r for r in rows if r["status"] == "ok"]
     section: dict[str, Any] = {"rows": rows, "into": check.device, "pin_memory": check.device == "cuda"}
@@ -136,7 +129,7 @@ def section_loader(check: Check) -> dict[str, Any]:
             try:
                 section["end_to_end"] = {**_end_to_end(check, best["codec"], most), "goal_crops_per_s": END_TO_END_GOAL}
             except Exception as error:
-                section["end_to_end"] = {"status": "failed", "error": f"{type(error).__name__}: {error}"[:500]}
+                section["end_to_end"] = {"status": "failed", "error": error_text(error)}
                 failed.append({"codec": best["codec"], "num_workers": most, **section["end_to_end"]})
             _free_device_memory(check.device)
     if failed:
