@@ -107,17 +107,24 @@ class SlurmCluster:
         while time.time() < deadline:
             if any(daemon.poll() is not None for daemon in self.daemons):
                 break
-            states = self._run(["sinfo", "--noheader", "--Node", "--format=%N %t"], check=False).stdout
-            if self.all_idle():
+            states = self.node_states()
+            if self._idle(states):
                 return
             time.sleep(0.5)
         self.stop()
         raise SlurmUnavailable(f"SLURM did not start within {timeout:.0f} s (sinfo: {states.strip()!r}): {self.logs()}")
 
+    def node_states(self) -> str:
+        """sinfo's `NODE STATE` lines."""
+        return self._run(["sinfo", "--noheader", "--Node", "--format=%N %t"], check=False).stdout
+
+    @staticmethod
+    def _idle(states: str) -> bool:
+        return sorted(states.split()) == sorted([*NODES, *["idle"] * len(NODES)])
+
     def all_idle(self) -> bool:
         """Every node is idle: no job on it, none still completing."""
-        states = self._run(["sinfo", "--noheader", "--Node", "--format=%N %t"], check=False).stdout
-        return sorted(states.split()) == sorted([*NODES, *["idle"] * len(NODES)])
+        return self._idle(self.node_states())
 
     def _daemon(self, command: list[str], log: str) -> None:
         with open(self.root / log, "w") as sink:
